@@ -1,0 +1,137 @@
+"""Adapter directories: peft LoRA weights (safetensors only) plus `qcat-manifest.json`, checked before loading.
+
+An adapter is only meaningful on the base model, taxonomy and prompt format it was trained with; the manifest
+records all three and `load_adapter` refuses any mismatch with a message that says which one.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from qcat import __version__
+from qcat.errors import AdapterError
+from qcat.model import HEAD, LoadedModel, attach_label_head
+from schemas.prompt import PROMPT_FORMAT_VERSION, PromptStyle
+from schemas.taxonomy import Taxonomy
+
+MANIFEST = "qcat-manifest.json"
+WEIGHTS = "adapter_model.safetensors"
+ADAPTER_FORMAT_VERSION = 1
+
+
+class AdapterManifest(BaseModel):
+    """What an adapter was trained on and how well it did."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["qcat-adapter"] = "qcat-adapter"
+    format_version: int = ADAPTER_FORMAT_VERSION
+    version: str = Field(min_length=1)
+    taxonomy: Taxonomy
+    base_model: str
+    base_fingerprint: str
+    prompt_format_version: int = PROMPT_FORMAT_VERSION
+    prompt_style: PromptStyle = "compact"
+    max_question_tokens: int = Field(ge=1)
+    temperature: float = Field(default=1.0, gt=0.0, description="Softmax temperature fitted on held-out data.")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    data_fingerprint: str | None = None
+    parent_version: str | None = None
+    created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    qcat_version: str = __version__
+
+    def write(self, directory: Path) -> None:
+        (directory / MANIFEST).write_text(self.model_dump_json(indent=2), encoding="utf-8")
+
+
+def read_manifest(directory: Path) -> AdapterManifest:
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise AdapterError(f"Adapter directory {directory} does not exist.")
+    if not path.is_file():
+        raise AdapterError(f"{directory} is not a qcat adapter: {MANIFEST} is missing (half-written or not ours).")
+    try:
+        manifest = AdapterManifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValidationError, UnicodeDecodeError) as error:
+        raise AdapterError(f"{path} is not a valid qcat manifest: {error}") from error
+    if manifest.format_version != ADAPTER_FORMAT_VERSION or manifest.prompt_format_version != PROMPT_FORMAT_VERSION:
+        raise AdapterError(
+            f"{directory} uses adapter format {manifest.format_version} / prompt format "
+            f"{manifest.prompt_format_version}; this qcat ({__version__}) reads {ADAPTER_FORMAT_VERSION} / "
+            f"{PROMPT_FORMAT_VERSION}. Retrain it with this version of qcat."
+        )
+    return manifest
+
+
+def check_compatible(manifest: AdapterManifest, base: LoadedModel, taxonomy: Taxonomy | None) -> None:
+    if manifest.base_fingerprint != base.fingerprint:
+        raise AdapterError(
+            f"Adapter {manifest.version} was trained on base model {manifest.base_model!r} "
+            f"(fingerprint {manifest.base_fingerprint}), but the loaded base model {base.name!r} has fingerprint "
+            f"{base.fingerprint}. Load it with --base-model {manifest.base_model}."
+        )
+    if taxonomy is not None and taxonomy.names != manifest.taxonomy.names:
+        raise AdapterError(
+            f"Adapter {manifest.version} predicts labels {list(manifest.taxonomy.names)}, not the configured "
+            f"taxonomy {list(taxonomy.names)}. Retrain on the new taxonomy or drop the taxonomy setting."
+        )
+
+
+def load_adapter(base: LoadedModel, directory: Path, taxonomy: Taxonomy | None = None) -> AdapterManifest:
+    """Apply the adapter in `directory` to `base.lm` in place, merged into the weights for serving."""
+    manifest = read_manifest(directory)
+    check_compatible(manifest, base, taxonomy)
+    if not (directory / WEIGHTS).is_file():
+        pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
+        hint = f" (found {pickles}: pickle files are never loaded; re-save with safetensors)" if pickles else ""
+        raise AdapterError(f"{directory} has no {WEIGHTS}{hint}.")
+    attach_label_head(base, manifest.taxonomy)
+    try:
+        peft_model = PeftModel.from_pretrained(base.lm, str(directory), is_trainable=False)
+        base.lm = peft_model.merge_and_unload()
+    except Exception as error:
+        raise AdapterError(f"Could not load adapter weights from {directory}: {error}") from error
+    if not hasattr(base.lm, HEAD):
+        raise AdapterError(f"Adapter {directory} did not restore the label head.")
+    return manifest
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""Every linear layer of a Qwen decoder block: the usual LoRA choice for classification quality."""
+
+
+def new_lora(
+    base: LoadedModel,
+    taxonomy: Taxonomy,
+    *,
+    rank: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    targets: tuple[str, ...] = LORA_TARGETS,
+) -> PeftModel:
+    """A trainable LoRA over `base.lm` with the zero-shot head as the starting point; peft saves the head too."""
+    attach_label_head(base, taxonomy)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), modules_to_save=[HEAD]
+    )
+    return get_peft_model(base.lm, config)
+
+
+def save_adapter(model: PeftModel, manifest: AdapterManifest, directory: Path) -> Path:
+    """Write weights (safetensors) and manifest to a temporary sibling, then rename: never a half-written adapter."""
+    directory = directory.resolve()
+    if directory.exists():
+        raise AdapterError(f"{directory} already exists; adapters are immutable, pick a new directory.")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.") as staging:
+        staged = Path(staging) / "adapter"
+        model.save_pretrained(str(staged), safe_serialization=True)
+        manifest.write(staged)
+        staged.rename(directory)
+    return directory

@@ -1,0 +1,162 @@
+"""The classifier engine: questions in, labels out, one forward pass per micro-batch.
+
+Questions are tokenized once, truncated to a token budget, sorted by length and cut into batches that are
+right-padded only to their own longest row, so little compute goes to padding. Each batch is one decoder
+forward pass; only the label head's logits are computed. The label is always a taxonomy label; a row whose
+logits are not finite raises `InferenceError` instead of producing one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import torch
+
+from qcat.adapter import AdapterManifest, load_adapter
+from qcat.errors import InferenceError
+from qcat.model import LoadedModel, attach_label_head, label_logits, load_base_model, resolve_device, resolve_dtype
+from qcat.settings import EngineSettings
+from schemas.prompt import PromptFormat, clean_question, prompt_format
+from schemas.taxonomy import Taxonomy
+
+DEFAULT_TAXONOMY = Path(__file__).parent / "assets" / "trec6.json"
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    truncated: bool
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        return sorted(self.probabilities.items(), key=lambda item: item[1], reverse=True)[:k]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of whole prompts, and whether each question was cut to the budget."""
+
+    ids: list[list[int]]
+    truncated: list[bool]
+
+
+class Engine:
+    """A loaded classifier. Build it with `Engine.load(settings)`; `classify` is safe to call from one thread."""
+
+    def __init__(
+        self,
+        base: LoadedModel,
+        taxonomy: Taxonomy,
+        prompt: PromptFormat,
+        *,
+        max_question_tokens: int,
+        batch_size: int,
+        temperature: float = 1.0,
+        manifest: AdapterManifest | None = None,
+    ) -> None:
+        self.base = base
+        self.taxonomy = taxonomy
+        self.prompt = prompt
+        self.max_question_tokens = max_question_tokens
+        self.batch_size = batch_size
+        self.temperature = temperature
+        self.manifest = manifest
+        tokenizer = base.tokenizer
+        self._prefix = tokenizer(prompt.prefix, add_special_tokens=False)["input_ids"]
+        self._suffix = tokenizer(prompt.suffix, add_special_tokens=False)["input_ids"]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._pad_id = int(pad or 0)
+        self.device = next(base.lm.parameters()).device
+
+    @classmethod
+    def load(cls, settings: EngineSettings) -> Engine:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        device = resolve_device(settings.device)
+        base = load_base_model(settings.base_model, device=device, dtype=resolve_dtype(settings.dtype, device))
+        taxonomy = Taxonomy.from_file(settings.taxonomy) if settings.taxonomy else None
+        if settings.adapter is not None:
+            manifest = load_adapter(base, settings.adapter, taxonomy)
+            log.info(
+                "adapter loaded", adapter=manifest.version, base_model=base.name, labels=len(manifest.taxonomy.labels)
+            )
+            return cls(
+                base,
+                manifest.taxonomy,
+                prompt_format(manifest.taxonomy, manifest.prompt_style),
+                max_question_tokens=manifest.max_question_tokens,
+                batch_size=settings.batch_size,
+                temperature=manifest.temperature,
+                manifest=manifest,
+            )
+        taxonomy = taxonomy or Taxonomy.from_file(DEFAULT_TAXONOMY)
+        attach_label_head(base, taxonomy)
+        log.info(
+            "zero-shot: no adapter, the base model ranks the labels", base_model=base.name, labels=len(taxonomy.labels)
+        )
+        return cls(
+            base,
+            taxonomy,
+            prompt_format(taxonomy, "instruct"),
+            max_question_tokens=settings.max_question_tokens,
+            batch_size=settings.batch_size,
+        )
+
+    @property
+    def adapter_version(self) -> str | None:
+        return self.manifest.version if self.manifest else None
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        """Prompt token ids: prefix + question (truncated to the budget) + suffix, tokenized in one call."""
+        questions = self.base.tokenizer([" " + clean_question(text) for text in texts], add_special_tokens=False)[
+            "input_ids"
+        ]
+        budget = self.max_question_tokens
+        return Encoded(
+            ids=[self._prefix + q[:budget] + self._suffix for q in questions],
+            truncated=[len(q) > budget for q in questions],
+        )
+
+    @torch.inference_mode()
+    def logits(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Label logits (float32, on CPU) for encoded prompts, in input order, batched by length."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = torch.empty(len(ids), len(self.taxonomy.labels), dtype=torch.float32)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            width = len(ids[chunk[-1]])
+            batch = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
+            for row, index in enumerate(chunk):
+                batch[row, : len(ids[index])] = torch.tensor(ids[index])
+            last = torch.tensor([len(ids[index]) - 1 for index in chunk])
+            result = label_logits(self.base.lm, batch.to(self.device), last.to(self.device))
+            out[torch.tensor(chunk)] = result.cpu()
+        return out
+
+    def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        if not texts:
+            return []
+        started = time.perf_counter()
+        encoded = self.encode(texts)
+        logits = self.logits(encoded.ids)
+        bad = (~torch.isfinite(logits).all(dim=1)).nonzero().flatten().tolist()
+        if bad:
+            raise InferenceError(
+                f"non-finite logits for {len(bad)} of {len(texts)} questions (first at index {bad[0]}); "
+                f"try --dtype float32",
+                bad_indices=tuple(bad),
+            )
+        probabilities = torch.softmax(logits / self.temperature, dim=1)
+        names = self.taxonomy.names
+        predictions = []
+        for row, truncated in zip(probabilities.tolist(), encoded.truncated, strict=True):
+            best = max(range(len(row)), key=row.__getitem__)
+            predictions.append(Prediction(names[best], row[best], dict(zip(names, row, strict=True)), truncated))
+        log.debug("classified", n=len(texts), ms=round(1000 * (time.perf_counter() - started), 1))
+        return predictions

@@ -1,0 +1,26 @@
+"""Engine settings, read once from `QCAT_*` environment variables and CLI flags, then passed down frozen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BASE_MODEL = "Qwen/Qwen3-0.6B"
+
+
+class EngineSettings(BaseSettings):
+    """What model to run and how. `base_model` is a hub id, a local directory, a `.gguf` file or `tiny-qwen3`."""
+
+    model_config = SettingsConfigDict(env_prefix="QCAT_", frozen=True, extra="ignore")
+
+    base_model: str = DEFAULT_BASE_MODEL
+    adapter: Path | None = Field(default=None, description="Adapter directory; None runs the base model zero-shot.")
+    taxonomy: Path | None = Field(default=None, description="Labels for zero-shot; default: TREC's 6 coarse classes.")
+    device: str = Field(default="auto", description="auto (cuda if present), cpu, cuda, cuda:1, ...")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU.")
+    max_question_tokens: int = Field(default=64, ge=4, le=4096, description="Longer questions are truncated.")
+    batch_size: int = Field(default=64, ge=1, le=4096, description="Largest forward pass, in questions.")

@@ -1,0 +1,36 @@
+"""qcat's contracts: events on the wire, the taxonomy, and the prompt format. Pure pydantic, no torch or faust."""
+
+from schemas.events import (
+    CONTRACTS,
+    MAX_TEXT_CHARS,
+    SCHEMA_VERSION,
+    CategorizedEvent,
+    CorrectionEvent,
+    DeadLetter,
+    DeadLetterReason,
+    LabelScore,
+    QuestionEvent,
+    json_schemas,
+)
+from schemas.prompt import PROMPT_FORMAT_VERSION, PromptFormat, PromptStyle, prompt_format
+from schemas.taxonomy import MAX_LABELS, Label, Taxonomy
+
+__all__ = [
+    "CONTRACTS",
+    "MAX_LABELS",
+    "MAX_TEXT_CHARS",
+    "PROMPT_FORMAT_VERSION",
+    "SCHEMA_VERSION",
+    "CategorizedEvent",
+    "CorrectionEvent",
+    "DeadLetter",
+    "DeadLetterReason",
+    "Label",
+    "LabelScore",
+    "PromptFormat",
+    "PromptStyle",
+    "QuestionEvent",
+    "Taxonomy",
+    "json_schemas",
+    "prompt_format",
+]

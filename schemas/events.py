@@ -1,0 +1,112 @@
+"""Event contracts on the wire: what producers send, what routers read, what reviewers correct.
+
+Every event carries `schema_version`; a consumer refuses versions it does not know instead of guessing.
+Models are strict (no silent type coercion) and forbid unknown fields, so a malformed producer is caught
+at the edge and its message goes to the dead-letter topic with the validation error as its reason.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION: Literal[1] = 1
+MAX_TEXT_CHARS = 10_000
+"""Questions longer than this are refused at the edge (dead letter `text_too_long`), before tokenization."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class QuestionEvent(_Event):
+    """A question to categorize. `event_id` is the idempotency key: outputs reuse it."""
+
+    event_id: str = Field(min_length=1, max_length=128)
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class LabelScore(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    label: str
+    score: float = Field(ge=0.0, le=1.0)
+
+
+class CategorizedEvent(_Event):
+    """The worker's answer for one question, published to the categorized topic and to its route."""
+
+    event_id: str
+    text: str
+    label: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    scores: tuple[LabelScore, ...] = Field(description="The top labels, best first.")
+    truncated: bool = Field(description="The question was cut to the model's token budget.")
+    adapter_version: str | None = Field(description="None when the base model ran zero-shot.")
+    base_model: str
+    latency_ms: float = Field(ge=0.0, description="From the question's created_at to categorization.")
+    categorized_at: AwareDatetime = Field(default_factory=utcnow)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class CorrectionEvent(_Event):
+    """A human's or a router's verdict on a categorization; the next training run learns from it."""
+
+    correction_id: str = Field(min_length=1, max_length=128)
+    event_id: str = Field(min_length=1, max_length=128)
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    predicted_label: str | None = None
+    label: str = Field(min_length=1)
+    source: str = Field(min_length=1, max_length=128, description="Who corrected it: a router, a reviewer.")
+    corrected_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class DeadLetterReason(StrEnum):
+    """Why a message could not be categorized; a closed set so dashboards can count by reason."""
+
+    UNDECODABLE = "undecodable"
+    INVALID_JSON = "invalid_json"
+    SCHEMA_VIOLATION = "schema_violation"
+    EMPTY_TEXT = "empty_text"
+    TEXT_TOO_LONG = "text_too_long"
+    INFERENCE_ERROR = "inference_error"
+
+
+class DeadLetter(_Event):
+    """A message qcat could not handle, kept whole with where it came from, so nothing is lost."""
+
+    reason: DeadLetterReason
+    error: str = Field(max_length=4000)
+    payload: str = Field(description="The original message value: UTF-8 text, or base64 if it was not UTF-8.")
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    failed_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+CONTRACTS: dict[str, type[BaseModel]] = {
+    "QuestionEvent": QuestionEvent,
+    "CategorizedEvent": CategorizedEvent,
+    "CorrectionEvent": CorrectionEvent,
+    "DeadLetter": DeadLetter,
+}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of each contract, for consumers written in other languages."""
+    from schemas.taxonomy import Taxonomy
+
+    models: dict[str, type[BaseModel]] = {**CONTRACTS, "Taxonomy": Taxonomy}
+    return {name: model.model_json_schema(mode="serialization") for name, model in models.items()}

@@ -1,0 +1,34 @@
+"""Shared fixtures: the built-in tiny model, built once per session (seconds), in float32 for exact comparisons."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from qcat.model import LoadedModel, load_base_model
+from qcat.tiny import TINY_NAME
+
+
+@pytest.fixture(scope="session")
+def _tiny_pristine() -> LoadedModel:
+    return load_base_model(TINY_NAME, device=torch.device("cpu"), dtype=torch.float32)
+
+
+@pytest.fixture
+def fresh_tiny(_tiny_pristine: LoadedModel) -> Callable[[], LoadedModel]:
+    """Makes copies of tiny-qwen3 that a test may modify (attach heads, adapters) without affecting others."""
+
+    def make() -> LoadedModel:
+        return dataclasses.replace(_tiny_pristine, lm=copy.deepcopy(_tiny_pristine.lm))
+
+    return make
+
+
+@pytest.fixture
+def tiny(fresh_tiny: Callable[[], LoadedModel]) -> LoadedModel:
+    """A private copy of tiny-qwen3."""
+    return fresh_tiny()

@@ -1,0 +1,54 @@
+"""Base-model loading: the built-in model, a local directory, a GGUF file, and a clear error when offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qcat.errors import ModelLoadError
+from qcat.model import LoadedModel, load_base_model
+from qcat.tiny import build_tiny_qwen3
+from tests.helpers.gguf_export import export_gguf
+
+CPU = torch.device("cpu")
+IDS = torch.tensor([[346, 318, 428, 296, 755, 79, 261]])
+
+
+def test_tiny_model_is_deterministic(tiny: LoadedModel) -> None:
+    """tiny-qwen3 rebuilds bit-identically, so adapters trained on it reload onto the same weights."""
+    again = load_base_model("tiny-qwen3", device=CPU, dtype=torch.float32)
+    assert again.fingerprint == tiny.fingerprint
+    assert again.offline_builtin
+    torch.testing.assert_close(again.lm(IDS).logits, tiny.lm(IDS).logits, rtol=0, atol=0)
+
+
+def test_fingerprint_tells_models_apart(tiny: LoadedModel) -> None:
+    """A model with other weights (another seed) has another fingerprint."""
+    other, _ = build_tiny_qwen3(seed=1)
+    from qcat.model import fingerprint
+
+    assert fingerprint(other) != tiny.fingerprint
+
+
+def test_local_directory_and_gguf_load_the_same_model(tiny: LoadedModel, tmp_path: Path) -> None:
+    """A saved directory and a GGUF export load to the same logits and fingerprint as the original."""
+    tiny.lm.save_pretrained(tmp_path / "dir")
+    tiny.tokenizer.save_pretrained(tmp_path / "dir")
+    export_gguf(tiny.lm, tiny.tokenizer, tmp_path / "tiny.gguf")
+    expected = tiny.lm(IDS).logits
+    for source in (tmp_path / "dir", tmp_path / "tiny.gguf"):
+        loaded = load_base_model(str(source), device=CPU, dtype=torch.float32)
+        assert loaded.fingerprint == tiny.fingerprint, source
+        assert not loaded.offline_builtin
+        torch.testing.assert_close(loaded.lm(IDS).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unreachable_model_says_what_to_do(tmp_path: Path) -> None:
+    """A model that cannot be loaded (here: an empty directory) raises ModelLoadError with the offline options."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="tiny-qwen3"):
+        load_base_model(str(tmp_path / "empty"), device=CPU, dtype=torch.float32)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_base_model(str(tmp_path / "missing.gguf"), device=CPU, dtype=torch.float32)
