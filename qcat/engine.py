@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import structlog
 import torch
 
@@ -46,6 +47,12 @@ class Encoded:
     truncated: list[bool]
 
 
+def default_batch_tokens(device: torch.device) -> int:
+    """Padded tokens per forward pass: a CPU is as efficient at a few hundred tokens as at thousands, and padding
+    is pure waste there; a GPU needs tens of thousands to fill its matrix units."""
+    return 32768 if device.type == "cuda" else 256
+
+
 class Engine:
     """A loaded classifier. Build it with `Engine.load(settings)`; `classify` is safe to call from one thread."""
 
@@ -57,22 +64,27 @@ class Engine:
         *,
         max_question_tokens: int,
         batch_size: int,
+        batch_tokens: int | None = None,
         temperature: float = 1.0,
         manifest: AdapterManifest | None = None,
+        compile: bool = False,
     ) -> None:
         self.base = base
         self.taxonomy = taxonomy
         self.prompt = prompt
         self.max_question_tokens = max_question_tokens
         self.batch_size = batch_size
+        self.device = next(base.lm.parameters()).device
+        self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
         self.temperature = temperature
         self.manifest = manifest
+        # dynamic=True: one compiled graph serves every batch shape instead of one per (rows, width).
+        self._forward = torch.compile(label_logits, dynamic=True) if compile else label_logits
         tokenizer = base.tokenizer
         self._prefix = tokenizer(prompt.prefix, add_special_tokens=False)["input_ids"]
         self._suffix = tokenizer(prompt.suffix, add_special_tokens=False)["input_ids"]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._pad_id = int(pad or 0)
-        self.device = next(base.lm.parameters()).device
 
     @classmethod
     def load(cls, settings: EngineSettings) -> Engine:
@@ -92,6 +104,8 @@ class Engine:
                 prompt_format(manifest.taxonomy, manifest.prompt_style),
                 max_question_tokens=manifest.max_question_tokens,
                 batch_size=settings.batch_size,
+                batch_tokens=settings.batch_tokens,
+                compile=settings.compile,
                 temperature=manifest.temperature,
                 manifest=manifest,
             )
@@ -106,11 +120,18 @@ class Engine:
             prompt_format(taxonomy, "instruct"),
             max_question_tokens=settings.max_question_tokens,
             batch_size=settings.batch_size,
+            batch_tokens=settings.batch_tokens,
+            compile=settings.compile,
         )
 
     @property
     def adapter_version(self) -> str | None:
         return self.manifest.version if self.manifest else None
+
+    @property
+    def prompt_overhead(self) -> int:
+        """Tokens every prompt spends on the template around the question."""
+        return len(self._prefix) + len(self._suffix)
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         """Prompt token ids: prefix + question (truncated to the budget) + suffix, tokenized in one call."""
@@ -123,19 +144,30 @@ class Engine:
             truncated=[len(q) > budget for q in questions],
         )
 
+    def chunks(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped into forward passes: similar lengths together, at most `batch_size` rows and about
+        `batch_tokens` padded tokens each, so a micro-batch with a few long questions wastes little on padding."""
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        groups: list[list[int]] = []
+        for index in order:
+            group = groups[-1] if groups else None
+            if group is None or len(group) >= self.batch_size or (len(group) + 1) * lengths[index] > self.batch_tokens:
+                groups.append([index])
+            else:
+                group.append(index)
+        return groups
+
     @torch.inference_mode()
     def logits(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Label logits (float32, on CPU) for encoded prompts, in input order, batched by length."""
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        """Label logits (float32, on CPU) for encoded prompts, in input order."""
         out = torch.empty(len(ids), len(self.taxonomy.labels), dtype=torch.float32)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
+        for chunk in self.chunks([len(row) for row in ids]):
             width = len(ids[chunk[-1]])
-            batch = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
+            batch = np.full((len(chunk), width), self._pad_id, dtype=np.int64)
             for row, index in enumerate(chunk):
-                batch[row, : len(ids[index])] = torch.tensor(ids[index])
+                batch[row, : len(ids[index])] = ids[index]
             last = torch.tensor([len(ids[index]) - 1 for index in chunk])
-            result = label_logits(self.base.lm, batch.to(self.device), last.to(self.device))
+            result = self._forward(self.base.lm, torch.from_numpy(batch).to(self.device), last.to(self.device))
             out[torch.tensor(chunk)] = result.cpu()
         return out
 

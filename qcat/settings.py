@@ -24,3 +24,7 @@ class EngineSettings(BaseSettings):
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU.")
     max_question_tokens: int = Field(default=64, ge=4, le=4096, description="Longer questions are truncated.")
     batch_size: int = Field(default=64, ge=1, le=4096, description="Largest forward pass, in questions.")
+    compile: bool = Field(default=False, description="torch.compile the forward pass (worth it on GPUs).")
+    batch_tokens: int | None = Field(
+        default=None, ge=16, description="Largest forward pass, in padded tokens (default: 256 on CPU, 32768 on GPU)."
+    )

@@ -103,3 +103,17 @@ def test_non_finite_logits_raise_instead_of_labelling(tiny: LoadedModel) -> None
 def test_empty_input_is_empty_output(tiny: LoadedModel) -> None:
     """Classifying nothing returns nothing without touching the model."""
     assert zero_shot(tiny).classify([]) == []
+
+
+@pytest.mark.parametrize(("batch_size", "batch_tokens"), [(64, 512), (4, 10_000), (64, 40), (1, 16)])
+def test_chunks_cover_every_row_once_within_limits(tiny: LoadedModel, batch_size: int, batch_tokens: int) -> None:
+    """Forward passes hold each question once, at most batch_size rows and batch_tokens padded tokens (or 1 row)."""
+    engine = zero_shot(tiny, batch_size=batch_size)
+    engine.batch_tokens = batch_tokens
+    lengths = [7, 30, 3, 12, 12, 50, 1, 9, 22, 5] * 7
+    chunks = engine.chunks(lengths)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
+    for chunk in chunks:
+        width = max(lengths[i] for i in chunk)
+        assert len(chunk) <= batch_size
+        assert len(chunk) == 1 or len(chunk) * width <= batch_tokens

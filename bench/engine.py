@@ -1,0 +1,278 @@
+"""Engine benchmark: the seed recipe's per-message generate() vs qcat's one-pass batched engine, side by side.
+
+Runs on a random-weight model of Qwen3-0.6B's exact shape (speed does not depend on weight values) over real
+questions (TREC test set). Prints a table and, last, `speedup_vs_naive=X mfu=Y`; writes bench/results/.
+
+    python bench/engine.py [--quick] [--device cuda] [--batch-sizes 1,8,32,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from qcat.engine import Engine  # noqa: E402
+from qcat.logs import configure_logging  # noqa: E402
+from qcat.model import LoadedModel, attach_label_head, fingerprint  # noqa: E402
+from qcat.tiny import fit_tokenizer  # noqa: E402
+from schemas.prompt import PromptStyle, prompt_format, verbalize  # noqa: E402
+from schemas.taxonomy import Taxonomy  # noqa: E402
+
+TAXONOMY = Taxonomy.model_validate_json((ROOT / "qcat" / "assets" / "trec6.json").read_text(), strict=False)
+
+
+def qwen3_06b_config(vocab_size: int = 151936) -> Qwen3Config:
+    """Qwen3-0.6B's published shape."""
+    return Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+        max_position_embeddings=40960,
+    )
+
+
+def build_model(device: torch.device, dtype: torch.dtype) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerBase]:
+    """Random weights of the real shape; a byte-level BPE fitted on TREC train stands in for Qwen's tokenizer."""
+    texts = [json.loads(line)["text"] for line in (ROOT / "data" / "trec" / "train.jsonl").open()]
+    tokenizer = fit_tokenizer(texts, vocab_size=8192)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen3ForCausalLM(qwen3_06b_config())
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = None  # random weights: always generate the full label length
+    return model.eval(), tokenizer
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
+    """Dense matmul FLOP/s in this dtype, this run: the roof the engine's achieved FLOP/s is compared to."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - started)
+
+
+def forward_flops(config: Qwen3Config, lengths: list[int], labels: int) -> float:
+    """Useful FLOPs of one decoder pass over sequences of these lengths (padding not counted), head included."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    attn = config.num_attention_heads * config.head_dim
+    kv = config.num_key_value_heads * config.head_dim
+    per_token = layers * 2 * (h * attn + 2 * h * kv + attn * h + 3 * h * config.intermediate_size)
+    causal_attention = sum(layers * 2 * attn * length * length for length in lengths)  # QK^T + AV, causal half
+    return per_token * sum(lengths) + causal_attention + 2 * h * labels * len(lengths)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    sync(device)
+    started = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - started
+
+
+def run_naive(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerBase, questions: list[str]) -> dict[str, Any]:
+    """The seed recipe: per message, generate() the label with the category-listing prompt, greedy."""
+    device = model.device
+    prompt = prompt_format(TAXONOMY, "instruct")
+    new_tokens = max(len(tokenizer(verbalize(n), add_special_tokens=False)["input_ids"]) for n in TAXONOMY.names)
+    encoded = [tokenizer(prompt.render(q), return_tensors="pt").to(device) for q in questions]
+
+    def one(inputs: Any) -> None:
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    one(encoded[0])  # warm-up
+    latencies = [timed(lambda inputs=inputs: one(inputs), device) for inputs in encoded]
+    return {
+        "questions": len(questions),
+        "new_tokens": new_tokens,
+        "mean_prompt_tokens": statistics.fmean(int(e["input_ids"].shape[1]) for e in encoded),
+        "questions_per_s": len(questions) / sum(latencies),
+        "p50_ms": 1000 * statistics.median(latencies),
+    }
+
+
+def run_engine(engine: Engine, questions: list[str], batch_size: int, ceiling: float) -> dict[str, Any]:
+    """qcat's engine at one micro-batch size: the questions arrive in micro-batches of that size, as in the worker."""
+    device = engine.device
+    batches = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)]
+    engine.batch_size = batch_size
+    engine.classify(batches[0])  # warm-up
+    latencies = [timed(lambda batch=batch: engine.classify(batch), device) for batch in batches]
+    lengths = [len(ids) for ids in engine.encode(questions).ids]
+    flops = forward_flops(engine.base.lm.config, lengths, len(engine.taxonomy.labels))
+    total = sum(latencies)
+    ordered = sorted(latencies)
+    return {
+        "batch_size": batch_size,
+        "questions": len(questions),
+        "mean_prompt_tokens": statistics.fmean(lengths),
+        "questions_per_s": len(questions) / total,
+        "p50_batch_ms": 1000 * statistics.median(latencies),
+        "p99_batch_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "achieved_flop_s": flops / total,
+        "mfu": flops / total / ceiling,
+    }
+
+
+def make_engine(
+    model: Qwen3ForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    style: PromptStyle,
+    batch_tokens: int | None,
+    *,
+    compile: bool = False,
+) -> Engine:
+    base = LoadedModel(model, tokenizer, "random-qwen3-0.6b-shape", fingerprint(model), offline_builtin=True)
+    attach_label_head(base, TAXONOMY)
+    return Engine(
+        base,
+        TAXONOMY,
+        prompt_format(TAXONOMY, style),
+        max_question_tokens=64,
+        batch_size=64,
+        batch_tokens=batch_tokens,
+        compile=compile,
+    )
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        if cpuinfo.exists():
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+            info["cpu"] = names[0] if names else info["cpu"]
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer questions: under a minute on 2 CPU cores")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    parser.add_argument("--batch-sizes", default=None, help="default: 1,8,32,64 (cuda: 1,8,64,256,1024,2048)")
+    parser.add_argument("--compile", action="store_true", help="also measure the engine under torch.compile")
+    parser.add_argument("--questions", type=int, default=None, help="engine questions (default: 500, quick: 128)")
+    parser.add_argument("--naive-questions", type=int, default=None, help="default: 24, quick: 6")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (default: engine's)")
+    args = parser.parse_args()
+    configure_logging(json=False, level="WARNING")
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    rows = [json.loads(line) for line in (ROOT / "data" / "trec" / "test.jsonl").open()]
+    questions = [row["text"] for row in rows]
+    default_sizes = "1,8,64,256,1024,2048" if device.type == "cuda" else "1,8,32,64"
+    batch_sizes = [int(b) for b in (args.batch_sizes or default_sizes).split(",")]
+    n_engine = args.questions or (128 if args.quick else max(len(questions), 4 * max(batch_sizes)))
+    questions = (questions * (1 + n_engine // len(questions)))[:n_engine]  # cycle the test set for large batches
+    n_naive = args.naive_questions or (6 if args.quick else 24)
+
+    started = time.perf_counter()
+    model, tokenizer = build_model(device, dtype)
+    print(f"built Qwen3-0.6B-shaped model on {device} ({dtype}) in {time.perf_counter() - started:.1f}s", flush=True)
+    ceiling = matmul_ceiling(
+        device, dtype, n=8192 if device.type == "cuda" else 2048, repeats=20 if device.type == "cuda" else 5
+    )
+    print(f"dense matmul ceiling: {ceiling / 1e9:.1f} GFLOP/s", flush=True)
+
+    naive = run_naive(model, tokenizer, questions[:n_naive])
+    print(f"naive generate() batch 1: {naive['questions_per_s']:.2f} q/s", flush=True)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for variant in ["eager", "compiled"] if args.compile else ["eager"]:
+        engine = make_engine(model, tokenizer, "compact", args.batch_tokens, compile=variant == "compiled")
+        results[variant] = []
+        for batch_size in batch_sizes:
+            result = run_engine(engine, questions[:n_engine], batch_size, ceiling)
+            results[variant].append(result)
+            print(
+                f"engine {variant:8} batch {batch_size:>4}: {result['questions_per_s']:8.1f} q/s"
+                f"  p50 {result['p50_batch_ms']:8.1f} ms  p99 {result['p99_batch_ms']:8.1f} ms"
+                f"  mfu {result['mfu']:.1%}",
+                flush=True,
+            )
+    best_variant, best = max(
+        ((variant, row) for variant, rows in results.items() for row in rows),
+        key=lambda item: item[1]["questions_per_s"],
+    )
+    instruct_engine = make_engine(model, tokenizer, "instruct", args.batch_tokens, compile=best_variant == "compiled")
+    instruct = run_engine(instruct_engine, questions[:n_engine], best["batch_size"], ceiling)
+    print(f"engine, zero-shot instruct prompt, batch {best['batch_size']}: {instruct['questions_per_s']:.1f} q/s")
+
+    fixed: dict[str, Any] | None = None
+    if device.type == "cuda":  # the GPU target is stated for 32-token prompts at large batch
+        fixed_engine = make_engine(model, tokenizer, "compact", args.batch_tokens, compile=best_variant == "compiled")
+        fixed_engine.max_question_tokens = 32 - fixed_engine.prompt_overhead
+        words = " ".join(["word"] * 64)
+        fixed = run_engine(fixed_engine, [words] * (best["batch_size"] * 8), best["batch_size"], ceiling)
+        print(f"engine, 32-token prompts, batch {best['batch_size']}: mfu {fixed['mfu']:.1%}")
+
+    speedup = best["questions_per_s"] / naive["questions_per_s"]
+    name = "engine-cpu.json" if device.type == "cpu" else "engine-h200.json"
+    out = args.out or ROOT / "bench" / "results" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "command": "python bench/engine.py " + " ".join(sys.argv[1:]),
+        "machine": machine(device),
+        "dtype": args.dtype,
+        "model": "random weights, Qwen3-0.6B shape (596M parameters, tied embeddings)",
+        "matmul_ceiling_flop_s": ceiling,
+        "naive_generate_batch1": naive,
+        "engine_compact_prompt": results,
+        "best_variant": best_variant,
+        "engine_instruct_prompt_best_batch": instruct,
+        "engine_32_token_prompts": fixed,
+        "speedup_vs_naive": speedup,
+        "best_batch_size": best["batch_size"],
+        "mfu_at_best": best["mfu"],
+        "seconds": time.perf_counter() - started,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    print(f"speedup_vs_naive={speedup:.1f} mfu={(fixed or best)['mfu']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
