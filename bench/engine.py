@@ -130,9 +130,11 @@ def run_engine(engine: Engine, questions: list[str], batch_size: int, ceiling: f
     device = engine.device
     batches = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)]
     engine.batch_size = batch_size
-    engine.classify(batches[0])  # warm-up
+    warmup = timed(lambda: engine.classify(batches[0]), device)  # includes torch.compile's compilation
     latencies = [timed(lambda batch=batch: engine.classify(batch), device) for batch in batches]
-    lengths = [len(ids) for ids in engine.encode(questions).ids]
+    encoded = [engine.encode(batch).ids for batch in batches]
+    forward_only = sum(timed(lambda ids=ids: engine.logits(ids), device) for ids in encoded)
+    lengths = [len(ids) for batch in encoded for ids in batch]
     flops = forward_flops(engine.base.lm.config, lengths, len(engine.taxonomy.labels))
     total = sum(latencies)
     ordered = sorted(latencies)
@@ -145,6 +147,8 @@ def run_engine(engine: Engine, questions: list[str], batch_size: int, ceiling: f
         "p99_batch_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "achieved_flop_s": flops / total,
         "mfu": flops / total / ceiling,
+        "forward_only_mfu": flops / forward_only / ceiling,
+        "warmup_s": warmup,
     }
 
 
@@ -206,8 +210,13 @@ def main() -> None:
     questions = [row["text"] for row in rows]
     default_sizes = "1,8,64,256,1024,2048" if device.type == "cuda" else "1,8,32,64"
     batch_sizes = [int(b) for b in (args.batch_sizes or default_sizes).split(",")]
-    n_engine = args.questions or (128 if args.quick else max(len(questions), 4 * max(batch_sizes)))
-    questions = (questions * (1 + n_engine // len(questions)))[:n_engine]  # cycle the test set for large batches
+    n_engine = args.questions or (128 if args.quick else len(questions))
+    questions = questions * (1 + 8 * max(batch_sizes) // len(questions))  # cycled, so large batches see 8 batches
+
+    def sample(batch_size: int) -> list[str]:
+        """At least n_engine questions and 8 batches per size, at most 256 batches (batch 1 on a GPU)."""
+        return questions[: min(max(n_engine, 8 * batch_size), 256 * batch_size)]
+
     n_naive = args.naive_questions or (6 if args.quick else 24)
 
     started = time.perf_counter()
@@ -225,12 +234,12 @@ def main() -> None:
         engine = make_engine(model, tokenizer, "compact", args.batch_tokens, compile=variant == "compiled")
         results[variant] = []
         for batch_size in batch_sizes:
-            result = run_engine(engine, questions[:n_engine], batch_size, ceiling)
+            result = run_engine(engine, sample(batch_size), batch_size, ceiling)
             results[variant].append(result)
             print(
                 f"engine {variant:8} batch {batch_size:>4}: {result['questions_per_s']:8.1f} q/s"
                 f"  p50 {result['p50_batch_ms']:8.1f} ms  p99 {result['p99_batch_ms']:8.1f} ms"
-                f"  mfu {result['mfu']:.1%}",
+                f"  mfu {result['mfu']:.1%} (forward only {result['forward_only_mfu']:.1%})",
                 flush=True,
             )
     best_variant, best = max(
@@ -238,7 +247,7 @@ def main() -> None:
         key=lambda item: item[1]["questions_per_s"],
     )
     instruct_engine = make_engine(model, tokenizer, "instruct", args.batch_tokens, compile=best_variant == "compiled")
-    instruct = run_engine(instruct_engine, questions[:n_engine], best["batch_size"], ceiling)
+    instruct = run_engine(instruct_engine, sample(best["batch_size"]), best["batch_size"], ceiling)
     print(f"engine, zero-shot instruct prompt, batch {best['batch_size']}: {instruct['questions_per_s']:.1f} q/s")
 
     fixed: dict[str, Any] | None = None
@@ -247,7 +256,10 @@ def main() -> None:
         fixed_engine.max_question_tokens = 32 - fixed_engine.prompt_overhead
         words = " ".join(["word"] * 64)
         fixed = run_engine(fixed_engine, [words] * (best["batch_size"] * 8), best["batch_size"], ceiling)
-        print(f"engine, 32-token prompts, batch {best['batch_size']}: mfu {fixed['mfu']:.1%}")
+        print(
+            f"engine, 32-token prompts, batch {best['batch_size']}: mfu {fixed['mfu']:.1%}"
+            f" (forward only {fixed['forward_only_mfu']:.1%})"
+        )
 
     speedup = best["questions_per_s"] / naive["questions_per_s"]
     name = "engine-cpu.json" if device.type == "cpu" else "engine-h200.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +14,7 @@ from qcat.errors import QcatError
 from qcat.logs import configure_logging
 from qcat.settings import EngineSettings
 
+Settings = TypeVar("Settings", bound=EngineSettings)
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qcat: streaming question categorization.")
 console = Console(stderr=True)
 
@@ -24,9 +25,10 @@ BaseModelOption = Annotated[
 AdapterOption = Annotated[Path | None, typer.Option("--adapter", help="Adapter directory. [env: QCAT_ADAPTER]")]
 
 
-def engine_settings(**flags: Any) -> EngineSettings:
-    """Environment first, flags on top: one frozen settings object per process."""
-    return EngineSettings(**{key: value for key, value in flags.items() if value is not None})
+def settings_from(kind: type[Settings], **flags: Any) -> Settings:
+    """Environment first, flags given on the command line on top: one frozen settings object per process."""
+    given: dict[str, Any] = {key: value for key, value in flags.items() if value is not None}
+    return kind(**given)
 
 
 def fail(error: QcatError) -> typer.Exit:
@@ -52,7 +54,9 @@ def classify(
     """Categorize questions ad hoc with the base model (zero-shot) or an adapter."""
     from qcat.engine import Engine
 
-    settings = engine_settings(base_model=base_model, adapter=adapter, taxonomy=taxonomy, device=device, dtype=dtype)
+    settings = settings_from(
+        EngineSettings, base_model=base_model, adapter=adapter, taxonomy=taxonomy, device=device, dtype=dtype
+    )
     try:
         engine = Engine.load(settings)
         predictions = engine.classify(texts)
@@ -79,3 +83,51 @@ def classify(
         runner_up = prediction.top(2)[-1]
         table.add_row(text, prediction.label, f"{prediction.confidence:.2f}", f"{runner_up[0]} {runner_up[1]:.2f}")
     Console().print(table)
+
+
+@app.command()
+def worker(
+    brokers: Annotated[str | None, typer.Option(help="Kafka bootstrap servers. [env: QCAT_BROKERS]")] = None,
+    base_model: BaseModelOption = None,
+    adapter: AdapterOption = None,
+    topic_prefix: Annotated[str | None, typer.Option(help="Topic name prefix. [env: QCAT_TOPIC_PREFIX]")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="Most events per micro-batch. [env: QCAT_MAX_BATCH]")] = None,
+    max_wait: Annotated[float | None, typer.Option(help="Seconds to fill a batch. [env: QCAT_MAX_WAIT]")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Below: review topic. [env: QCAT_CONFIDENCE_THRESHOLD]")
+    ] = None,
+) -> None:
+    """Run the streaming worker (all settings: QCAT_* environment variables, see docs/worker.md)."""
+    from worker.main import run_worker
+    from worker.settings import WorkerSettings
+
+    settings = settings_from(
+        WorkerSettings,
+        brokers=brokers,
+        base_model=base_model,
+        adapter=adapter,
+        topic_prefix=topic_prefix,
+        max_batch=max_batch,
+        max_wait=max_wait,
+        confidence_threshold=threshold,
+    )
+    try:
+        run_worker(settings)
+    except QcatError as error:
+        raise fail(error) from error
+
+
+@app.command()
+def broker(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9092) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, in memory) on loopback until Ctrl-C."""
+    from worker.broker import EmbeddedBroker
+
+    try:
+        with EmbeddedBroker(port) as running:
+            console.print(f"broker listening on {running.address} (in-memory; Ctrl-C stops it)")
+            assert running.process is not None
+            running.process.wait()
+    except KeyboardInterrupt:
+        pass
+    except QcatError as error:
+        raise fail(error) from error

@@ -16,6 +16,10 @@ class EngineSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="QCAT_", frozen=True, extra="ignore")
 
+    def engine_settings(self) -> EngineSettings:
+        """Just the engine's part (subclasses add their own settings)."""
+        return EngineSettings.model_validate(self.model_dump(include=set(EngineSettings.model_fields)))
+
     base_model: str = DEFAULT_BASE_MODEL
     adapter: Path | None = Field(default=None, description="Adapter directory; None runs the base model zero-shot.")
     taxonomy: Path | None = Field(default=None, description="Labels for zero-shot; default: TREC's 6 coarse classes.")

@@ -90,6 +90,9 @@ class DeadLetter(_Event):
     error: str = Field(max_length=4000)
     payload: str = Field(description="The original message value: UTF-8 text, or base64 if it was not UTF-8.")
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    payload_truncated: bool = Field(
+        default=False, description="The payload was cut to fit a Kafka message; the original stays at topic/offset."
+    )
     topic: str
     partition: int = Field(ge=0)
     offset: int = Field(ge=0)

@@ -1,0 +1,142 @@
+"""Test helpers that talk to the real broker: produce, consume, and run `qcat worker` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from worker.broker import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+async def _produce(
+    address: str, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=address, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key, headers=headers) for key, value, headers in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def produce(address: str, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
+    asyncio.run(_produce(address, topic, list(records)))
+
+
+def question(event_id: str, text: str, **extra: Any) -> bytes:
+    return json.dumps({"event_id": event_id, "text": text, **extra}).encode()
+
+
+@dataclass
+class Collected:
+    by_topic: dict[str, list[Any]] = field(default_factory=dict)
+
+    def values(self, topic: str) -> list[dict[str, Any]]:
+        return [json.loads(record.value) for record in self.by_topic.get(topic, [])]
+
+
+async def _consume(address: str, topics: list[str], done: Callable[[Collected], bool], timeout: float) -> Collected:
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=address,
+        group_id=unique("test-reader"),
+        auto_offset_reset="earliest",
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    collected = Collected()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not done(collected):
+            batches = await consumer.getmany(timeout_ms=500)
+            for partition, records in batches.items():
+                collected.by_topic.setdefault(partition.topic, []).extend(records)
+    finally:
+        await consumer.stop()
+    return collected
+
+
+def consume(address: str, topics: list[str], done: Callable[[Collected], bool], timeout: float = 90) -> Collected:
+    """Read the topics from the start until `done` says enough (or the timeout; the caller asserts)."""
+    return asyncio.run(_consume(address, topics, done, timeout))
+
+
+class WorkerProcess:
+    """`python -m qcat worker` on the built-in model, configured through QCAT_* variables like in production."""
+
+    def __init__(self, address: str, prefix: str, tmp: Path, **settings: object) -> None:
+        self.web_port = free_port()
+        self.env = {
+            **os.environ,
+            "QCAT_BROKERS": address,
+            "QCAT_TOPIC_PREFIX": prefix,
+            "QCAT_APP_ID": f"{prefix}-worker",
+            "QCAT_BASE_MODEL": "tiny-qwen3",
+            "QCAT_DTYPE": "float32",
+            "QCAT_PARTITIONS": "2",
+            "QCAT_WEB_PORT": str(self.web_port),
+            "QCAT_DATA_DIR": str(tmp / "faust"),
+            "QCAT_SESSION_TIMEOUT": "10",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.env.update({f"QCAT_{key.upper()}": str(value) for key, value in settings.items()})
+        self.log_path = tmp / f"worker-{uuid.uuid4().hex[:6]}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> WorkerProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "qcat", "worker"], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"worker not ready within {timeout}s:\n{self.log()}")
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=5) as response:
+            return str(response.read().decode())
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]

@@ -1,0 +1,168 @@
+"""The Faust app: consume questions, micro-batch them (`take_events`), classify off the event loop, publish.
+
+At-least-once: `take_events` acks a batch's events only when the loop asks for the next batch, and the loop body
+returns only after every output of the batch is acknowledged by the broker (publishing retries until it is), so an
+offset is never committed before its outputs are stored. A redelivered event is categorized again under the same
+`event_id` (the message key), which consumers can dedupe on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import faust
+import structlog
+from faust.auth import SASLCredentials, SSLCredentials
+from prometheus_client import generate_latest
+
+from worker.classifier import Classifier
+from worker.metrics import WorkerMetrics
+from worker.process import BatchResult, Output, Record, process_batch
+from worker.settings import WorkerSettings
+from worker.topics import Topics
+
+log = structlog.get_logger(__name__)
+MAX_PUBLISH_BACKOFF = 10.0
+
+
+def credentials(settings: WorkerSettings) -> Any:
+    context = settings.ssl_context()
+    if settings.security_protocol.startswith("SASL"):
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        return SASLCredentials(
+            username=settings.sasl_username, password=password, ssl_context=context, mechanism=settings.sasl_mechanism
+        )
+    return SSLCredentials(context) if context is not None else None
+
+
+def create_app(settings: WorkerSettings, classifier: Classifier, metrics: WorkerMetrics) -> faust.App:
+    topics = Topics.build(settings.topic_prefix, classifier.taxonomy)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host.strip()}" for host in settings.brokers.split(",")],
+        broker_credentials=credentials(settings),
+        broker_session_timeout=settings.session_timeout,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        stream_buffer_maxsize=max(4 * settings.max_batch, 256),  # backpressure: fetching pauses beyond this
+        producer_linger_ms=5,
+        web_port=settings.web_port,
+        web_bind="0.0.0.0",
+        autodiscover=False,
+        store="memory://",
+        datadir=str(settings.data_dir),
+    )
+    incoming = app.topic(topics.incoming, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    outputs = [app.topic(name, partitions=settings.partitions) for name in topics.all_outputs()]
+    ready = asyncio.Event()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-inference")
+    metrics.model.info({"base_model": classifier.model_name, "adapter": classifier.adapter_version or "zero-shot"})
+    handle = partial(
+        process_batch,
+        classifier=classifier,
+        topics=topics,
+        threshold=settings.confidence_threshold,
+        max_text_chars=settings.max_text_chars,
+    )
+
+    @app.task
+    async def declare_topics() -> None:
+        for topic in outputs:
+            await topic.maybe_declare()
+        metrics.ready.set(1)
+        ready.set()
+        log.info(
+            "worker ready",
+            input=topics.incoming,
+            outputs=len(outputs),
+            model=classifier.model_name,
+            adapter=classifier.adapter_version,
+        )
+
+    @app.agent(incoming)
+    async def categorize(stream: Any) -> None:  # faust.StreamT's stubs lack take_events
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+            records = [_record(event) for event in events]
+            metrics.events_in.labels(topics.incoming).inc(len(records))
+            metrics.batch_size.observe(len(records))
+            result: BatchResult = await loop.run_in_executor(executor, handle, records)
+            await publish(app, result.outputs, metrics)
+            _observe(result, metrics, settings.log_text)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        # aiohttp refuses a charset inside content_type; Prometheus reads plain text as exposition format 0.0.4.
+        return web.bytes(generate_latest(metrics.registry), content_type="text/plain")
+
+    @app.page("/healthz")
+    async def liveness(web: Any, request: Any) -> Any:
+        return web.json({"status": "alive"})
+
+    @app.page("/readyz")
+    async def readiness(web: Any, request: Any) -> Any:
+        return web.json({"ready": ready.is_set()}, status=200 if ready.is_set() else 503)
+
+    return app
+
+
+async def publish(app: faust.App, outputs: Sequence[Output], metrics: WorkerMetrics) -> None:
+    """Send all outputs without waiting on each, then wait for every ack; resend what failed until it succeeds."""
+    producer = await app.maybe_start_producer()
+    pending, backoff = list(outputs), 0.2
+    while pending:
+        futures = [await producer.send(o.topic, o.key, o.value, None, None, o.headers) for o in pending]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [o for o, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
+        for output, outcome in zip(pending, results, strict=True):
+            if not isinstance(outcome, BaseException):
+                metrics.events_out.labels(output.topic).inc()
+        if failed:
+            errors = {type(r).__name__ for r in results if isinstance(r, BaseException)}
+            log.warning("publish failed; retrying", failed=len(failed), errors=sorted(errors), backoff_s=backoff)
+            metrics.publish_retries.inc()
+            await asyncio.sleep(backoff)
+            backoff = min(2 * backoff, MAX_PUBLISH_BACKOFF)
+        pending = failed
+
+
+def _record(event: Any) -> Record:
+    message = event.message
+    headers = message.headers or []
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return Record(message.key, message.value, message.topic, message.partition, message.offset, list(headers))
+
+
+def _observe(result: BatchResult, metrics: WorkerMetrics, log_text: bool) -> None:
+    for letter in result.dead_letters:
+        metrics.dead_letters.labels(letter.reason.value).inc()
+        log.warning(
+            "dead letter",
+            reason=letter.reason.value,
+            topic=letter.topic,
+            partition=letter.partition,
+            offset=letter.offset,
+            error=letter.error[:200],
+        )
+    for event in result.categorized:
+        metrics.labels.labels(event.label).inc()
+        metrics.end_to_end_seconds.observe(event.latency_ms / 1000)
+    if result.categorized:
+        metrics.inference_seconds.observe(result.inference_seconds)
+        fields: dict[str, Any] = {
+            "n": len(result.categorized),
+            "inference_ms": round(1000 * result.inference_seconds, 1),
+            "event_ids": [e.event_id for e in result.categorized[:20]],
+        }
+        if log_text:
+            fields["texts"] = [e.text for e in result.categorized[:20]]
+        log.info("batch categorized", **fields)

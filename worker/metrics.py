@@ -1,0 +1,38 @@
+"""Prometheus metrics of one worker, in a registry of its own (served at /metrics on the worker's web port).
+
+Labels are topics, reasons and taxonomy labels only: never event ids or text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter("qcat_events_in", "Records consumed.", ["topic"], registry=r)
+        self.events_out = Counter("qcat_events_out", "Records published and acknowledged.", ["topic"], registry=r)
+        self.dead_letters = Counter("qcat_dead_letters", "Records dead-lettered, by reason.", ["reason"], registry=r)
+        self.labels = Counter("qcat_labels", "Categorized events, by label.", ["label"], registry=r)
+        self.batch_size = Histogram(
+            "qcat_batch_size",
+            "Records per micro-batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "qcat_inference_seconds", "Model time per micro-batch.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.end_to_end_seconds = Histogram(
+            "qcat_end_to_end_seconds",
+            "From a question's created_at to its categorization.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.publish_retries = Counter("qcat_publish_retries", "Batches whose publishing was retried.", registry=r)
+        self.model = Info("qcat_model", "The base model and adapter serving.", registry=r)
+        self.ready = Gauge("qcat_ready", "1 once the model is loaded and the worker consumes.", registry=r)

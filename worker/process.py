@@ -1,0 +1,122 @@
+"""One micro-batch, from raw Kafka records to the records to publish. Pure and synchronous: it runs in the
+inference thread, so the event loop keeps polling and heartbeating while the model works."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from qcat.engine import Prediction
+from schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason, LabelScore, QuestionEvent
+from worker.classifier import Classifier
+from worker.decode import Rejected, dead_letter, decode_question
+from worker.topics import Topics
+
+Headers = list[tuple[str, bytes]]
+TOP_SCORES = 3
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """An input record as consumed."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    headers: Headers = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+@dataclass
+class BatchResult:
+    outputs: list[Output] = field(default_factory=list)
+    categorized: list[CategorizedEvent] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    routed: list[str] = field(default_factory=list)
+    inference_seconds: float = 0.0
+
+
+def process_batch(
+    records: Sequence[Record],
+    classifier: Classifier,
+    topics: Topics,
+    *,
+    threshold: float,
+    max_text_chars: int,
+) -> BatchResult:
+    result = BatchResult()
+    valid: list[tuple[Record, QuestionEvent]] = []
+    for record in records:
+        decoded = decode_question(record.value, max_text_chars=max_text_chars)
+        if isinstance(decoded, Rejected):
+            _dead_letter(result, topics, record, decoded)
+        else:
+            valid.append((record, decoded))
+    if not valid:
+        return result
+    started = datetime.now(UTC)
+    for (record, event), prediction in zip(
+        valid, _classify(classifier, [event.text for _, event in valid]), strict=True
+    ):
+        if isinstance(prediction, Rejected):
+            _dead_letter(result, topics, record, prediction)
+            continue
+        now = datetime.now(UTC)
+        categorized = CategorizedEvent(
+            event_id=event.event_id,
+            text=event.text,
+            label=prediction.label,
+            confidence=prediction.confidence,
+            scores=tuple(LabelScore(label=label, score=score) for label, score in prediction.top(TOP_SCORES)),
+            truncated=prediction.truncated,
+            adapter_version=classifier.adapter_version,
+            base_model=classifier.model_name,
+            latency_ms=max(0.0, (now - event.created_at).total_seconds() * 1000),
+            categorized_at=now,
+            metadata=event.metadata,
+        )
+        value = categorized.model_dump_json().encode()
+        key = event.event_id.encode()
+        route = topics.routes[prediction.label] if prediction.confidence >= threshold else topics.review
+        result.outputs += [
+            Output(topics.categorized, key, value, record.headers),
+            Output(route, key, value, record.headers),
+        ]
+        result.categorized.append(categorized)
+        result.routed.append(route)
+    result.inference_seconds = (datetime.now(UTC) - started).total_seconds()
+    return result
+
+
+def _classify(classifier: Classifier, texts: list[str]) -> list[Prediction | Rejected]:
+    """The whole batch in one pass; if it fails, each text alone, so one poisonous input cannot sink its batch."""
+    try:
+        return [*classifier.classify(texts)]
+    except Exception as error:  # noqa: BLE001 - any model failure becomes per-event dead letters, never a crash
+        log.warning("batch inference failed; retrying one by one", error=str(error), n=len(texts))
+    results: list[Prediction | Rejected] = []
+    for text in texts:
+        try:
+            results.extend(classifier.classify([text]))
+        except Exception as error:  # noqa: BLE001 - see above
+            results.append(Rejected(DeadLetterReason.INFERENCE_ERROR, f"{type(error).__name__}: {error}"))
+    return results
+
+
+def _dead_letter(result: BatchResult, topics: Topics, record: Record, rejected: Rejected) -> None:
+    letter = dead_letter(record.value, rejected, topic=record.topic, partition=record.partition, offset=record.offset)
+    result.dead_letters.append(letter)
+    result.outputs.append(Output(topics.dlq, record.key, letter.model_dump_json().encode(), record.headers))

@@ -1,0 +1,51 @@
+"""Topic names: one documented rule from labels to legal Kafka topic names.
+
+Kafka allows `[A-Za-z0-9._-]` in topic names, at most 249 characters. A label's route is
+`<prefix>.route.<label>` with every other character replaced by `_` (TREC's `HUM:ind` routes to
+`questions.route.HUM_ind`). Two labels that would share a route are refused at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from schemas.taxonomy import Taxonomy
+
+ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
+MAX_TOPIC_LENGTH = 249
+
+
+def topic_safe(label: str) -> str:
+    return ILLEGAL.sub("_", label)
+
+
+@dataclass(frozen=True)
+class Topics:
+    incoming: str
+    categorized: str
+    review: str
+    dlq: str
+    routes: dict[str, str]
+
+    @classmethod
+    def build(cls, prefix: str, taxonomy: Taxonomy) -> Topics:
+        routes = {label: f"{prefix}.route.{topic_safe(label)}" for label in taxonomy.names}
+        clashes = sorted({route for route in routes.values() if list(routes.values()).count(route) > 1})
+        if clashes:
+            raise ValueError(
+                f"labels map to the same routing topic: {clashes}; rename them to differ in [A-Za-z0-9._-]"
+            )
+        too_long = [route for route in routes.values() if len(route) > MAX_TOPIC_LENGTH]
+        if too_long:
+            raise ValueError(f"routing topics longer than {MAX_TOPIC_LENGTH} characters: {too_long}")
+        return cls(
+            incoming=f"{prefix}.incoming",
+            categorized=f"{prefix}.categorized",
+            review=f"{prefix}.review",
+            dlq=f"{prefix}.dlq",
+            routes=routes,
+        )
+
+    def all_outputs(self) -> list[str]:
+        return [self.categorized, self.review, self.dlq, *self.routes.values()]
