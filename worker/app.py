@@ -87,6 +87,11 @@ def create_app(settings: WorkerSettings, classifier: Classifier, metrics: Worker
             adapter=classifier.adapter_version,
         )
 
+    @app.on_partitions_assigned.connect
+    async def count_rebalance(app: Any, assigned: Any, **kwargs: Any) -> None:
+        metrics.rebalances.inc()
+        log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
     @app.agent(incoming)
     async def categorize(stream: Any) -> None:  # faust.StreamT's stubs lack take_events
         loop = asyncio.get_running_loop()

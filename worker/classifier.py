@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from qcat.engine import Prediction
+from qcat.engine import DEFAULT_TAXONOMY, Prediction
+from qcat.settings import EngineSettings
 from schemas.taxonomy import Taxonomy
 
 
@@ -44,3 +45,9 @@ class ConstantClassifier:
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
         return [self._prediction] * len(texts)
+
+
+def constant_classifier(settings: EngineSettings) -> ConstantClassifier:
+    """`QCAT_CLASSIFIER=worker.classifier:constant_classifier`: the pipeline with no model (benchmarks)."""
+    taxonomy = Taxonomy.from_file(settings.taxonomy) if settings.taxonomy else Taxonomy.from_file(DEFAULT_TAXONOMY)
+    return ConstantClassifier(taxonomy)

@@ -34,5 +34,8 @@ class WorkerMetrics:
             registry=r,
         )
         self.publish_retries = Counter("qcat_publish_retries", "Batches whose publishing was retried.", registry=r)
+        self.rebalances = Counter(
+            "qcat_rebalances", "Partition assignments this worker received (1 = the initial join only).", registry=r
+        )
         self.model = Info("qcat_model", "The base model and adapter serving.", registry=r)
         self.ready = Gauge("qcat_ready", "1 once the model is loaded and the worker consumes.", registry=r)

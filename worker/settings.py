@@ -40,6 +40,10 @@ class WorkerSettings(EngineSettings):
     data_dir: Path = Field(
         default=Path(tempfile.gettempdir()) / "qcat-worker", description="Faust's local state (nothing durable)."
     )
+    classifier: str | None = Field(
+        default=None,
+        description="Serve `module:factory` (called with these settings, returns a Classifier) instead of the engine.",
+    )
     web_port: int = Field(default=6066, ge=0, le=65535, description="Metrics and health endpoints.")
     session_timeout: float = Field(default=30.0, gt=0, description="Kafka consumer session timeout, seconds.")
     log_json: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from tests.integration.kafka import WorkerProcess, consume, produce, question, unique
@@ -100,3 +101,31 @@ def test_sigkill_mid_stream_loses_nothing(broker: str, tmp_path: Path) -> None:
     ids = [e["event_id"] for e in done.values(f"{prefix}.categorized")]
     assert set(ids) == {f"k{i}" for i in range(total)}
     print(f"sigkill after {seen_before} outputs: {len(ids) - total} duplicates of {total}")
+
+
+def test_inference_slower_than_session_timeout_keeps_the_loop_responsive(broker: str, tmp_path: Path) -> None:
+    """Batches taking 8 s (session timeout 6 s) run off the event loop: it keeps answering, no rebalance follows.
+
+    The embedded broker does not evict silent members, so the proof is the loop itself: the health endpoint,
+    served by the same event loop that heartbeats and polls, answers within a second throughout.
+    """
+    prefix = unique("t-slow")
+    worker = WorkerProcess(
+        broker, prefix, tmp_path, classifier="tests.helpers.slow:slow", session_timeout=6, max_batch=4, max_wait=0.01
+    ).start()
+    try:
+        produce(broker, f"{prefix}.incoming", [(f"s{i}".encode(), question(f"s{i}", "Why ?"), []) for i in range(12)])
+        answered: list[float] = []
+        deadline = time.monotonic() + 20  # spans two to three slow batches
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            worker.get("/healthz")
+            answered.append(time.monotonic() - started)
+            time.sleep(0.2)
+        got = consume(broker, [f"{prefix}.categorized"], lambda c: len(c.values(f"{prefix}.categorized")) >= 12, 120)
+        assert {e["event_id"] for e in got.values(f"{prefix}.categorized")} == {f"s{i}" for i in range(12)}
+        assert max(answered) < 1.0, f"event loop stalled for {max(answered):.1f}s"
+        rebalances = [line for line in worker.get("/metrics").splitlines() if line.startswith("qcat_rebalances_total")]
+        assert rebalances == ["qcat_rebalances_total 1.0"], rebalances  # the initial join only
+    finally:
+        worker.stop()

@@ -1,0 +1,118 @@
+"""The worker's pure pieces: topic names, decoding into events or dead letters, batch processing, settings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pytest
+
+from qcat.engine import Prediction
+from schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
+from schemas.taxonomy import Taxonomy
+from worker.classifier import ConstantClassifier
+from worker.decode import MAX_DEAD_LETTER_PAYLOAD, Rejected, dead_letter, decode_question
+from worker.process import Record, process_batch
+from worker.settings import WorkerSettings
+from worker.topics import Topics
+
+TAXONOMY = Taxonomy.from_names(["HUM:ind", "LOC:city", "NUM"])
+TOPICS = Topics.build("q", TAXONOMY)
+
+
+def test_labels_map_to_legal_topic_names() -> None:
+    """Characters Kafka forbids become '_': TREC's HUM:ind routes to q.route.HUM_ind."""
+    assert TOPICS.routes == {"HUM:ind": "q.route.HUM_ind", "LOC:city": "q.route.LOC_city", "NUM": "q.route.NUM"}
+    assert (TOPICS.incoming, TOPICS.categorized, TOPICS.review, TOPICS.dlq) == (
+        "q.incoming",
+        "q.categorized",
+        "q.review",
+        "q.dlq",
+    )
+
+
+def test_labels_that_would_share_a_route_are_refused() -> None:
+    """'a:b' and 'a/b' both map to a_b: refused at start-up rather than mixing two routes."""
+    with pytest.raises(ValueError, match="same routing topic"):
+        Topics.build("q", Taxonomy.from_names(["a:b", "a/b"]))
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, DeadLetterReason.SCHEMA_VIOLATION),
+        (b"\xff\xfe", DeadLetterReason.UNDECODABLE),
+        (b"{oops", DeadLetterReason.INVALID_JSON),
+        (b'{"event_id": "e", "text": 5}', DeadLetterReason.SCHEMA_VIOLATION),
+        (b'{"event_id": "e", "text": "hi", "extra": 1}', DeadLetterReason.SCHEMA_VIOLATION),
+        (b'{"event_id": "e", "text": " \\n\\t "}', DeadLetterReason.EMPTY_TEXT),
+        (json.dumps({"event_id": "e", "text": "x" * 50}).encode(), DeadLetterReason.TEXT_TOO_LONG),
+        (json.dumps({"event_id": "e", "text": "x" * 20_000}).encode(), DeadLetterReason.TEXT_TOO_LONG),
+    ],
+)
+def test_bad_input_is_rejected_with_its_reason(raw: bytes | None, reason: DeadLetterReason) -> None:
+    """Each kind of bad input maps to its documented dead-letter reason."""
+    decoded = decode_question(raw, max_text_chars=40)
+    assert isinstance(decoded, Rejected)
+    assert decoded.reason == reason
+
+
+def test_dead_letter_keeps_bounded_payload() -> None:
+    """Huge payloads are cut to fit a Kafka message and flagged; binary payloads are base64."""
+    letter = dead_letter(
+        b"x" * (MAX_DEAD_LETTER_PAYLOAD + 5),
+        Rejected(DeadLetterReason.TEXT_TOO_LONG, "long"),
+        topic="t",
+        partition=1,
+        offset=9,
+    )
+    assert letter.payload_truncated
+    assert len(letter.payload) == MAX_DEAD_LETTER_PAYLOAD
+    binary = dead_letter(b"\xff", Rejected(DeadLetterReason.UNDECODABLE, "bad"), topic="t", partition=0, offset=0)
+    assert (binary.payload, binary.payload_encoding) == ("/w==", "base64")
+
+
+def record(offset: int, value: bytes, key: bytes = b"k") -> Record:
+    return Record(key=key, value=value, topic="q.incoming", partition=0, offset=offset, headers=[("h", b"v")])
+
+
+def test_batch_routes_by_confidence_and_dead_letters_bad_records() -> None:
+    """Valid events go to categorized and their route; bad ones to the DLQ; headers are carried to every output."""
+    records = [record(0, b'{"event_id": "a", "text": "Who ?"}'), record(1, b"{bad")]
+    result = process_batch(records, ConstantClassifier(TAXONOMY), TOPICS, threshold=0.5, max_text_chars=100)
+    assert [o.topic for o in result.outputs] == ["q.dlq", "q.categorized", "q.route.HUM_ind"]
+    assert all(o.headers == [("h", b"v")] for o in result.outputs)
+    event = CategorizedEvent.model_validate_json(result.outputs[1].value)
+    assert (event.event_id, event.label, event.confidence) == ("a", "HUM:ind", 1.0)
+    letter = DeadLetter.model_validate_json(result.outputs[0].value)
+    assert (letter.reason, letter.offset, letter.payload) == (DeadLetterReason.INVALID_JSON, 1, "{bad")
+    high = process_batch(records[:1], ConstantClassifier(TAXONOMY), TOPICS, threshold=1.01, max_text_chars=100)
+    assert [o.topic for o in high.outputs] == ["q.categorized", "q.review"]
+
+
+class PoisonClassifier(ConstantClassifier):
+    """Fails any batch that contains the word 'poison', as a model error on one input would."""
+
+    def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        if any("poison" in text for text in texts):
+            raise RuntimeError("non-finite logits")
+        return super().classify(texts)
+
+
+def test_one_poisonous_input_does_not_sink_its_batch() -> None:
+    """A batch whose inference fails is retried one by one: only the culprit is dead-lettered."""
+    records = [
+        record(i, json.dumps({"event_id": f"e{i}", "text": t}).encode())
+        for i, t in enumerate(["fine", "poison", "also fine"])
+    ]
+    result = process_batch(records, PoisonClassifier(TAXONOMY), TOPICS, threshold=0.0, max_text_chars=100)
+    assert [e.event_id for e in result.categorized] == ["e0", "e2"]
+    assert [(d.reason, d.offset) for d in result.dead_letters] == [(DeadLetterReason.INFERENCE_ERROR, 1)]
+
+
+def test_secrets_never_print() -> None:
+    """The SASL password is a SecretStr: masked in repr and dumps, available only on purpose."""
+    settings = WorkerSettings(sasl_password="hunter2", security_protocol="SASL_PLAINTEXT", sasl_username="u")
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in settings.model_dump_json()
+    assert settings.kafka_client_options()["sasl_plain_password"] == "hunter2"
