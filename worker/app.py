@@ -87,9 +87,10 @@ def create_app(settings: WorkerSettings, classifier: Classifier, metrics: Worker
             adapter=classifier.adapter_version,
         )
 
-    @app.on_partitions_assigned.connect
-    async def count_rebalance(app: Any, assigned: Any, **kwargs: Any) -> None:
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's signal stubs reject async receivers
+    async def count_rebalance(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         metrics.rebalances.inc()
+        assigned = kwargs.get("assigned") or set()
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
     @app.agent(incoming)
