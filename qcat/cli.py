@@ -131,3 +131,20 @@ def broker(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9092)
         pass
     except QcatError as error:
         raise fail(error) from error
+
+
+@app.command()
+def demo(
+    count: Annotated[int, typer.Option(help="How many sample questions (TREC test set) to stream.")] = 60,
+    rate: Annotated[float, typer.Option(help="Questions per second.")] = 20.0,
+    base_model: BaseModelOption = None,
+    adapter: AdapterOption = None,
+) -> None:
+    """Run broker + worker locally, stream sample questions through them and show where each one is routed."""
+    from worker.demo import run_demo
+
+    try:
+        code = run_demo(count=count, rate=rate, adapter=adapter, base_model=base_model, console=Console())
+    except QcatError as error:
+        raise fail(error) from error
+    raise typer.Exit(code=code)

@@ -1,9 +1,10 @@
 """The Faust app: consume questions, micro-batch them (`take_events`), classify off the event loop, publish.
 
-At-least-once: `take_events` acks a batch's events only when the loop asks for the next batch, and the loop body
-returns only after every output of the batch is acknowledged by the broker (publishing retries until it is), so an
-offset is never committed before its outputs are stored. A redelivered event is categorized again under the same
-`event_id` (the message key), which consumers can dedupe on.
+At-least-once: each event holds an extra reference until every output of its batch is acknowledged by the broker
+(publishing retries until it is); only then is its offset acked to Faust's consumer and eligible for commit. Faust
+commits the highest contiguous acked offset per partition, so batches may finish out of order safely, and up to
+`BATCHES_IN_FLIGHT` batches publish in the background while the next one is classified. A redelivered event is
+categorized again under the same `event_id` (the message key), which consumers can dedupe on.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from worker.topics import Topics
 
 log = structlog.get_logger(__name__)
 MAX_PUBLISH_BACKOFF = 10.0
+BATCHES_IN_FLIGHT = 4
+"""Batches whose outputs may await broker acks while the next batch is classified (bounded: backpressure)."""
 
 
 def credentials(settings: WorkerSettings) -> Any:
@@ -77,10 +80,8 @@ def create_app(settings: WorkerSettings, classifier: Classifier, metrics: Worker
     async def declare_topics() -> None:
         for topic in outputs:
             await topic.maybe_declare()
-        metrics.ready.set(1)
-        ready.set()
         log.info(
-            "worker ready",
+            "topics declared",
             input=topics.incoming,
             outputs=len(outputs),
             model=classifier.model_name,
@@ -90,19 +91,37 @@ def create_app(settings: WorkerSettings, classifier: Classifier, metrics: Worker
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's signal stubs reject async receivers
     async def count_rebalance(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         metrics.rebalances.inc()
+        metrics.ready.set(1)
+        ready.set()  # ready once in the group, even with no partitions (more replicas than partitions)
         assigned = kwargs.get("assigned") or set()
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+    in_flight = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+    publishing: set[asyncio.Task[None]] = set()
+
+    async def publish_then_ack(events: list[Any], result: BatchResult) -> None:
+        try:
+            await publish(app, result.outputs, metrics)
+            for event in events:  # the final reference: now the offset may be committed
+                event.message.ack(app.consumer)
+            _observe(result, metrics, settings.log_text)
+        finally:
+            in_flight.release()
 
     @app.agent(incoming)
     async def categorize(stream: Any) -> None:  # faust.StreamT's stubs lack take_events
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+            for event in events:  # hold a reference: take_events' own ack must not let the offset be committed
+                event.message.incref()
             records = [_record(event) for event in events]
             metrics.events_in.labels(topics.incoming).inc(len(records))
             metrics.batch_size.observe(len(records))
             result: BatchResult = await loop.run_in_executor(executor, handle, records)
-            await publish(app, result.outputs, metrics)
-            _observe(result, metrics, settings.log_text)
+            await in_flight.acquire()  # publish in the background, overlapping the next batch's inference
+            task = asyncio.create_task(publish_then_ack(list(events), result))
+            publishing.add(task)
+            task.add_done_callback(publishing.discard)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

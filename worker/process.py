@@ -75,12 +75,15 @@ def process_batch(
             _dead_letter(result, topics, record, prediction)
             continue
         now = datetime.now(UTC)
-        categorized = CategorizedEvent(
+        # Built without re-validation: every field comes from a validated event or the engine (hot path: ~5x faster).
+        categorized = CategorizedEvent.model_construct(
             event_id=event.event_id,
             text=event.text,
             label=prediction.label,
             confidence=prediction.confidence,
-            scores=tuple(LabelScore(label=label, score=score) for label, score in prediction.top(TOP_SCORES)),
+            scores=tuple(
+                LabelScore.model_construct(label=label, score=score) for label, score in prediction.top(TOP_SCORES)
+            ),
             truncated=prediction.truncated,
             adapter_version=classifier.adapter_version,
             base_model=classifier.model_name,

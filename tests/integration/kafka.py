@@ -124,6 +124,16 @@ class WorkerProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=5) as response:
             return str(response.read().decode())
 
+    def wait_for_metric(self, sample: str, at_least: float, timeout: float = 60) -> float:
+        """Poll /metrics until the sample (name with labels) reaches `at_least`; return its value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.get("/metrics").splitlines():
+                if line.startswith(sample + " ") and float(line.split()[-1]) >= at_least:
+                    return float(line.split()[-1])
+            time.sleep(0.05)
+        raise RuntimeError(f"{sample} did not reach {at_least} within {timeout}s:\n{self.log()}")
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()

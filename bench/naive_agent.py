@@ -1,0 +1,68 @@
+"""The naive Faust agent the pipeline benchmark compares against: per event, classify and `await topic.send()`
+for each output, as the seed recipe and most Faust tutorials do. Same contracts and no-op classifier as qcat's."""
+
+from __future__ import annotations
+
+import os
+
+import faust
+
+from qcat.engine import DEFAULT_TAXONOMY
+from schemas.events import CategorizedEvent, LabelScore, QuestionEvent
+from schemas.taxonomy import Taxonomy
+from worker.classifier import ConstantClassifier
+from worker.topics import Topics
+
+
+def main() -> None:
+    prefix = os.environ["QCAT_TOPIC_PREFIX"]
+    classifier = ConstantClassifier(Taxonomy.from_file(DEFAULT_TAXONOMY))
+    topics = Topics.build(prefix, classifier.taxonomy)
+    app = faust.App(
+        f"{prefix}-naive",
+        broker=f"kafka://{os.environ['QCAT_BROKERS']}",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=2,
+        consumer_auto_offset_reset="earliest",
+        web_port=int(os.environ["QCAT_WEB_PORT"]),
+        datadir=os.environ["QCAT_DATA_DIR"],
+        autodiscover=False,
+        store="memory://",
+    )
+    incoming = app.topic(topics.incoming, value_type=bytes, key_type=bytes)
+    categorized = app.topic(topics.categorized)
+    routes = {label: app.topic(name) for label, name in topics.routes.items()}
+
+    @app.agent(incoming)
+    async def naive(stream):  # type: ignore[no-untyped-def]
+        async for value in stream:
+            event = QuestionEvent.model_validate_json(value)
+            (prediction,) = classifier.classify([event.text])
+            out = (
+                CategorizedEvent(
+                    event_id=event.event_id,
+                    text=event.text,
+                    label=prediction.label,
+                    confidence=prediction.confidence,
+                    scores=tuple(LabelScore(label=k, score=v) for k, v in prediction.top(3)),
+                    truncated=False,
+                    adapter_version=None,
+                    base_model="constant",
+                    latency_ms=0.0,
+                )
+                .model_dump_json()
+                .encode()
+            )
+            await categorized.send(key=event.event_id.encode(), value=out)
+            await routes[prediction.label].send(key=event.event_id.encode(), value=out)
+
+    @app.page("/readyz")
+    async def ready(web, request):  # type: ignore[no-untyped-def]
+        return web.json({"ready": True})
+
+    faust.Worker(app, loglevel="warning", redirect_stdouts=False, override_logging=False).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

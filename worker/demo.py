@@ -1,0 +1,195 @@
+"""`qcat demo`: the whole pipeline on one machine, offline: embedded broker, a real worker process, a stream of
+sample questions, and the routed results live in the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from qcat.errors import QcatError
+from qcat.settings import DEFAULT_BASE_MODEL
+from qcat.tiny import TINY_NAME
+from worker.broker import EmbeddedBroker, free_port
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "trec" / "test.jsonl"
+PREFIX = "demo"
+
+
+@dataclass(frozen=True)
+class Choice:
+    base_model: str
+    adapter: Path | None
+    why: str
+
+
+def choose_model(adapter: Path | None, base_model: str | None) -> Choice:
+    """The best model available offline: a given adapter, else the hub model if cached, else the built-in one."""
+    if adapter is not None:
+        return Choice(base_model or DEFAULT_BASE_MODEL, adapter, f"adapter {adapter} was given")
+    if base_model is not None:
+        return Choice(base_model, None, "--base-model was given")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(DEFAULT_BASE_MODEL, "config.json")
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        cached = None
+    if isinstance(cached, str):
+        return Choice(DEFAULT_BASE_MODEL, None, f"{DEFAULT_BASE_MODEL} is in the local Hugging Face cache (zero-shot)")
+    return Choice(
+        TINY_NAME,
+        None,
+        f"no adapter given and {DEFAULT_BASE_MODEL} is not cached: using the built-in random-weight model, so the "
+        "labels are noise; the plumbing (batching, routing, dead letters) is real",
+    )
+
+
+def run_demo(*, count: int, rate: float, adapter: Path | None, base_model: str | None, console: Console) -> int:
+    choice = choose_model(adapter, base_model)
+    console.print(f"[bold]model:[/] {choice.base_model}" + (f" + {choice.adapter}" if choice.adapter else ""))
+    console.print(f"[dim]why: {choice.why}[/]")
+    questions = [json.loads(line)["text"] for line in SAMPLES.open(encoding="utf-8")][:count]
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="qcat-demo-") as tmp:
+        console.print(f"broker: {broker.address} (embedded Tansu, in memory)")
+        worker, web_port = start_worker(broker.address, choice, Path(tmp))
+        try:
+            wait_ready(worker, web_port, Path(tmp) / "worker.log")
+            console.print(f"worker: ready (metrics on http://127.0.0.1:{web_port}/metrics)")
+            rows = asyncio.run(stream(broker.address, questions, rate, console))
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    summarize(rows, len(questions), console)
+    return 0 if len(rows) == len(questions) else 1
+
+
+def start_worker(address: str, choice: Choice, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    web_port = free_port()
+    env = {
+        **os.environ,
+        "QCAT_BROKERS": address,
+        "QCAT_TOPIC_PREFIX": PREFIX,
+        "QCAT_APP_ID": "qcat-demo",
+        "QCAT_BASE_MODEL": choice.base_model,
+        "QCAT_PARTITIONS": "2",
+        "QCAT_WEB_PORT": str(web_port),
+        "QCAT_DATA_DIR": str(tmp / "faust"),
+        "QCAT_MAX_WAIT": "0.05",
+        # The built-in model's confidences are noise, so it routes everything; real models send doubt to review.
+        "QCAT_CONFIDENCE_THRESHOLD": "0.0" if choice.base_model == TINY_NAME else "0.5",
+    }
+    if choice.adapter is not None:
+        env["QCAT_ADAPTER"] = str(choice.adapter)
+    with (tmp / "worker.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "qcat", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    return process, web_port
+
+
+def wait_ready(process: subprocess.Popen[bytes], web_port: int, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise QcatError(f"the worker exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise QcatError(f"the worker was not ready within {timeout:.0f}s; see {log}")
+
+
+async def stream(address: str, questions: list[str], rate: float, console: Console) -> list[dict[str, Any]]:
+    """Send the questions at `rate` per second while showing each categorized event and where it was routed."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=address, group_id="qcat-demo-viewer", auto_offset_reset="earliest", metadata_max_age_ms=500
+    )
+    consumer.subscribe(pattern=rf"^{PREFIX}\.(route\..*|review|dlq)$")
+    producer = AIOKafkaProducer(bootstrap_servers=address, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    rows: list[dict[str, Any]] = []
+
+    async def send() -> None:
+        for index, text in enumerate(questions):
+            event = {"event_id": f"demo-{index}", "text": text, "created_at": _now()}
+            await producer.send(f"{PREFIX}.incoming", json.dumps(event).encode(), key=event["event_id"].encode())
+            await asyncio.sleep(1 / rate)
+        await producer.flush()
+
+    sender = asyncio.create_task(send())
+    deadline = time.monotonic() + 60 + len(questions) / rate
+    try:
+        with Live(render(rows), console=console, refresh_per_second=8) as live:
+            while len(rows) < len(questions) and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        value = json.loads(record.value)
+                        rows.append({**value, "route": record.topic})
+                live.update(render(rows))
+        await sender
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return rows
+
+
+def render(rows: list[dict[str, Any]], last: int = 15) -> Table:
+    table = Table(title=f"routed {len(rows)} questions (latest {min(last, len(rows))})", expand=True)
+    for column, justify in (
+        ("question", "left"),
+        ("label", "left"),
+        ("conf.", "right"),
+        ("route", "left"),
+        ("latency", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in rows[-last:]:
+        if "reason" in row:
+            table.add_row(row.get("payload", "")[:60], "-", "-", f"[red]{row['route']}[/] ({row['reason']})", "-")
+        else:
+            table.add_row(
+                row["text"][:60], row["label"], f"{row['confidence']:.2f}", row["route"], f"{row['latency_ms']:.0f} ms"
+            )
+    return table
+
+
+def summarize(rows: list[dict[str, Any]], sent: int, console: Console) -> None:
+    console.print()
+    routes: dict[str, int] = {}
+    for row in rows:
+        routes[row["route"]] = routes.get(row["route"], 0) + 1
+    latencies = sorted(row["latency_ms"] for row in rows if "latency_ms" in row)
+    console.print(
+        f"[bold]sent {sent}, routed {len(rows)}[/]: " + ", ".join(f"{k}={v}" for k, v in sorted(routes.items()))
+    )
+    if latencies:
+        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        console.print(f"end-to-end latency: p50 {statistics.median(latencies):.0f} ms, p99 {p99:.0f} ms")
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat()
