@@ -10,7 +10,6 @@ categorized again under the same `event_id` (the message key), which consumers c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -22,12 +21,12 @@ from prometheus_client import generate_latest
 
 from worker.classifier import Classifier
 from worker.metrics import WorkerMetrics
-from worker.process import BatchResult, Output, Record, process_batch
+from worker.process import BatchResult, Record, process_batch
+from worker.publisher import BatchPublisher
 from worker.settings import WorkerSettings
 from worker.topics import Topics
 
 log = structlog.get_logger(__name__)
-MAX_PUBLISH_BACKOFF = 10.0
 BATCHES_IN_FLIGHT = 4
 """Batches whose outputs may await broker acks while the next batch is classified (bounded: backpressure)."""
 
@@ -99,9 +98,11 @@ def create_app(settings: WorkerSettings, classifier: Classifier, metrics: Worker
     in_flight = asyncio.Semaphore(BATCHES_IN_FLIGHT)
     publishing: set[asyncio.Task[None]] = set()
 
+    publisher = BatchPublisher(settings.kafka_client_options(), metrics)
+
     async def publish_then_ack(events: list[Any], result: BatchResult) -> None:
         try:
-            await publish(app, result.outputs, metrics)
+            await publisher.publish(result.outputs)
             for event in events:  # the final reference: now the offset may be committed
                 event.message.ack(app.consumer)
             _observe(result, metrics, settings.log_text)
@@ -111,6 +112,13 @@ def create_app(settings: WorkerSettings, classifier: Classifier, metrics: Worker
     @app.agent(incoming)
     async def categorize(stream: Any) -> None:  # faust.StreamT's stubs lack take_events
         loop = asyncio.get_running_loop()
+        try:
+            await consume(stream, loop)
+        finally:
+            await asyncio.gather(*publishing, return_exceptions=True)
+            await publisher.stop()
+
+    async def consume(stream: Any, loop: asyncio.AbstractEventLoop) -> None:
         async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
             for event in events:  # hold a reference: take_events' own ack must not let the offset be committed
                 event.message.incref()
@@ -137,26 +145,6 @@ def create_app(settings: WorkerSettings, classifier: Classifier, metrics: Worker
         return web.json({"ready": ready.is_set()}, status=200 if ready.is_set() else 503)
 
     return app
-
-
-async def publish(app: faust.App, outputs: Sequence[Output], metrics: WorkerMetrics) -> None:
-    """Send all outputs without waiting on each, then wait for every ack; resend what failed until it succeeds."""
-    producer = await app.maybe_start_producer()
-    pending, backoff = list(outputs), 0.2
-    while pending:
-        futures = [await producer.send(o.topic, o.key, o.value, None, None, o.headers) for o in pending]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = [o for o, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
-        for output, outcome in zip(pending, results, strict=True):
-            if not isinstance(outcome, BaseException):
-                metrics.events_out.labels(output.topic).inc()
-        if failed:
-            errors = {type(r).__name__ for r in results if isinstance(r, BaseException)}
-            log.warning("publish failed; retrying", failed=len(failed), errors=sorted(errors), backoff_s=backoff)
-            metrics.publish_retries.inc()
-            await asyncio.sleep(backoff)
-            backoff = min(2 * backoff, MAX_PUBLISH_BACKOFF)
-        pending = failed
 
 
 def _record(event: Any) -> Record:

@@ -3,6 +3,8 @@ inference thread, so the event loop keeps polling and heartbeating while the mod
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -10,7 +12,7 @@ from datetime import UTC, datetime
 import structlog
 
 from qcat.engine import Prediction
-from schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason, LabelScore, QuestionEvent
+from schemas.events import SCHEMA_VERSION, DeadLetter, DeadLetterReason, QuestionEvent
 from worker.classifier import Classifier
 from worker.decode import Rejected, dead_letter, decode_question
 from worker.topics import Topics
@@ -40,10 +42,20 @@ class Output:
     headers: Headers
 
 
+@dataclass(frozen=True)
+class Labelled:
+    """What metrics and logs need of a categorized event."""
+
+    event_id: str
+    text: str
+    label: str
+    latency_ms: float
+
+
 @dataclass
 class BatchResult:
     outputs: list[Output] = field(default_factory=list)
-    categorized: list[CategorizedEvent] = field(default_factory=list)
+    categorized: list[Labelled] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     routed: list[str] = field(default_factory=list)
     inference_seconds: float = 0.0
@@ -67,41 +79,53 @@ def process_batch(
             valid.append((record, decoded))
     if not valid:
         return result
-    started = datetime.now(UTC)
-    for (record, event), prediction in zip(
-        valid, _classify(classifier, [event.text for _, event in valid]), strict=True
-    ):
+    started = time.perf_counter()
+    predictions = _classify(classifier, [event.text for _, event in valid])
+    result.inference_seconds = time.perf_counter() - started
+    for (record, event), prediction in zip(valid, predictions, strict=True):
         if isinstance(prediction, Rejected):
             _dead_letter(result, topics, record, prediction)
             continue
         now = datetime.now(UTC)
-        # Built without re-validation: every field comes from a validated event or the engine (hot path: ~5x faster).
-        categorized = CategorizedEvent.model_construct(
-            event_id=event.event_id,
-            text=event.text,
-            label=prediction.label,
-            confidence=prediction.confidence,
-            scores=tuple(
-                LabelScore.model_construct(label=label, score=score) for label, score in prediction.top(TOP_SCORES)
-            ),
-            truncated=prediction.truncated,
-            adapter_version=classifier.adapter_version,
-            base_model=classifier.model_name,
-            latency_ms=max(0.0, (now - event.created_at).total_seconds() * 1000),
-            categorized_at=now,
-            metadata=event.metadata,
+        labelled = Labelled(
+            event.event_id, event.text, prediction.label, max(0.0, (now - event.created_at).total_seconds() * 1000)
         )
-        value = categorized.model_dump_json().encode()
+        value = categorized_json(event, prediction, labelled.latency_ms, now, classifier)
         key = event.event_id.encode()
         route = topics.routes[prediction.label] if prediction.confidence >= threshold else topics.review
         result.outputs += [
             Output(topics.categorized, key, value, record.headers),
             Output(route, key, value, record.headers),
         ]
-        result.categorized.append(categorized)
+        result.categorized.append(labelled)
         result.routed.append(route)
-    result.inference_seconds = (datetime.now(UTC) - started).total_seconds()
     return result
+
+
+def categorized_json(
+    event: QuestionEvent, prediction: Prediction, latency_ms: float, now: datetime, classifier: Classifier
+) -> bytes:
+    """A CategorizedEvent's wire form, written directly: building pydantic models costs ~50 us an event on this
+    hot path. Every field comes from a validated event or the engine; a unit test checks that the result parses
+    as a strict CategorizedEvent with exactly the model's fields, so this cannot drift from the contract."""
+    return json.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": event.event_id,
+            "text": event.text,
+            "label": prediction.label,
+            "confidence": prediction.confidence,
+            "scores": [{"label": label, "score": score} for label, score in prediction.top(TOP_SCORES)],
+            "truncated": prediction.truncated,
+            "adapter_version": classifier.adapter_version,
+            "base_model": classifier.model_name,
+            "latency_ms": latency_ms,
+            "categorized_at": now.isoformat(),
+            "metadata": event.metadata,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
 
 
 def _classify(classifier: Classifier, texts: list[str]) -> list[Prediction | Rejected]:

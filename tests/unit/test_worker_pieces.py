@@ -116,3 +116,14 @@ def test_secrets_never_print() -> None:
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in settings.model_dump_json()
     assert settings.kafka_client_options()["sasl_plain_password"] == "hunter2"
+
+
+def test_fast_categorized_json_is_exactly_the_contract() -> None:
+    """The hot path's hand-written JSON parses as a strict CategorizedEvent and has exactly the model's fields."""
+    raw = b'{"event_id": "a", "text": "Wh\\u00f6 ?", "metadata": {"tenant": "t1"}}'
+    result = process_batch([record(0, raw)], ConstantClassifier(TAXONOMY), TOPICS, threshold=0.5, max_text_chars=100)
+    value = result.outputs[0].value
+    assert list(json.loads(value)) == list(CategorizedEvent.model_fields)
+    event = CategorizedEvent.model_validate_json(value, strict=True)
+    assert (event.text, event.metadata, event.categorized_at.tzinfo is not None) == ("Whö ?", {"tenant": "t1"}, True)
+    assert [s.label for s in event.scores] == ["HUM:ind", "LOC:city", "NUM"]
