@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from worker.broker import EmbeddedBroker, free_port  # noqa: E402
+from worker.processes import terminate, wait_ready  # noqa: E402
 
 QUESTIONS = [json.loads(line)["text"] for line in (ROOT / "data" / "trec" / "test.jsonl").open()]
 
@@ -99,31 +99,25 @@ async def drain(address: str, topic: str, count: int, timeout: float, parse: boo
     return (max(stamps) - min(stamps)) / 1000, values
 
 
-def start(
-    command: list[str], env: dict[str, str], log: Path, web_port: int, timeout: float = 180
-) -> subprocess.Popen[bytes]:
+def start(command: list[str], env: dict[str, str], log: Path, web_port: int) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{command} exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{command} not ready:\n{log.read_text()[-3000:]}")
+    wait_ready(process, web_port, log)
+    return process
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+def worker_env(address: str, prefix: str, data_dir: Path, web_port: int, settings: dict[str, str]) -> dict[str, str]:
+    return {
+        **os.environ,
+        "QCAT_BROKERS": address,
+        "QCAT_TOPIC_PREFIX": prefix,
+        "QCAT_APP_ID": prefix,
+        "QCAT_WEB_PORT": str(web_port),
+        "QCAT_DATA_DIR": str(data_dir),
+        "QCAT_PARTITIONS": "2",
+        "QCAT_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        **settings,
+    }
 
 
 def run_variant(name: str, address: str, tmp: Path, count: int, settings: dict[str, str]) -> dict[str, Any]:
@@ -131,17 +125,7 @@ def run_variant(name: str, address: str, tmp: Path, count: int, settings: dict[s
     prefix = f"bench-{name}-{os.getpid()}"
     asyncio.run(preload(address, f"{prefix}.incoming", count))
     web_port = free_port()
-    env = {
-        **os.environ,
-        "QCAT_BROKERS": address,
-        "QCAT_TOPIC_PREFIX": prefix,
-        "QCAT_APP_ID": prefix,
-        "QCAT_WEB_PORT": str(web_port),
-        "QCAT_DATA_DIR": str(tmp / name),
-        "QCAT_PARTITIONS": "2",
-        "QCAT_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-        **settings,
-    }
+    env = worker_env(address, prefix, tmp / name, web_port, settings)
     command = (
         [sys.executable, "bench/naive_agent.py"] if name == "naive-faust" else [sys.executable, "-m", "qcat", "worker"]
     )
@@ -149,7 +133,7 @@ def run_variant(name: str, address: str, tmp: Path, count: int, settings: dict[s
     try:
         seconds, _ = asyncio.run(drain(address, f"{prefix}.categorized", count, timeout=600))
     finally:
-        stop(process)
+        terminate(process)
     result = {"variant": name, "events": count, "seconds": seconds, "events_per_s": count / seconds}
     print(f"{name:28} {count:7d} events  {result['events_per_s']:9.0f} events/s", flush=True)
     return result
@@ -226,17 +210,7 @@ def latency_at_half_load(
     """Send at half the engine's throughput for ~20 s; p99 of the events' own created->categorized latency."""
     prefix = f"bench-latency-{os.getpid()}"
     web_port = free_port()
-    env = {
-        **os.environ,
-        "QCAT_BROKERS": address,
-        "QCAT_TOPIC_PREFIX": prefix,
-        "QCAT_APP_ID": prefix,
-        "QCAT_WEB_PORT": str(web_port),
-        "QCAT_DATA_DIR": str(tmp / "latency"),
-        "QCAT_PARTITIONS": "2",
-        "QCAT_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-        **settings,
-    }
+    env = worker_env(address, prefix, tmp / "latency", web_port, settings)
     process = start([sys.executable, "-m", "qcat", "worker"], env, tmp / "latency.log", web_port)
     rate = engine["events_per_s"] / 2
     count = int(rate * 20)
@@ -249,7 +223,7 @@ def latency_at_half_load(
 
         values = asyncio.run(run())
     finally:
-        stop(process)
+        terminate(process)
     latencies = sorted(v["latency_ms"] for v in values)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     budget = 1000 * (float(settings["QCAT_MAX_WAIT"]) + 2 * engine["p50_batch_s"])

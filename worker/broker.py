@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from qcat.errors import QcatError
+from worker.processes import terminate
 
 
 def free_port() -> int:
@@ -73,12 +74,7 @@ class EmbeddedBroker:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout=10)
         if self.process.stderr is not None:
             self.process.stderr.close()
         self.process = None

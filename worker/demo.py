@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from qcat.errors import QcatError
 from qcat.settings import DEFAULT_BASE_MODEL
 from qcat.tiny import TINY_NAME
 from worker.broker import EmbeddedBroker, free_port
+from worker.processes import terminate, wait_ready
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "trec" / "test.jsonl"
 PREFIX = "demo"
@@ -72,11 +71,7 @@ def run_demo(*, count: int, rate: float, adapter: Path | None, base_model: str |
             console.print(f"worker: ready (metrics on http://127.0.0.1:{web_port}/metrics)")
             rows = asyncio.run(stream(broker.address, questions, rate, console))
         finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            terminate(worker)
     summarize(rows, len(questions), console)
     return 0 if len(rows) == len(questions) else 1
 
@@ -103,20 +98,6 @@ def start_worker(address: str, choice: Choice, tmp: Path) -> tuple[subprocess.Po
             [sys.executable, "-m", "qcat", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
     return process, web_port
-
-
-def wait_ready(process: subprocess.Popen[bytes], web_port: int, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise QcatError(f"the worker exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise QcatError(f"the worker was not ready within {timeout:.0f}s; see {log}")
 
 
 async def stream(address: str, questions: list[str], rate: float, console: Console) -> list[dict[str, Any]]:
