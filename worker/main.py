@@ -30,6 +30,10 @@ def load_classifier(settings: WorkerSettings) -> Classifier:
 
 def run_worker(settings: WorkerSettings) -> None:
     configure_logging(json=settings.log_json, level=settings.log_level)
-    app = create_app(settings, load_classifier(settings), WorkerMetrics())
+    classifier = load_classifier(settings)
+    # One full batch before joining the group: kernel selection and allocator warm-up happen here, not on the
+    # first real batch, and readiness means ready to serve at speed.
+    classifier.classify(["What is a warm-up question ?"] * settings.max_batch)
+    app = create_app(settings, classifier, WorkerMetrics())
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False, override_logging=False)
     worker.execute_from_commandline()
