@@ -1,0 +1,94 @@
+"""Training data: loading JSONL/CSV, the data report's errors and warnings, and the stratified split."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from schemas.taxonomy import Taxonomy
+from training.data import DataError, Example, load_examples, report, stratified_split
+
+TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def examples(*pairs: tuple[str, str]) -> list[Example]:
+    return [Example(text, label, f"t:{i}") for i, (text, label) in enumerate(pairs, start=1)]
+
+
+def test_loads_jsonl_and_csv(tmp_path: Path) -> None:
+    """Both formats give the same examples, each with its file:line."""
+    (tmp_path / "d.jsonl").write_text('{"text": "Who ?", "label": "HUM"}\n\n{"text": "Where ?", "label": "LOC"}\n')
+    (tmp_path / "d.csv").write_text('text,label\nWho ?,HUM\n"Where, then ?",LOC\n')
+    jsonl, rows = load_examples(tmp_path / "d.jsonl"), load_examples(tmp_path / "d.csv")
+    assert [(e.text, e.label, e.source) for e in jsonl] == [
+        ("Who ?", "HUM", "d.jsonl:1"),
+        ("Where ?", "LOC", "d.jsonl:3"),
+    ]
+    assert [(e.text, e.label) for e in rows] == [("Who ?", "HUM"), ("Where, then ?", "LOC")]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("d.jsonl", '{"text": "a", "label": "HUM"}\n{oops\n', "d.jsonl:2: not JSON"),
+        ("d.jsonl", '{"text": 3, "label": "HUM"}\n', "must both be strings"),
+        ("d.csv", "question,label\nWho ?,HUM\n", "lacks ['text']"),
+        ("d.txt", "Who ?\tHUM\n", "use .jsonl"),
+    ],
+)
+def test_bad_files_fail_with_the_reason(tmp_path: Path, name: str, content: str, message: str) -> None:
+    """Malformed files raise DataError naming the file, line and problem."""
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_examples(tmp_path / name)
+
+
+def test_report_errors_stop_training() -> None:
+    """Unknown labels, empty texts and texts with two labels are errors naming their rows."""
+    data = examples(("Who ?", "HUM"), ("Where ?", "PLACE"), ("  ", "LOC"), ("who?", "NUM"))
+    result = report(data, TAXONOMY)
+    assert len(result.errors) == 3
+    assert "t:2 ('PLACE')" in result.errors[0]
+    assert "t:3" in result.errors[1]
+    assert "t:1" in result.errors[2]
+    assert "t:4" in result.errors[2]
+    with pytest.raises(DataError, match="outside the taxonomy"):
+        result.raise_on_errors()
+
+
+def test_report_warnings_are_listed() -> None:
+    """Duplicates, near duplicates, overlong texts, train/eval overlap, missing labels and imbalance are warnings."""
+    train = examples(
+        *([("Who ?", "HUM")] * 2), ("WHO  ?", "HUM"), *[(f"Where {i} ?", "LOC") for i in range(30)], ("x" * 50, "LOC")
+    )
+    result = report(train, TAXONOMY, eval_examples=examples(("Where 3 ?", "LOC")), max_chars=40)
+    assert result.errors == []
+    text = "\n".join(result.warnings)
+    for expected in (
+        "1 exact duplicate",
+        "1 near-duplicate",
+        "longer than 40",
+        "1 eval rows also occur",
+        "no training examples: NUM",
+        "class imbalance",
+    ):
+        assert expected in text, expected
+
+
+def test_stratified_split_is_seeded_and_keeps_shares() -> None:
+    """The split keeps each label's share, repeats with its seed, and keeps singletons in training."""
+    lines = (ROOT / "data" / "trec" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines[:1000]]
+    data = [Example(r["text"], r["label"], f"t:{i}") for i, r in enumerate(rows)] + [Example("Lonely ?", "ZZZ", "t:x")]
+    train, held = stratified_split(data, eval_fraction=0.2, seed=7)
+    again, _ = stratified_split(data, eval_fraction=0.2, seed=7)
+    assert [e.source for e in train] == [e.source for e in again]
+    assert (len(held), len(train)) == (200, 801)
+    assert "ZZZ" not in {e.label for e in held}
+    whole, part = Counter(r["label"] for r in rows), Counter(e.label for e in held)
+    for label, count in whole.items():
+        assert abs(part[label] / 200 - count / 1000) < 0.02, label

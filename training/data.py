@@ -1,0 +1,156 @@
+"""Labeled questions for training: loading (JSONL or CSV), the data report, and a seeded stratified split.
+
+The report runs before any training: errors (unknown labels, empty texts, one text with two labels) stop the run
+with the offending rows named; warnings (duplicates, overlong texts, train/eval overlap, imbalance, labels without
+examples) are listed and training goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qcat.errors import QcatError
+from schemas.taxonomy import Taxonomy
+
+MAX_SHOWN = 5
+IMBALANCE_RATIO = 10.0
+
+
+class DataError(QcatError):
+    """The data cannot be trained on; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+    source: str  # "file:line", so every problem names its row
+
+
+def load_examples(path: Path) -> list[Example]:
+    """Read `text`,`label` rows from a .jsonl or .csv file."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist.")
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"text", "label"} - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(f"{path}: the CSV header lacks {sorted(missing)} (it needs text,label).")
+            return [_example(row, f"{path.name}:{number}") for number, row in enumerate(reader, start=2)]
+    if path.suffix not in (".jsonl", ".json"):
+        raise DataError(f"{path}: use .jsonl (one {{'text', 'label'}} object a line) or .csv with text,label.")
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path.name}:{number}: not JSON ({error.msg}).") from error
+        if not isinstance(row, dict):
+            raise DataError(f"{path.name}:{number}: expected an object with text and label.")
+        examples.append(_example(row, f"{path.name}:{number}"))
+    return examples
+
+
+def _example(row: dict[str, object], source: str) -> Example:
+    text, label = row.get("text"), row.get("label")
+    if not isinstance(text, str) or not isinstance(label, str):
+        raise DataError(
+            f"{source}: text and label must both be strings, got {type(text).__name__}/{type(label).__name__}."
+        )
+    return Example(text=text, label=label.strip(), source=source)
+
+
+def normalized(text: str) -> str:
+    """Case, spacing and punctuation removed: texts equal under this are near duplicates."""
+    return re.sub(r"[^\w ]", "", " ".join(text.lower().split())).strip()
+
+
+@dataclass
+class DataReport:
+    examples: int = 0
+    per_label: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def raise_on_errors(self) -> None:
+        if self.errors:
+            raise DataError("The data has errors:\n- " + "\n- ".join(self.errors))
+
+
+def _shown(items: Sequence[str]) -> str:
+    more = f" and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else ""
+    return ", ".join(items[:MAX_SHOWN]) + more
+
+
+def report(
+    train: Sequence[Example], taxonomy: Taxonomy, *, eval_examples: Sequence[Example] = (), max_chars: int = 2000
+) -> DataReport:
+    result = DataReport(examples=len(train), per_label=dict(Counter(e.label for e in train)))
+    everything = [*train, *eval_examples]
+    known = set(taxonomy.names)
+    unknown = [f"{e.source} ({e.label!r})" for e in everything if e.label not in known]
+    if unknown:
+        result.errors.append(f"{len(unknown)} rows have labels outside the taxonomy: {_shown(unknown)}")
+    empty = [e.source for e in everything if not e.text.strip()]
+    if empty:
+        result.errors.append(f"{len(empty)} rows have empty text: {_shown(empty)}")
+    labels_of: dict[str, set[str]] = defaultdict(set)
+    sources_of: dict[str, list[str]] = defaultdict(list)
+    for e in everything:
+        labels_of[normalized(e.text)].add(e.label)
+        sources_of[normalized(e.text)].append(e.source)
+    conflicts = [
+        f"{_shown(sources_of[key])} ({sorted(labels)})" for key, labels in labels_of.items() if len(labels) > 1
+    ]
+    if conflicts:
+        result.errors.append(f"{len(conflicts)} texts carry different labels: {_shown(conflicts)}")
+    long_rows = [e.source for e in everything if len(e.text) > max_chars]
+    if long_rows:
+        result.warnings.append(f"{len(long_rows)} texts are longer than {max_chars} characters: {_shown(long_rows)}")
+    exact = Counter((e.text, e.label) for e in train)
+    duplicates = sum(count - 1 for count in exact.values() if count > 1)
+    if duplicates:
+        result.warnings.append(f"{duplicates} exact duplicate rows in the training data")
+    train_texts = Counter(normalized(e.text) for e in train)
+    near = sum(count - 1 for count in train_texts.values() if count > 1) - duplicates
+    if near > 0:
+        result.warnings.append(f"{near} near-duplicate rows (equal but for case, spacing or punctuation)")
+    if eval_examples:
+        train_keys = {normalized(e.text) for e in train}
+        overlap = [e.source for e in eval_examples if normalized(e.text) in train_keys]
+        if overlap:
+            result.warnings.append(f"{len(overlap)} eval rows also occur in training: {_shown(overlap)}")
+    counts = [result.per_label.get(name, 0) for name in taxonomy.names]
+    lacking = [name for name, count in zip(taxonomy.names, counts, strict=True) if count == 0]
+    if lacking:
+        result.warnings.append(f"{len(lacking)} taxonomy labels have no training examples: {_shown(lacking)}")
+    present = [count for count in counts if count]
+    if present and max(present) / min(present) > IMBALANCE_RATIO:
+        result.warnings.append(
+            f"class imbalance: the largest label has {max(present)} examples, the smallest {min(present)}"
+        )
+    return result
+
+
+def stratified_split(
+    examples: Sequence[Example], *, eval_fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """A seeded split that keeps each label's share; labels with one example stay in training."""
+    from sklearn.model_selection import train_test_split
+
+    counts = Counter(e.label for e in examples)
+    singletons = [e for e in examples if counts[e.label] < 2]
+    rest = [e for e in examples if counts[e.label] >= 2]
+    train, held_out = train_test_split(
+        rest, test_size=eval_fraction, random_state=seed, stratify=[e.label for e in rest]
+    )
+    return [*train, *singletons], list(held_out)
