@@ -1,0 +1,202 @@
+"""Evaluation report: how good a classifier is on a held-out set, written for people (report.md with plots) and for
+machines (metrics.json): accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix, calibration (plot
+and expected calibration error), the misclassified examples, and the confidence threshold for the review route."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.taxonomy import Taxonomy
+
+CALIBRATION_BINS = 10
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One held-out example with the model's answer."""
+
+    text: str
+    gold: str
+    predicted: str
+    confidence: float
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by how many answers fall in each."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(error)
+
+
+def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, target: float) -> dict[str, float] | None:
+    """The lowest confidence threshold whose routed answers (confidence >= threshold) reach `target` precision;
+    the rest would go to review. None if no threshold reaches it."""
+    order = np.argsort(-confidence)
+    hits = np.cumsum(correct[order])
+    precision = hits / np.arange(1, len(order) + 1)
+    reaching = np.nonzero(precision >= target)[0]
+    if len(reaching) == 0:
+        return None
+    last = int(reaching.max())
+    return {
+        "threshold": float(confidence[order][last]),
+        "precision": float(precision[last]),
+        "coverage": float((last + 1) / len(order)),
+    }
+
+
+def evaluate(scored: Sequence[Scored], taxonomy: Taxonomy, *, target_precision: float = 0.95) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    labels = list(taxonomy.names)
+    gold = [s.gold for s in scored]
+    predicted = [s.predicted for s in scored]
+    confidence = np.array([s.confidence for s in scored], dtype=float)
+    correct = np.array([s.gold == s.predicted for s in scored], dtype=float)
+    precision, recall, f1, support = precision_recall_fscore_support(gold, predicted, labels=labels, zero_division=0)
+    return {
+        "examples": len(scored),
+        "accuracy": float(accuracy_score(gold, predicted)),
+        "macro_f1": float(f1_score(gold, predicted, labels=labels, average="macro", zero_division=0)),
+        "expected_calibration_error": expected_calibration_error(confidence, correct),
+        "review_threshold": threshold_for_precision(confidence, correct, target_precision),
+        "target_precision": target_precision,
+        "per_class": {
+            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for label, p, r, f, n in zip(labels, precision, recall, f1, support, strict=True)
+        },
+        "confusion_matrix": confusion_matrix(gold, predicted, labels=labels).tolist(),
+        "labels": labels,
+    }
+
+
+def write_report(
+    scored: Sequence[Scored], taxonomy: Taxonomy, directory: Path, *, title: str, target_precision: float = 0.95
+) -> dict[str, Any]:
+    """metrics.json, confusion_matrix.csv/.png, calibration.png, misclassified.csv and report.md in `directory`."""
+    metrics = evaluate(scored, taxonomy, target_precision=target_precision)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    labels = metrics["labels"]
+    with (directory / "confusion_matrix.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["gold \\ predicted", *labels])
+        writer.writerows([label, *row] for label, row in zip(labels, metrics["confusion_matrix"], strict=True))
+    wrong = [s for s in scored if s.gold != s.predicted]
+    with (directory / "misclassified.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "gold", "predicted", "confidence"])
+        writer.writerows([s.text, s.gold, s.predicted, f"{s.confidence:.4f}"] for s in wrong)
+    _plot_confusion(np.array(metrics["confusion_matrix"]), labels, directory / "confusion_matrix.png")
+    _plot_calibration(scored, directory / "calibration.png")
+    (directory / "report.md").write_text(_markdown(metrics, wrong, title), encoding="utf-8")
+    return metrics
+
+
+def _plot_confusion(matrix: np.ndarray, labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.35 * len(labels) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    normalized = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    axes.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7 if len(labels) > 20 else 9)
+    axes.set_yticks(range(len(labels)), labels, fontsize=7 if len(labels) > 20 else 9)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("gold")
+    if len(labels) <= 20:
+        for (row, column), count in np.ndenumerate(matrix):
+            if count:
+                color = "white" if normalized[row, column] > 0.5 else "black"
+                axes.text(column, row, str(count), ha="center", va="center", fontsize=8, color=color)
+    axes.set_title("confusion matrix (rows normalized)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _plot_calibration(scored: Sequence[Scored], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confidence = np.array([s.confidence for s in scored])
+    correct = np.array([s.gold == s.predicted for s in scored], dtype=float)
+    edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, CALIBRATION_BINS - 1)
+    centers, accuracy, counts = [], [], []
+    for b in range(CALIBRATION_BINS):
+        mask = which == b
+        if mask.any():
+            centers.append(confidence[mask].mean())
+            accuracy.append(correct[mask].mean())
+            counts.append(int(mask.sum()))
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    axes.plot(centers, accuracy, marker="o", label="model")
+    for x, y, n in zip(centers, accuracy, counts, strict=True):
+        axes.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    axes.set_xlabel("confidence")
+    axes.set_ylabel("accuracy")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    axes.legend(loc="upper left")
+    axes.set_title("calibration (answers per bin annotated)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _markdown(metrics: dict[str, Any], wrong: Sequence[Scored], title: str) -> str:
+    threshold = metrics["review_threshold"]
+    review = (
+        f"confidence >= {threshold['threshold']:.3f} routes {threshold['coverage']:.1%} of questions at "
+        f"{threshold['precision']:.1%} precision; the rest go to review"
+        if threshold
+        else f"no threshold reaches {metrics['target_precision']:.0%} precision"
+    )
+    lines = [
+        f"# {title}",
+        "",
+        f"- examples: {metrics['examples']}",
+        f"- accuracy: {metrics['accuracy']:.4f}",
+        f"- macro-F1: {metrics['macro_f1']:.4f}",
+        f"- expected calibration error: {metrics['expected_calibration_error']:.4f}",
+        f"- review threshold for {metrics['target_precision']:.0%} precision: {review}",
+        "",
+        "![confusion matrix](confusion_matrix.png) ![calibration](calibration.png)",
+        "",
+        "| label | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |"
+            for label, row in metrics["per_class"].items()
+        ),
+        "",
+        f"## Misclassified ({len(wrong)}; all in misclassified.csv)",
+        "",
+        "| text | gold | predicted | confidence |",
+        "|---|---|---|---:|",
+        *(
+            f"| {s.text.replace('|', '/')[:120]} | {s.gold} | {s.predicted} | {s.confidence:.3f} |"
+            for s in sorted(wrong, key=lambda s: -s.confidence)[:25]
+        ),
+        "",
+    ]
+    return "\n".join(lines)
