@@ -42,6 +42,7 @@ class AdapterManifest(BaseModel):
     temperature: float = Field(default=1.0, gt=0.0, description="Softmax temperature fitted on held-out data.")
     metrics: dict[str, float] = Field(default_factory=dict)
     data_fingerprint: str | None = None
+    eval_fingerprint: str | None = Field(default=None, description="The eval set the metrics were measured on.")
     parent_version: str | None = None
     created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     qcat_version: str = __version__

@@ -1,0 +1,82 @@
+"""The adapter registry: immutable versions, a gated promotion, an atomic current pointer, rollback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from qcat.adapter import AdapterManifest, new_lora, save_adapter
+from qcat.model import LoadedModel
+from schemas.taxonomy import Taxonomy
+from training.registry import Registry, RegistryError
+
+TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
+
+
+@pytest.fixture
+def make(fresh_tiny: Callable[[], LoadedModel], tmp_path: Path) -> Callable[..., Path]:
+    """Saves a real (untrained) LoRA adapter with the given version, accuracy and eval set."""
+
+    def build(version: str, accuracy: float, eval_fingerprint: str | None = "eval-A") -> Path:
+        base = fresh_tiny()
+        manifest = AdapterManifest(
+            version=version,
+            taxonomy=TAXONOMY,
+            base_model=base.name,
+            base_fingerprint=base.fingerprint,
+            max_question_tokens=32,
+            metrics={"accuracy": accuracy},
+            eval_fingerprint=eval_fingerprint,
+        )
+        return save_adapter(new_lora(base, TAXONOMY, rank=2, alpha=4), manifest, tmp_path / "built" / version)
+
+    return build
+
+
+def test_gate_accepts_better_refuses_worse_and_rolls_back(make: Callable[..., Path], tmp_path: Path) -> None:
+    """A better candidate is promoted, a worse one refused (unless forced), and rollback restores the previous."""
+    registry = Registry(tmp_path / "registry")
+    for version, accuracy in (("v1", 0.80), ("v2", 0.90), ("v3", 0.85)):
+        registry.add(make(version, accuracy))
+    assert [m.version for m in registry.manifests()] == ["v1", "v2", "v3"]
+    assert registry.promote("v1").promoted
+    assert registry.promote("v2").promoted
+    refused = registry.promote("v3")
+    assert not refused.promoted
+    assert "worse" in refused.reason
+    assert registry.current() == "v2"
+    assert registry.promote("v3", force=True).promoted
+    assert registry.rollback().version == "v2"
+    assert registry.current() == "v2"
+    assert registry.current_path() == tmp_path / "registry" / "versions" / "v2"
+    assert registry.rollback().version == "v1", "a second rollback goes further back, not forward to v3"
+
+
+def test_within_tolerance_is_accepted_and_other_eval_sets_are_refused(
+    make: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A candidate within the tolerance passes; one measured on another eval set is not comparable."""
+    registry = Registry(tmp_path / "registry")
+    registry.add(make("v1", 0.900))
+    registry.add(make("v2", 0.897))
+    registry.add(make("v3", 0.99, eval_fingerprint="eval-B"))
+    registry.promote("v1")
+    assert registry.promote("v2").promoted
+    refused = registry.promote("v3")
+    assert not refused.promoted
+    assert "not comparable" in refused.reason
+
+
+def test_versions_are_immutable_and_unknown_ones_named(make: Callable[..., Path], tmp_path: Path) -> None:
+    """Registering a version twice is refused; asking for an unknown one lists the known ones."""
+    registry = Registry(tmp_path / "registry")
+    adapter = make("v1", 0.5)
+    registry.add(adapter)
+    with pytest.raises(RegistryError, match="immutable"):
+        registry.add(adapter)
+    with pytest.raises(RegistryError, match=r"known: \['v1'\]"):
+        registry.show("v9")
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry.rollback()
