@@ -1,0 +1,166 @@
+"""Fine-tuning: LoRA on the decoder plus the label head, through transformers' Trainer.
+
+The loss is cross-entropy over the label head's logits on exactly the prompts the engine serves (`Engine.encode`,
+`label_logits`): training and serving share one code path. Validation loss and accuracy are tracked every epoch,
+early stopping keeps the best checkpoint, and every evaluation is appended to metrics.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import PeftModel
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+
+from qcat.engine import Engine
+from qcat.errors import QcatError
+from qcat.model import label_logits
+from training.data import Example
+
+
+class TrainingError(QcatError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 2e-4
+    patience: int = 2
+    seed: int = 0
+    report_to: tuple[str, ...] = ()
+
+
+class LabelDataset(torch.utils.data.Dataset[dict[str, Any]]):
+    def __init__(self, engine: Engine, examples: Sequence[Example]) -> None:
+        encoded = engine.encode([e.text for e in examples])
+        self.rows = [
+            {"input_ids": ids, "labels": engine.taxonomy.index(e.label), "index": i}
+            for i, (ids, e) in enumerate(zip(encoded.ids, examples, strict=True))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+
+def collate(pad_id: int) -> Any:
+    """Right-pad to the batch's longest prompt; the head reads each row's last real token."""
+
+    def collate_rows(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(row["input_ids"]) for row in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
+        return {
+            "input_ids": input_ids,
+            "last_index": torch.tensor([len(row["input_ids"]) - 1 for row in rows]),
+            "labels": torch.tensor([row["labels"] for row in rows]),
+            "index": torch.tensor([row["index"] for row in rows]),
+        }
+
+    return collate_rows
+
+
+class LabelTrainer(Trainer):
+    """Trainer whose loss is cross-entropy over the label head; non-finite logits stop training, naming the rows."""
+
+    examples: Sequence[Example] = ()
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        lm = model.get_base_model() if isinstance(model, PeftModel) else model
+        logits = label_logits(lm, inputs["input_ids"], inputs["last_index"])
+        bad = (~torch.isfinite(logits).all(dim=1)).nonzero().flatten().tolist()
+        if bad:
+            rows = [self.examples[int(inputs["index"][i])].source for i in bad] if self.examples else bad
+            raise TrainingError(f"non-finite logits for {len(bad)} inputs ({rows[:5]}); try --dtype float32")
+        loss = torch.nn.functional.cross_entropy(logits, inputs["labels"])
+        if not torch.isfinite(loss):
+            raise TrainingError("the loss became non-finite; lower the learning rate or use float32")
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+
+class CsvMetrics(TrainerCallback):
+    """Appends every evaluation to metrics.csv (epoch, step, eval loss, eval accuracy)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **_: Any
+    ) -> None:
+        if not metrics:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["epoch", "step", "eval_loss", "eval_accuracy"])
+            writer.writerow([state.epoch, state.global_step, metrics.get("eval_loss"), metrics.get("eval_accuracy")])
+
+
+def accuracy(prediction: Any) -> dict[str, float]:
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return {"accuracy": float((np.argmax(logits, axis=1) == prediction.label_ids).mean())}
+
+
+def fit(
+    model: PeftModel,
+    engine: Engine,
+    train: Sequence[Example],
+    held_out: Sequence[Example],
+    work: Path,
+    config: TrainConfig,
+) -> dict[str, float]:
+    """Train `model` (already wrapping engine.base.lm) in place; the best epoch's weights are kept."""
+    pad = engine.base.tokenizer.pad_token_id or 0
+    args = TrainingArguments(
+        output_dir=str(work / "checkpoints"),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        label_names=["labels"],
+        remove_unused_columns=False,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=list(config.report_to),
+        logging_strategy="epoch",
+        use_cpu=engine.device.type == "cpu",
+        bf16=engine.device.type == "cuda",
+        disable_tqdm=False,
+    )
+    trainer = LabelTrainer(
+        model=model,
+        args=args,
+        train_dataset=LabelDataset(engine, train),
+        eval_dataset=LabelDataset(engine, held_out),
+        data_collator=collate(pad),
+        compute_metrics=accuracy,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience), CsvMetrics(work / "metrics.csv")],
+    )
+    trainer.examples = list(train)
+    trainer.train()
+    result: dict[str, float] = trainer.evaluate()
+    return result
