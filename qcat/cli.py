@@ -148,3 +148,59 @@ def demo(
     except QcatError as error:
         raise fail(error) from error
     raise typer.Exit(code=code)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Labeled questions: .jsonl or .csv with text,label.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the new adapter (must not exist).")],
+    taxonomy: Annotated[Path | None, typer.Option(help="Labels (JSON or one per line); default: the data's.")] = None,
+    eval_data: Annotated[Path | None, typer.Option("--eval", help="Held-out set; default: a stratified split.")] = None,
+    base_model: BaseModelOption = None,
+    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")] = 0,
+    dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float32.")] = None,
+) -> None:
+    """Fine-tune a LoRA adapter on labeled questions, evaluate it and save it with its report."""
+    from training.run import TrainRequest
+    from training.run import train as run_train
+    from training.trainer import TrainConfig
+
+    settings = settings_from(EngineSettings, base_model=base_model, dtype=dtype)
+    request = TrainRequest(
+        data=data,
+        out=out,
+        taxonomy=taxonomy,
+        eval_data=eval_data,
+        rank=rank,
+        alpha=2 * rank,
+        config=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed),
+    )
+    try:
+        directory, metrics = run_train(request, settings)
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(
+        f"adapter saved to {directory}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+    )
+    print(json.dumps({"adapter": str(directory), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}))
+
+
+@app.command(name="eval")
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Labeled questions to evaluate on.")],
+    report: Annotated[Path, typer.Option("--report", help="Directory for report.md, metrics.json and plots.")],
+    adapter: AdapterOption = None,
+    base_model: BaseModelOption = None,
+) -> None:
+    """Evaluate an adapter (or, without --adapter, the base model zero-shot) and write a report."""
+    from training.run import evaluate_model
+
+    try:
+        metrics = evaluate_model(data, report, settings_from(EngineSettings, base_model=base_model, adapter=adapter))
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(f"report in {report}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")

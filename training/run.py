@@ -1,0 +1,126 @@
+"""The training CLI's library side: `train` (data -> evaluated adapter) and `evaluate_model` (adapter or zero-shot
+baseline -> report). Each CLI command calls one of these."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+
+from qcat.adapter import AdapterManifest, new_lora, save_adapter
+from qcat.engine import Engine
+from qcat.model import load_base_model, resolve_device, resolve_dtype
+from qcat.settings import EngineSettings
+from schemas.prompt import prompt_format
+from schemas.taxonomy import Taxonomy
+from training.data import Example, load_examples, report, stratified_split
+from training.evaluate import Scored, write_report
+from training.trainer import TrainConfig, fit
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    data: Path
+    out: Path
+    taxonomy: Path | None = None
+    eval_data: Path | None = None
+    eval_fraction: float = 0.1
+    max_question_tokens: int = 64
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+
+def fingerprint_examples(examples: list[Example]) -> str:
+    digest = hashlib.sha256()
+    for e in sorted((e.text, e.label) for e in examples):
+        digest.update(json.dumps(e).encode())
+    return digest.hexdigest()[:16]
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The softmax temperature that minimises held-out negative log-likelihood (temperature scaling)."""
+    grid = np.exp(np.linspace(np.log(0.1), np.log(10.0), 61))
+    losses = [float(torch.nn.functional.cross_entropy(logits / t, labels)) for t in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
+def score(engine: Engine, examples: list[Example]) -> list[Scored]:
+    predictions = engine.classify([e.text for e in examples])
+    return [Scored(e.text, e.label, p.label, p.confidence) for e, p in zip(examples, predictions, strict=True)]
+
+
+def train(request: TrainRequest, settings: EngineSettings) -> tuple[Path, dict[str, Any]]:
+    """Report on the data, fine-tune, calibrate, evaluate and save the adapter (with its report) to request.out."""
+    examples = load_examples(request.data)
+    taxonomy = (
+        Taxonomy.from_file(request.taxonomy)
+        if request.taxonomy
+        else Taxonomy.from_names(sorted({e.label for e in examples}))
+    )
+    if request.eval_data:
+        train_rows, held_out = examples, load_examples(request.eval_data)
+    else:
+        train_rows, held_out = stratified_split(examples, eval_fraction=request.eval_fraction, seed=request.config.seed)
+    data_report = report(train_rows, taxonomy, eval_examples=held_out)
+    for warning in data_report.warnings:
+        log.warning("data", warning=warning)
+    data_report.raise_on_errors()
+
+    torch.manual_seed(request.config.seed)
+    device = resolve_device(settings.device)
+    base = load_base_model(settings.base_model, device=device, dtype=resolve_dtype(settings.dtype, device))
+    model = new_lora(base, taxonomy, rank=request.rank, alpha=request.alpha, dropout=request.dropout)
+    engine = Engine(
+        base,
+        taxonomy,
+        prompt_format(taxonomy, "compact"),
+        max_question_tokens=request.max_question_tokens,
+        batch_size=settings.batch_size,
+    )
+    work = request.out.parent / f".{request.out.name}.work"
+    fit(model, engine, train_rows, held_out, work, request.config)
+    model.eval()
+    labels = torch.tensor([taxonomy.index(e.label) for e in held_out])
+    engine.temperature = fit_temperature(engine.logits(engine.encode([e.text for e in held_out]).ids), labels)
+    metrics = write_report(score(engine, held_out), taxonomy, work / "report", title=f"adapter on {request.data.name}")
+    manifest = AdapterManifest(
+        version=f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
+        taxonomy=taxonomy,
+        base_model=base.name,
+        base_fingerprint=base.fingerprint,
+        max_question_tokens=request.max_question_tokens,
+        temperature=engine.temperature,
+        metrics={
+            "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"],
+            "expected_calibration_error": metrics["expected_calibration_error"],
+        },
+        data_fingerprint=fingerprint_examples(train_rows),
+        eval_fingerprint=fingerprint_examples(held_out),
+    )
+    directory = save_adapter(model, manifest, request.out)
+    (work / "report").rename(directory / "report")
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints: the adapter directory now holds the best one
+    return directory, metrics
+
+
+def evaluate_model(data: Path, report_dir: Path, settings: EngineSettings) -> dict[str, Any]:
+    """Evaluate an adapter (settings.adapter) or, without one, the base model zero-shot, on labeled data."""
+    examples = load_examples(data)
+    engine = Engine.load(settings)
+    report(examples, engine.taxonomy).raise_on_errors()
+    title = f"{engine.adapter_version or 'zero-shot baseline'} ({engine.model_name}) on {data.name}"
+    return write_report(score(engine, examples), engine.taxonomy, report_dir, title=title)
