@@ -204,3 +204,119 @@ def evaluate(
     except QcatError as error:
         raise fail(error) from error
     console.print(f"report in {report}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+
+
+@app.command()
+def baseline(
+    data: Annotated[Path, typer.Argument(help="Labeled questions to evaluate on.")],
+    report: Annotated[Path, typer.Option("--report", help="Directory for report.md, metrics.json and plots.")],
+    base_model: BaseModelOption = None,
+    taxonomy: Annotated[Path | None, typer.Option(help="Labels (JSON or one per line).")] = None,
+) -> None:
+    """Evaluate the base model zero-shot (the instruction prompt listing the categories): the bar to beat."""
+    from training.run import evaluate_model
+
+    try:
+        settings = settings_from(EngineSettings, base_model=base_model, taxonomy=taxonomy)
+        metrics = evaluate_model(data, report, settings.model_copy(update={"adapter": None}))
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(f"zero-shot report in {report}: accuracy {metrics['accuracy']:.4f}")
+
+
+adapters = typer.Typer(no_args_is_help=True, help="The adapter registry: list, show, promote, roll back.")
+app.add_typer(adapters, name="adapters")
+RegistryOption = Annotated[Path, typer.Option("--registry", envvar="QCAT_REGISTRY", help="Registry directory.")]
+
+
+@adapters.command("add")
+def adapters_add(
+    adapter: Annotated[Path, typer.Argument(help="A trained adapter directory.")], registry: RegistryOption
+) -> None:
+    """Register a trained adapter (copied; versions are immutable)."""
+    from training.registry import Registry
+
+    try:
+        manifest = Registry(registry).add(adapter)
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(f"registered {manifest.version}")
+
+
+@adapters.command("list")
+def adapters_list(
+    registry: RegistryOption,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per version on stdout.")] = False,
+) -> None:
+    """Versions, oldest first, with their metrics; the current one is marked."""
+    from training.registry import Registry
+
+    store = Registry(registry)
+    current = store.current()
+    if as_json:
+        for manifest in store.manifests():
+            print(
+                json.dumps(
+                    {
+                        "version": manifest.version,
+                        "current": manifest.version == current,
+                        "metrics": manifest.metrics,
+                        "eval_fingerprint": manifest.eval_fingerprint,
+                    }
+                )
+            )
+        return
+    table = Table(title=str(registry))
+    for column in ("", "version", "created", "accuracy", "macro-F1", "eval set"):
+        table.add_column(column)
+    for manifest in store.manifests():
+        table.add_row(
+            "*" if manifest.version == current else "",
+            manifest.version,
+            f"{manifest.created_at:%Y-%m-%d %H:%M}",
+            f"{manifest.metrics.get('accuracy', float('nan')):.4f}",
+            f"{manifest.metrics.get('macro_f1', float('nan')):.4f}",
+            manifest.eval_fingerprint or "-",
+        )
+    Console().print(table)
+
+
+@adapters.command("show")
+def adapters_show(version: str, registry: RegistryOption) -> None:
+    """A version's manifest as JSON."""
+    from training.registry import Registry
+
+    try:
+        print(Registry(registry).show(version).model_dump_json(indent=2))
+    except QcatError as error:
+        raise fail(error) from error
+
+
+@adapters.command("promote")
+def adapters_promote(
+    version: str,
+    registry: RegistryOption,
+    force: Annotated[bool, typer.Option(help="Promote even if worse or not comparable.")] = False,
+    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop.")] = 0.005,
+) -> None:
+    """Make a version current if it is at least as good as the current one on the same eval set. Exit 3 if refused."""
+    from training.registry import Registry
+
+    try:
+        decision = Registry(registry).promote(version, force=force, tolerance=tolerance)
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(decision.reason)
+    raise typer.Exit(code=0 if decision.promoted else 3)
+
+
+@adapters.command("rollback")
+def adapters_rollback(registry: RegistryOption) -> None:
+    """Point back to the version that was current before the current one."""
+    from training.registry import Registry
+
+    try:
+        decision = Registry(registry).rollback()
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(decision.reason + f"; current is now {decision.version}")

@@ -89,3 +89,54 @@ def test_bad_data_is_refused_with_reasons(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "outside the taxonomy" in result.output
     assert "NUM" in result.output
+
+
+def test_baseline_and_registry_commands(tmp_path: Path) -> None:
+    """baseline writes a zero-shot report; adapters add/promote/list/show/rollback drive the registry (3 = refused)."""
+    data = write_learnable(tmp_path / "learn.jsonl")
+    (tmp_path / "labels.txt").write_text("HUM\nLOC\nNUM\n")
+    zero_shot = runner.invoke(
+        app,
+        [
+            "baseline",
+            str(data),
+            "--report",
+            str(tmp_path / "zs"),
+            "--base-model",
+            "tiny-qwen3",
+            "--taxonomy",
+            str(tmp_path / "labels.txt"),
+        ],
+    )
+    assert zero_shot.exit_code == 0, zero_shot.output
+    assert "zero-shot baseline" in (tmp_path / "zs" / "report.md").read_text()
+    common = ["--base-model", "tiny-qwen3", "--dtype", "float32", "--batch-size", "16", "--rank", "8"]
+    weak = runner.invoke(
+        app, ["train", str(data), "--out", str(tmp_path / "weak"), "--epochs", "1", "--learning-rate", "1e-6", *common]
+    )
+    strong = runner.invoke(
+        app,
+        ["train", str(data), "--out", str(tmp_path / "strong"), "--epochs", "15", "--learning-rate", "2e-3", *common],
+    )
+    assert weak.exit_code == 0, weak.output
+    assert strong.exit_code == 0, strong.output
+    registry = ["--registry", str(tmp_path / "registry")]
+    versions = {}
+    for name in ("strong", "weak"):
+        added = runner.invoke(app, ["adapters", "add", str(tmp_path / name), *registry])
+        assert added.exit_code == 0, added.output
+        versions[name] = json.loads((tmp_path / name / "qcat-manifest.json").read_text())["version"]
+    assert runner.invoke(app, ["adapters", "promote", versions["strong"], *registry]).exit_code == 0
+    refused = runner.invoke(app, ["adapters", "promote", versions["weak"], *registry])
+    assert refused.exit_code == 3, refused.output
+    assert "worse" in refused.output
+    listed = runner.invoke(app, ["adapters", "list", "--json", *registry])
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {row["version"]: row["current"] for row in rows} == {versions["strong"]: True, versions["weak"]: False}
+    assert runner.invoke(app, ["adapters", "list", *registry]).exit_code == 0
+    shown = runner.invoke(app, ["adapters", "show", versions["weak"], *registry])
+    assert json.loads(shown.stdout)["version"] == versions["weak"]
+    assert runner.invoke(app, ["adapters", "promote", versions["weak"], "--force", *registry]).exit_code == 0
+    back = runner.invoke(app, ["adapters", "rollback", *registry])
+    assert back.exit_code == 0, back.output
+    assert versions["strong"] in back.output
