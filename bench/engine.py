@@ -159,6 +159,7 @@ def make_engine(
     batch_tokens: int | None,
     *,
     compile: bool = False,
+    batch_size: int = 64,
 ) -> Engine:
     base = LoadedModel(model, tokenizer, "random-qwen3-0.6b-shape", fingerprint(model), offline_builtin=True)
     attach_label_head(base, TAXONOMY)
@@ -167,7 +168,7 @@ def make_engine(
         TAXONOMY,
         prompt_format(TAXONOMY, style),
         max_question_tokens=64,
-        batch_size=64,
+        batch_size=batch_size,
         batch_tokens=batch_tokens,
         compile=compile,
     )

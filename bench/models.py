@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from bench.engine import TAXONOMY, build_model
+from bench.engine import build_model, make_engine
 from qcat.engine import Engine
-from qcat.model import LoadedModel, attach_label_head, fingerprint, resolve_dtype
+from qcat.model import resolve_dtype
 from qcat.settings import EngineSettings
-from schemas.prompt import prompt_format
 
 
 def qwen3_shape(settings: EngineSettings) -> Engine:
@@ -17,13 +16,4 @@ def qwen3_shape(settings: EngineSettings) -> Engine:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     model, tokenizer = build_model(device, resolve_dtype(settings.dtype, device))
-    base = LoadedModel(model, tokenizer, "random-qwen3-0.6b-shape", fingerprint(model), offline_builtin=True)
-    attach_label_head(base, TAXONOMY)
-    return Engine(
-        base,
-        TAXONOMY,
-        prompt_format(TAXONOMY, "compact"),
-        max_question_tokens=64,
-        batch_size=settings.batch_size,
-        batch_tokens=settings.batch_tokens,
-    )
+    return make_engine(model, tokenizer, "compact", settings.batch_tokens, batch_size=settings.batch_size)

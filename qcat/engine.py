@@ -13,13 +13,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import structlog
 import torch
 
 from qcat.adapter import AdapterManifest, load_adapter
 from qcat.errors import InferenceError
-from qcat.model import LoadedModel, attach_label_head, label_logits, load_base_model, resolve_device, resolve_dtype
+from qcat.model import (
+    LoadedModel,
+    attach_label_head,
+    label_logits,
+    load_base_model,
+    resolve_device,
+    resolve_dtype,
+    right_pad,
+)
 from qcat.settings import EngineSettings
 from schemas.prompt import PromptFormat, clean_question, prompt_format
 from schemas.taxonomy import Taxonomy
@@ -84,7 +91,7 @@ class Engine:
         self._prefix = tokenizer(prompt.prefix, add_special_tokens=False)["input_ids"]
         self._suffix = tokenizer(prompt.suffix, add_special_tokens=False)["input_ids"]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._pad_id = int(pad or 0)
+        self.pad_id = int(pad or 0)
 
     @classmethod
     def load(cls, settings: EngineSettings) -> Engine:
@@ -170,12 +177,8 @@ class Engine:
         """Label logits (float32, on CPU) for encoded prompts, in input order."""
         out = torch.empty(len(ids), len(self.taxonomy.labels), dtype=torch.float32)
         for chunk in self.chunks([len(row) for row in ids]):
-            width = len(ids[chunk[-1]])
-            batch = np.full((len(chunk), width), self._pad_id, dtype=np.int64)
-            for row, index in enumerate(chunk):
-                batch[row, : len(ids[index])] = ids[index]
-            last = torch.tensor([len(ids[index]) - 1 for index in chunk])
-            result = self._forward(self.base.lm, torch.from_numpy(batch).to(self.device), last.to(self.device))
+            batch, last = right_pad([ids[index] for index in chunk], self.pad_id)
+            result = self._forward(self.base.lm, batch.to(self.device), last.to(self.device))
             out[torch.tensor(chunk)] = result.cpu()
         return out
 

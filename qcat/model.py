@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import structlog
 import torch
 from torch import nn
@@ -136,6 +138,14 @@ def attach_label_head(base: LoadedModel, taxonomy: Taxonomy) -> nn.Linear:
     head = head.to(device=reference.device, dtype=reference.dtype)
     setattr(base.lm, HEAD, head)
     return head
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded batch, plus each row's last real position (where `label_logits` reads)."""
+    batch = np.full((len(rows), max(len(row) for row in rows)), pad_id, dtype=np.int64)
+    for index, row in enumerate(rows):
+        batch[index, : len(row)] = row
+    return torch.from_numpy(batch), torch.tensor([len(row) - 1 for row in rows])
 
 
 def label_logits(lm: nn.Module, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 
 from qcat.engine import Engine
 from qcat.errors import QcatError
-from qcat.model import label_logits
+from qcat.model import label_logits, right_pad
 from training.data import Example
 
 
@@ -54,16 +54,13 @@ class LabelDataset(torch.utils.data.Dataset[dict[str, Any]]):
 
 
 def collate(pad_id: int) -> Any:
-    """Right-pad to the batch's longest prompt; the head reads each row's last real token."""
+    """Batches padded exactly as the engine pads them at serving time (`right_pad`)."""
 
     def collate_rows(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(row["input_ids"]) for row in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
+        input_ids, last_index = right_pad([row["input_ids"] for row in rows], pad_id)
         return {
             "input_ids": input_ids,
-            "last_index": torch.tensor([len(row["input_ids"]) - 1 for row in rows]),
+            "last_index": last_index,
             "labels": torch.tensor([row["labels"] for row in rows]),
             "index": torch.tensor([row["index"] for row in rows]),
         }
@@ -128,7 +125,6 @@ def fit(
     config: TrainConfig,
 ) -> dict[str, float]:
     """Train `model` (already wrapping engine.base.lm) in place; the best epoch's weights are kept."""
-    pad = engine.base.tokenizer.pad_token_id or 0
     args = TrainingArguments(
         output_dir=str(work / "checkpoints"),
         num_train_epochs=config.epochs,
@@ -156,7 +152,7 @@ def fit(
         args=args,
         train_dataset=LabelDataset(engine, train),
         eval_dataset=LabelDataset(engine, held_out),
-        data_collator=collate(pad),
+        data_collator=collate(engine.pad_id),
         compute_metrics=accuracy,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience), CsvMetrics(work / "metrics.csv")],
     )

@@ -49,5 +49,4 @@ class ConstantClassifier:
 
 def constant_classifier(settings: EngineSettings) -> ConstantClassifier:
     """`QCAT_CLASSIFIER=worker.classifier:constant_classifier`: the pipeline with no model (benchmarks)."""
-    taxonomy = Taxonomy.from_file(settings.taxonomy) if settings.taxonomy else Taxonomy.from_file(DEFAULT_TAXONOMY)
-    return ConstantClassifier(taxonomy)
+    return ConstantClassifier(Taxonomy.from_file(settings.taxonomy or DEFAULT_TAXONOMY))

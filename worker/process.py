@@ -57,7 +57,6 @@ class BatchResult:
     outputs: list[Output] = field(default_factory=list)
     categorized: list[Labelled] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    routed: list[str] = field(default_factory=list)
     inference_seconds: float = 0.0
 
 
@@ -98,7 +97,6 @@ def process_batch(
             Output(route, key, value, record.headers),
         ]
         result.categorized.append(labelled)
-        result.routed.append(route)
     return result
 
 

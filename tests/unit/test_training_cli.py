@@ -1,17 +1,24 @@
-"""`qcat train` and `qcat eval` through Typer's runner on the built-in model: an adapter with its report, and
-bad data refused with the reasons."""
+"""`qcat train`, `eval`, `baseline` and `adapters` through Typer's runner on the built-in model: an adapter with its
+report, bad data refused with the reasons, and the registry driven from the command line."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from click.testing import Result
 from typer.testing import CliRunner
 
 from qcat.cli import app
 from tests.unit.test_training import SUBJECTS, TEMPLATES
 
 runner = CliRunner()
+TINY = ("--base-model", "tiny-qwen3")
+FAST_TRAINING = (*TINY, "--dtype", "float32", "--batch-size", "16", "--rank", "8")
+
+
+def qcat(*args: object) -> Result:
+    return runner.invoke(app, [str(arg) for arg in args])
 
 
 def write_learnable(path: Path) -> Path:
@@ -23,26 +30,8 @@ def write_learnable(path: Path) -> Path:
 def test_train_then_eval(tmp_path: Path) -> None:
     """train writes a loadable adapter with its report; eval of that adapter reproduces its accuracy."""
     data = write_learnable(tmp_path / "learn.jsonl")
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(data),
-            "--out",
-            str(tmp_path / "adapter"),
-            "--base-model",
-            "tiny-qwen3",
-            "--epochs",
-            "15",
-            "--batch-size",
-            "16",
-            "--learning-rate",
-            "2e-3",
-            "--rank",
-            "8",
-            "--dtype",
-            "float32",
-        ],
+    result = qcat(
+        "train", data, "--out", tmp_path / "adapter", "--epochs", 15, "--learning-rate", "2e-3", *FAST_TRAINING
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -52,19 +41,7 @@ def test_train_then_eval(tmp_path: Path) -> None:
     assert manifest["temperature"] > 0
     assert (tmp_path / "adapter" / "report" / "confusion_matrix.png").is_file()
     assert not (tmp_path / ".adapter.work").exists()
-    evaluated = runner.invoke(
-        app,
-        [
-            "eval",
-            str(data),
-            "--report",
-            str(tmp_path / "report"),
-            "--adapter",
-            str(tmp_path / "adapter"),
-            "--base-model",
-            "tiny-qwen3",
-        ],
-    )
+    evaluated = qcat("eval", data, "--report", tmp_path / "report", "--adapter", tmp_path / "adapter", *TINY)
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["examples"] == 120
 
@@ -73,19 +50,7 @@ def test_bad_data_is_refused_with_reasons(tmp_path: Path) -> None:
     """Labels outside the given taxonomy stop training before any model is loaded, naming the rows."""
     data = write_learnable(tmp_path / "learn.jsonl")
     (tmp_path / "labels.txt").write_text("HUM\nLOC\n")
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(data),
-            "--out",
-            str(tmp_path / "a"),
-            "--base-model",
-            "tiny-qwen3",
-            "--taxonomy",
-            str(tmp_path / "labels.txt"),
-        ],
-    )
+    result = qcat("train", data, "--out", tmp_path / "a", "--taxonomy", tmp_path / "labels.txt", *TINY)
     assert result.exit_code == 2
     assert "outside the taxonomy" in result.output
     assert "NUM" in result.output
@@ -95,48 +60,32 @@ def test_baseline_and_registry_commands(tmp_path: Path) -> None:
     """baseline writes a zero-shot report; adapters add/promote/list/show/rollback drive the registry (3 = refused)."""
     data = write_learnable(tmp_path / "learn.jsonl")
     (tmp_path / "labels.txt").write_text("HUM\nLOC\nNUM\n")
-    zero_shot = runner.invoke(
-        app,
-        [
-            "baseline",
-            str(data),
-            "--report",
-            str(tmp_path / "zs"),
-            "--base-model",
-            "tiny-qwen3",
-            "--taxonomy",
-            str(tmp_path / "labels.txt"),
-        ],
-    )
+    zero_shot = qcat("baseline", data, "--report", tmp_path / "zs", "--taxonomy", tmp_path / "labels.txt", *TINY)
     assert zero_shot.exit_code == 0, zero_shot.output
     assert "zero-shot baseline" in (tmp_path / "zs" / "report.md").read_text()
-    common = ["--base-model", "tiny-qwen3", "--dtype", "float32", "--batch-size", "16", "--rank", "8"]
-    weak = runner.invoke(
-        app, ["train", str(data), "--out", str(tmp_path / "weak"), "--epochs", "1", "--learning-rate", "1e-6", *common]
-    )
-    strong = runner.invoke(
-        app,
-        ["train", str(data), "--out", str(tmp_path / "strong"), "--epochs", "15", "--learning-rate", "2e-3", *common],
+    weak = qcat("train", data, "--out", tmp_path / "weak", "--epochs", 1, "--learning-rate", "1e-6", *FAST_TRAINING)
+    strong = qcat(
+        "train", data, "--out", tmp_path / "strong", "--epochs", 15, "--learning-rate", "2e-3", *FAST_TRAINING
     )
     assert weak.exit_code == 0, weak.output
     assert strong.exit_code == 0, strong.output
-    registry = ["--registry", str(tmp_path / "registry")]
+    registry = ("--registry", tmp_path / "registry")
     versions = {}
     for name in ("strong", "weak"):
-        added = runner.invoke(app, ["adapters", "add", str(tmp_path / name), *registry])
+        added = qcat("adapters", "add", tmp_path / name, *registry)
         assert added.exit_code == 0, added.output
         versions[name] = json.loads((tmp_path / name / "qcat-manifest.json").read_text())["version"]
-    assert runner.invoke(app, ["adapters", "promote", versions["strong"], *registry]).exit_code == 0
-    refused = runner.invoke(app, ["adapters", "promote", versions["weak"], *registry])
+    assert qcat("adapters", "promote", versions["strong"], *registry).exit_code == 0
+    refused = qcat("adapters", "promote", versions["weak"], *registry)
     assert refused.exit_code == 3, refused.output
     assert "worse" in refused.output
-    listed = runner.invoke(app, ["adapters", "list", "--json", *registry])
+    listed = qcat("adapters", "list", "--json", *registry)
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert {row["version"]: row["current"] for row in rows} == {versions["strong"]: True, versions["weak"]: False}
-    assert runner.invoke(app, ["adapters", "list", *registry]).exit_code == 0
-    shown = runner.invoke(app, ["adapters", "show", versions["weak"], *registry])
+    assert qcat("adapters", "list", *registry).exit_code == 0
+    shown = qcat("adapters", "show", versions["weak"], *registry)
     assert json.loads(shown.stdout)["version"] == versions["weak"]
-    assert runner.invoke(app, ["adapters", "promote", versions["weak"], "--force", *registry]).exit_code == 0
-    back = runner.invoke(app, ["adapters", "rollback", *registry])
+    assert qcat("adapters", "promote", versions["weak"], "--force", *registry).exit_code == 0
+    back = qcat("adapters", "rollback", *registry)
     assert back.exit_code == 0, back.output
     assert versions["strong"] in back.output
