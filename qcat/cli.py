@@ -23,6 +23,7 @@ BaseModelOption = Annotated[
     typer.Option("--base-model", help="Hub id, local dir, .gguf file, or tiny-qwen3. [env: QCAT_BASE_MODEL]"),
 ]
 AdapterOption = Annotated[Path | None, typer.Option("--adapter", help="Adapter directory. [env: QCAT_ADAPTER]")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. [env: QCAT_DEVICE]")]
 
 
 def settings_from(kind: type[Settings], **flags: Any) -> Settings:
@@ -47,7 +48,7 @@ def classify(
     base_model: BaseModelOption = None,
     adapter: AdapterOption = None,
     taxonomy: Annotated[Path | None, typer.Option(help="Labels for zero-shot (JSON or one per line).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    device: DeviceOption = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float16, float32.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")] = False,
 ) -> None:
@@ -161,23 +162,38 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")] = 2,
+    max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")] = 0,
+    device: DeviceOption = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float32.")] = None,
+    report_to: Annotated[
+        list[str] | None,
+        typer.Option(help="Also log metrics to: tensorboard, wandb, mlflow (repeatable; needs that package)."),
+    ] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on labeled questions, evaluate it and save it with its report."""
     from training.run import TrainRequest
     from training.run import train as run_train
     from training.trainer import TrainConfig
 
-    settings = settings_from(EngineSettings, base_model=base_model, dtype=dtype)
+    settings = settings_from(EngineSettings, base_model=base_model, device=device, dtype=dtype)
     request = TrainRequest(
         data=data,
         out=out,
         taxonomy=taxonomy,
         eval_data=eval_data,
+        max_question_tokens=max_question_tokens,
         rank=rank,
         alpha=2 * rank,
-        config=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed),
+        config=TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            patience=patience,
+            seed=seed,
+            report_to=tuple(report_to or ()),
+        ),
     )
     try:
         directory, metrics = run_train(request, settings)
@@ -186,7 +202,8 @@ def train(
     console.print(
         f"adapter saved to {directory}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
     )
-    print(json.dumps({"adapter": str(directory), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}))
+    keys = ("accuracy", "macro_f1", "train_seconds_per_epoch", "train_tokens_per_s")
+    print(json.dumps({"adapter": str(directory)} | {key: metrics[key] for key in keys}))
 
 
 @app.command(name="eval")
@@ -195,12 +212,14 @@ def evaluate(
     report: Annotated[Path, typer.Option("--report", help="Directory for report.md, metrics.json and plots.")],
     adapter: AdapterOption = None,
     base_model: BaseModelOption = None,
+    device: DeviceOption = None,
 ) -> None:
     """Evaluate an adapter (or, without --adapter, the base model zero-shot) and write a report."""
     from training.run import evaluate_model
 
+    settings = settings_from(EngineSettings, base_model=base_model, adapter=adapter, device=device)
     try:
-        metrics = evaluate_model(data, report, settings_from(EngineSettings, base_model=base_model, adapter=adapter))
+        metrics = evaluate_model(data, report, settings)
     except QcatError as error:
         raise fail(error) from error
     console.print(f"report in {report}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
@@ -212,12 +231,13 @@ def baseline(
     report: Annotated[Path, typer.Option("--report", help="Directory for report.md, metrics.json and plots.")],
     base_model: BaseModelOption = None,
     taxonomy: Annotated[Path | None, typer.Option(help="Labels (JSON or one per line).")] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Evaluate the base model zero-shot (the instruction prompt listing the categories): the bar to beat."""
     from training.run import evaluate_model
 
     try:
-        settings = settings_from(EngineSettings, base_model=base_model, taxonomy=taxonomy)
+        settings = settings_from(EngineSettings, base_model=base_model, taxonomy=taxonomy, device=device)
         metrics = evaluate_model(data, report, settings.model_copy(update={"adapter": None}))
     except QcatError as error:
         raise fail(error) from error

@@ -86,6 +86,16 @@ def fingerprint(lm: PreTrainedModel) -> str:
     return digest.hexdigest()[:16]
 
 
+def model_source(source: str) -> tuple[str, dict[str, str]]:
+    """Where transformers loads `source` from: a hub id or directory as is; a .gguf file as its folder + gguf_file."""
+    path = Path(source).expanduser()
+    if path.suffix != ".gguf":
+        return source, {}
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file {source} does not exist.")
+    return str(path.parent), {"gguf_file": path.name}
+
+
 def load_base_model(source: str, *, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load from a hub id, a local directory, a `.gguf` file (transformers' gguf_file), or the built-in tiny model."""
     if source == TINY_NAME:
@@ -93,10 +103,7 @@ def load_base_model(source: str, *, device: torch.device, dtype: torch.dtype) ->
         tiny, tiny_tokenizer = build_tiny_qwen3()
         tiny.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # transformers' wrapper hides Module.to
         return LoadedModel(tiny, tiny_tokenizer, TINY_NAME, fingerprint(tiny), offline_builtin=True)
-    path = Path(source).expanduser()
-    location, extra = (str(path.parent), {"gguf_file": path.name}) if path.suffix == ".gguf" else (source, {})
-    if path.suffix == ".gguf" and not path.is_file():
-        raise ModelLoadError(f"GGUF file {source} does not exist.")
+    location, extra = model_source(source)
     try:
         tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(location, **extra)
         lm: PreTrainedModel = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **extra)

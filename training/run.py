@@ -24,7 +24,7 @@ from schemas.prompt import prompt_format
 from schemas.taxonomy import Taxonomy
 from training.data import Example, load_examples, report, stratified_split
 from training.evaluate import Scored, write_report
-from training.trainer import TrainConfig, fit
+from training.trainer import TrainConfig, check_reporters, fit
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +64,7 @@ def score(engine: Engine, examples: list[Example]) -> list[Scored]:
 
 def train(request: TrainRequest, settings: EngineSettings) -> tuple[Path, dict[str, Any]]:
     """Report on the data, fine-tune, calibrate, evaluate and save the adapter (with its report) to request.out."""
+    check_reporters(request.config.report_to)
     examples = load_examples(request.data)
     taxonomy = (
         Taxonomy.from_file(request.taxonomy)
@@ -91,7 +92,7 @@ def train(request: TrainRequest, settings: EngineSettings) -> tuple[Path, dict[s
         batch_size=settings.batch_size,
     )
     work = request.out.parent / f".{request.out.name}.work"
-    fit(model, engine, train_rows, held_out, work, request.config)
+    speed = fit(model, engine, train_rows, held_out, work, request.config)
     model.eval()
     labels = torch.tensor([taxonomy.index(e.label) for e in held_out])
     engine.temperature = fit_temperature(engine.logits(engine.encode([e.text for e in held_out]).ids), labels)
@@ -113,8 +114,11 @@ def train(request: TrainRequest, settings: EngineSettings) -> tuple[Path, dict[s
     )
     directory = save_adapter(model, manifest, request.out)
     (work / "report").rename(directory / "report")
+    (work / "metrics.csv").rename(directory / "report" / "training.csv")
+    if (work / "runs").exists():
+        (work / "runs").rename(directory / "report" / "runs")
     shutil.rmtree(work, ignore_errors=True)  # checkpoints: the adapter directory now holds the best one
-    return directory, metrics
+    return directory, metrics | {key: speed[key] for key in ("train_seconds_per_epoch", "train_tokens_per_s")}
 
 
 def evaluate_model(data: Path, report_dir: Path, settings: EngineSettings) -> dict[str, Any]:

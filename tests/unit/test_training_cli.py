@@ -28,10 +28,20 @@ def write_learnable(path: Path) -> Path:
 
 
 def test_train_then_eval(tmp_path: Path) -> None:
-    """train writes a loadable adapter with its report; eval of that adapter reproduces its accuracy."""
+    """train writes a loadable adapter with its report (and TensorBoard events when asked); eval reproduces it."""
     data = write_learnable(tmp_path / "learn.jsonl")
     result = qcat(
-        "train", data, "--out", tmp_path / "adapter", "--epochs", 15, "--learning-rate", "2e-3", *FAST_TRAINING
+        "train",
+        data,
+        "--out",
+        tmp_path / "adapter",
+        "--epochs",
+        15,
+        "--learning-rate",
+        "2e-3",
+        "--report-to",
+        "tensorboard",
+        *FAST_TRAINING,
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -40,6 +50,10 @@ def test_train_then_eval(tmp_path: Path) -> None:
     assert manifest["eval_fingerprint"]
     assert manifest["temperature"] > 0
     assert (tmp_path / "adapter" / "report" / "confusion_matrix.png").is_file()
+    assert list((tmp_path / "adapter" / "report" / "runs").rglob("events.out.tfevents.*"))
+    epochs = (tmp_path / "adapter" / "report" / "training.csv").read_text().splitlines()[1:]
+    assert len(epochs) >= 3
+    assert summary["train_seconds_per_epoch"] > 0
     assert not (tmp_path / ".adapter.work").exists()
     evaluated = qcat("eval", data, "--report", tmp_path / "report", "--adapter", tmp_path / "adapter", *TINY)
     assert evaluated.exit_code == 0, evaluated.output
@@ -54,6 +68,14 @@ def test_bad_data_is_refused_with_reasons(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "outside the taxonomy" in result.output
     assert "NUM" in result.output
+
+
+def test_unknown_reporter_is_refused_before_loading(tmp_path: Path) -> None:
+    data = write_learnable(tmp_path / "learn.jsonl")
+    result = qcat("train", data, "--out", tmp_path / "a", "--report-to", "nonsense", *TINY)
+    assert result.exit_code == 2
+    assert "cannot report to 'nonsense'" in result.output
+    assert "tensorboard" in result.output  # listed as available
 
 
 def test_baseline_and_registry_commands(tmp_path: Path) -> None:

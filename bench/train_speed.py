@@ -1,0 +1,117 @@
+"""Training speed: seconds per TREC-6 epoch and tokens/s, a plain recipe vs qcat's, side by side in one run.
+
+"plain" is the seed recipe's loop (batch 32, random order); "qcat" is the default training path with larger,
+length-grouped batches (`TrainConfig.group_by_length`). Both run qcat's own `fit()` (transformers' Trainer, LoRA on
+all linear layers, bf16 on CUDA) on a random-weight model of Qwen3-0.6B's exact shape (speed does not depend on
+weight values), or on `--base-model` (a hub id, local dir or .gguf file). Epoch time excludes evaluation.
+
+    python bench/train_speed.py [--quick] [--device cuda] [--qcat-batch 128] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.engine import TAXONOMY, build_model, machine  # noqa: E402
+from qcat.adapter import new_lora  # noqa: E402
+from qcat.engine import Engine  # noqa: E402
+from qcat.logs import configure_logging  # noqa: E402
+from qcat.model import LoadedModel, fingerprint, load_base_model  # noqa: E402
+from schemas.prompt import prompt_format  # noqa: E402
+from training.data import Example, load_examples  # noqa: E402
+from training.trainer import TrainConfig, fit  # noqa: E402
+
+
+def base_model(name: str | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    if name:
+        return load_base_model(name, device=device, dtype=dtype)
+    model, tokenizer = build_model(device, dtype)
+    return LoadedModel(model.train(), tokenizer, "random-qwen3-0.6b-shape", fingerprint(model), offline_builtin=True)
+
+
+def measure(
+    name: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    train: list[Example],
+    held_out: list[Example],
+    config: TrainConfig,
+    work: Path,
+) -> dict[str, Any]:
+    torch.manual_seed(config.seed)
+    base = base_model(name, device, dtype)
+    model = new_lora(base, TAXONOMY)
+    engine = Engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=64, batch_size=256)
+    result = fit(model, engine, train, held_out, work, config)
+    del model, engine, base
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        "batch_size": config.batch_size,
+        "group_by_length": config.group_by_length,
+        "seconds_per_epoch": result["train_seconds_per_epoch"],
+        "tokens_per_s": result["train_tokens_per_s"],
+        "eval_accuracy": result.get("eval_accuracy"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="64 training questions: about two minutes on 2 CPU cores")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--base-model", default=None, help="default: random weights of Qwen3-0.6B's shape")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--qcat-batch", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    configure_logging(json=False, level="WARNING")
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    train = load_examples(ROOT / "data" / "trec" / "train.jsonl")
+    held_out = load_examples(ROOT / "data" / "trec" / "test.jsonl")[:200]
+    if args.quick:
+        train, held_out = train[:64], held_out[:16]
+    plain = TrainConfig(epochs=args.epochs, batch_size=32, group_by_length=False, patience=args.epochs)
+    qcat = replace(plain, batch_size=args.qcat_batch, group_by_length=True)
+    work = Path("/tmp") / f"qcat-train-speed-{time.time_ns()}"
+    results = {}
+    for label, config in (("plain", plain), ("qcat", qcat)):
+        results[label] = measure(args.base_model, device, dtype, train, held_out, config, work / label)
+        row = results[label]
+        print(
+            f"{label:5} batch {row['batch_size']:>4} grouped={row['group_by_length']!s:5}: "
+            f"{row['seconds_per_epoch']:8.2f} s/epoch {row['tokens_per_s']:10.0f} tokens/s",
+            flush=True,
+        )
+    speedup = results["plain"]["seconds_per_epoch"] / results["qcat"]["seconds_per_epoch"]
+    tag = "h200" if device.type == "cuda" else "cpu"
+    out = args.out or ROOT / "bench" / "results" / f"train-{tag}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "command": "python bench/train_speed.py " + " ".join(sys.argv[1:]),
+        "machine": machine(device),
+        "model": args.base_model or "random weights, Qwen3-0.6B shape",
+        "dtype": str(dtype),
+        "train_questions": len(train),
+        "results": results,
+        "speedup": speedup,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    print(f"seconds_per_epoch={results['qcat']['seconds_per_epoch']:.2f} speedup_vs_plain={speedup:.1f}")
+
+
+if __name__ == "__main__":
+    main()
