@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -254,7 +254,7 @@ def adapters_add(
     adapter: Annotated[Path, typer.Argument(help="A trained adapter directory.")], registry: RegistryOption
 ) -> None:
     """Register a trained adapter (copied; versions are immutable)."""
-    from training.registry import Registry
+    from qcat.registry import Registry
 
     try:
         manifest = Registry(registry).add(adapter)
@@ -269,7 +269,7 @@ def adapters_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per version on stdout.")] = False,
 ) -> None:
     """Versions, oldest first, with their metrics; the current one is marked."""
-    from training.registry import Registry
+    from qcat.registry import Registry
 
     store = Registry(registry)
     current = store.current()
@@ -304,12 +304,41 @@ def adapters_list(
 @adapters.command("show")
 def adapters_show(version: str, registry: RegistryOption) -> None:
     """A version's manifest as JSON."""
-    from training.registry import Registry
+    from qcat.registry import Registry
 
     try:
         print(Registry(registry).show(version).model_dump_json(indent=2))
     except QcatError as error:
         raise fail(error) from error
+
+
+AnnounceOption = Annotated[
+    bool,
+    typer.Option(
+        "--announce",
+        help="Tell running workers on <prefix>.adapters (broker and security from QCAT_BROKERS, QCAT_SASL_*, ...).",
+    ),
+]
+
+
+def announce(action: Literal["promote", "rollback"], version: str, path: Path) -> None:
+    """Publish the registry change on the control topic; workers swap to it between batches."""
+    import asyncio
+
+    from schemas.events import AdapterAnnouncement
+    from worker.hot_swap import announce as publish
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    message = AdapterAnnouncement(action=action, version=version, path=str(path.resolve()))
+    try:
+        asyncio.run(publish(settings, f"{settings.topic_prefix}.adapters", message))
+    except Exception as error:
+        raise QcatError(
+            f"the registry now points to {version}, but announcing it on {settings.brokers} failed ({error}); "
+            "running workers keep their adapter until announced (re-run with --announce) or restarted"
+        ) from error
+    console.print(f"announced {action} of {version} on {settings.topic_prefix}.adapters")
 
 
 @adapters.command("promote")
@@ -318,25 +347,78 @@ def adapters_promote(
     registry: RegistryOption,
     force: Annotated[bool, typer.Option(help="Promote even if worse or not comparable.")] = False,
     tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop.")] = 0.005,
+    announce_it: AnnounceOption = False,
 ) -> None:
     """Make a version current if it is at least as good as the current one on the same eval set. Exit 3 if refused."""
-    from training.registry import Registry
+    from qcat.registry import Registry
 
     try:
         decision = Registry(registry).promote(version, force=force, tolerance=tolerance)
+        console.print(decision.reason)
+        if decision.promoted and announce_it:
+            announce("promote", version, Registry(registry).path(version))
     except QcatError as error:
         raise fail(error) from error
-    console.print(decision.reason)
     raise typer.Exit(code=0 if decision.promoted else 3)
 
 
 @adapters.command("rollback")
-def adapters_rollback(registry: RegistryOption) -> None:
+def adapters_rollback(registry: RegistryOption, announce_it: AnnounceOption = False) -> None:
     """Point back to the version that was current before the current one."""
-    from training.registry import Registry
+    from qcat.registry import Registry
 
     try:
         decision = Registry(registry).rollback()
+        console.print(decision.reason + f"; current is now {decision.version}")
+        if announce_it:
+            announce("rollback", decision.version, Registry(registry).path(decision.version))
     except QcatError as error:
         raise fail(error) from error
-    console.print(decision.reason + f"; current is now {decision.version}")
+
+
+@app.command()
+def retrain(
+    data: Annotated[Path, typer.Option("--data", help="The base labeled data (.jsonl or .csv).")],
+    corrections: Annotated[
+        Path, typer.Option("--corrections", envvar="QCAT_CORRECTIONS_DIR", help="The corrections store.")
+    ],
+    eval_data: Annotated[Path, typer.Option("--eval", help="The fixed eval set every version is judged on.")],
+    registry: RegistryOption,
+    work: Annotated[Path, typer.Option(help="Scratch directory (replaced).")] = Path("qcat-data/retrain"),
+    base_model: BaseModelOption = None,
+    device: DeviceOption = None,
+    epochs: Annotated[int, typer.Option(help="Most epochs.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = 0,
+    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = 0.005,
+    announce_it: AnnounceOption = False,
+) -> None:
+    """Retrain on base data + corrections and promote through the gate (a CronJob's command).
+
+    Exit 0: promoted; 3: not better, the current adapter stays; anything else: an error. Last line: JSON summary.
+    """
+    from training.retrain import RetrainRequest
+    from training.retrain import retrain as run_retrain
+    from training.trainer import TrainConfig
+
+    request = RetrainRequest(
+        data=data,
+        corrections=corrections,
+        eval_data=eval_data,
+        registry=registry,
+        work=work,
+        tolerance=tolerance,
+        config=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed),
+    )
+    try:
+        summary = run_retrain(request, settings_from(EngineSettings, base_model=base_model, device=device))
+        if summary["promoted"] and announce_it:
+            from qcat.registry import Registry
+
+            announce("promote", summary["version"], Registry(registry).path(summary["version"]))
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(summary["reason"])
+    print(json.dumps(summary))
+    raise typer.Exit(code=0 if summary["promoted"] else 3)

@@ -69,7 +69,17 @@ class CorrectionEvent(_Event):
     predicted_label: str | None = None
     label: str = Field(min_length=1)
     source: str = Field(min_length=1, max_length=128, description="Who corrected it: a router, a reviewer.")
+    adapter_version: str | None = Field(default=None, description="The adapter that made the corrected prediction.")
     corrected_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class AdapterAnnouncement(_Event):
+    """On the control topic: the registry's current adapter changed; every worker loads it between batches."""
+
+    action: Literal["promote", "rollback"]
+    version: str = Field(min_length=1, max_length=128)
+    path: str = Field(description="The adapter directory as the announcer sees it (workers prefer their registry).")
+    announced_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class DeadLetterReason(StrEnum):
@@ -81,6 +91,7 @@ class DeadLetterReason(StrEnum):
     EMPTY_TEXT = "empty_text"
     TEXT_TOO_LONG = "text_too_long"
     INFERENCE_ERROR = "inference_error"
+    UNKNOWN_LABEL = "unknown_label"
 
 
 class DeadLetter(_Event):
@@ -104,6 +115,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "CategorizedEvent": CategorizedEvent,
     "CorrectionEvent": CorrectionEvent,
     "DeadLetter": DeadLetter,
+    "AdapterAnnouncement": AdapterAnnouncement,
 }
 
 

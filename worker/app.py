@@ -10,8 +10,10 @@ categorized again under the same `event_id` (the message key), which consumers c
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -19,7 +21,10 @@ import structlog
 from faust.auth import SASLCredentials, SSLCredentials
 from prometheus_client import generate_latest
 
+from qcat.corrections import CorrectionStore
 from worker.classifier import Classifier
+from worker.corrections import sort_corrections
+from worker.hot_swap import AdapterWatcher, Serving
 from worker.metrics import WorkerMetrics
 from worker.process import BatchResult, Record, process_batch
 from worker.publisher import BatchPublisher
@@ -41,8 +46,15 @@ def credentials(settings: WorkerSettings) -> Any:
     return SSLCredentials(context) if context is not None else None
 
 
-def create_app(settings: WorkerSettings, classifier: Classifier, metrics: WorkerMetrics) -> faust.App:
+def create_app(
+    settings: WorkerSettings,
+    classifier: Classifier,
+    metrics: WorkerMetrics,
+    load: Callable[[Path], Classifier] | None = None,
+) -> faust.App:
+    """The worker's Faust app. `load` builds a classifier for an announced adapter (no hot swap without it)."""
     topics = Topics.build(settings.topic_prefix, classifier.taxonomy)
+    serving = Serving(classifier)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host.strip()}" for host in settings.brokers.split(",")],
@@ -63,29 +75,18 @@ def create_app(settings: WorkerSettings, classifier: Classifier, metrics: Worker
         datadir=str(settings.data_dir),
     )
     incoming = app.topic(topics.incoming, key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    outputs = [app.topic(name, partitions=settings.partitions) for name in topics.all_outputs()]
     ready = asyncio.Event()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-inference")
     metrics.model.info({"base_model": classifier.model_name, "adapter": classifier.adapter_version or "zero-shot"})
     handle = partial(
         process_batch,
-        classifier=classifier,
         topics=topics,
         threshold=settings.confidence_threshold,
         max_text_chars=settings.max_text_chars,
     )
 
-    @app.task
-    async def declare_topics() -> None:
-        for topic in outputs:
-            await topic.maybe_declare()
-        log.info(
-            "topics declared",
-            input=topics.incoming,
-            outputs=len(outputs),
-            model=classifier.model_name,
-            adapter=classifier.adapter_version,
-        )
+    _declare_outputs(app, [app.topic(name, partitions=settings.partitions) for name in topics.all_outputs()])
+    watcher = _follow_adapters(app, AdapterWatcher(settings, topics.adapters, serving, metrics, load)) if load else None
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's signal stubs reject async receivers
     async def count_rebalance(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -125,12 +126,66 @@ def create_app(settings: WorkerSettings, classifier: Classifier, metrics: Worker
             records = [_record(event) for event in events]
             metrics.events_in.labels(topics.incoming).inc(len(records))
             metrics.batch_size.observe(len(records))
-            result: BatchResult = await loop.run_in_executor(executor, handle, records)
+            # the classifier is chosen per batch: an adapter swap takes effect between batches
+            result: BatchResult = await loop.run_in_executor(executor, handle, records, serving.classifier)
             await in_flight.acquire()  # publish in the background, overlapping the next batch's inference
             task = asyncio.create_task(publish_then_ack(list(events), result))
             publishing.add(task)
             task.add_done_callback(publishing.discard)
 
+    _store_corrections(app, settings, topics, serving, metrics, publisher)
+    _add_pages(app, metrics, lambda: ready.is_set() and (watcher is None or watcher.watching.is_set()))
+    return app
+
+
+def _declare_outputs(app: faust.App, outputs: list[Any]) -> None:
+    @app.task
+    async def declare_topics() -> None:
+        for topic in outputs:
+            await topic.maybe_declare()
+        log.info("topics declared", outputs=[topic.get_topic_name() for topic in outputs])
+
+
+def _follow_adapters(app: faust.App, watcher: AdapterWatcher) -> AdapterWatcher:
+    @app.task
+    async def watch_adapters() -> None:
+        await watcher.run()
+
+    return watcher
+
+
+def _store_corrections(
+    app: faust.App,
+    settings: WorkerSettings,
+    topics: Topics,
+    serving: Serving,
+    metrics: WorkerMetrics,
+    publisher: BatchPublisher,
+) -> None:
+    corrections = app.topic(topics.corrections, key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    store = CorrectionStore(settings.corrections_dir)
+
+    @app.agent(corrections)
+    async def store_corrections(stream: Any) -> None:
+        """Valid corrections to the store (fsynced), bad ones to the DLQ; offsets commit after both."""
+        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+            metrics.events_in.labels(topics.corrections).inc(len(events))
+            batch = sort_corrections(
+                [_record(event) for event in events],
+                taxonomy=serving.classifier.taxonomy,
+                max_text_chars=settings.max_text_chars,
+                dlq=topics.dlq,
+            )
+            for partition, items in batch.valid.items():
+                stored = store.append(items, writer=f"{topics.corrections}-{partition}")
+                metrics.corrections.inc(stored)
+                log.info("corrections stored", new=stored, received=len(items), partition=partition)
+            if batch.outputs:
+                await publisher.publish(batch.outputs)
+                _observe(BatchResult(dead_letters=batch.dead_letters), metrics, settings.log_text)
+
+
+def _add_pages(app: faust.App, metrics: WorkerMetrics, is_ready: Callable[[], bool]) -> None:
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         # aiohttp refuses a charset inside content_type; Prometheus reads plain text as exposition format 0.0.4.
@@ -142,9 +197,9 @@ def create_app(settings: WorkerSettings, classifier: Classifier, metrics: Worker
 
     @app.page("/readyz")
     async def readiness(web: Any, request: Any) -> Any:
-        return web.json({"ready": ready.is_set()}, status=200 if ready.is_set() else 503)
-
-    return app
+        """Ready: in the consumer group and, with hot swap on, following the adapter announcements."""
+        ready = is_ready()
+        return web.json({"ready": ready}, status=200 if ready else 503)
 
 
 def _record(event: Any) -> Record:

@@ -1,14 +1,18 @@
-"""From raw Kafka bytes to a QuestionEvent, or to the dead-letter reason why not. Pure; never raises."""
+"""From raw Kafka bytes to a QuestionEvent or CorrectionEvent, or to the dead-letter reason why not. Pure; never
+raises."""
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pydantic import ValidationError
 
-from schemas.events import DeadLetter, DeadLetterReason, QuestionEvent
+from schemas.events import CorrectionEvent, DeadLetter, DeadLetterReason, QuestionEvent
+from schemas.taxonomy import Taxonomy
 
+Event = TypeVar("Event", QuestionEvent, CorrectionEvent)
 MAX_DEAD_LETTER_PAYLOAD = 100_000
 """Characters of the original payload kept in a dead letter: Kafka's default message limit is 1 MB."""
 
@@ -19,7 +23,20 @@ class Rejected:
     error: str
 
 
-def decode_question(raw: bytes | None, *, max_text_chars: int) -> QuestionEvent | Rejected:  # noqa: PLR0911 - one return per reason
+def decode_question(raw: bytes | None, *, max_text_chars: int) -> QuestionEvent | Rejected:
+    return _decode(raw, QuestionEvent, max_text_chars)
+
+
+def decode_correction(raw: bytes | None, *, taxonomy: Taxonomy, max_text_chars: int) -> CorrectionEvent | Rejected:
+    decoded = _decode(raw, CorrectionEvent, max_text_chars)
+    if isinstance(decoded, CorrectionEvent) and decoded.label not in taxonomy.names:
+        return Rejected(DeadLetterReason.UNKNOWN_LABEL, f"label {decoded.label!r} is not in the serving taxonomy")
+    return decoded
+
+
+def _decode(  # noqa: PLR0911 - one return per reason
+    raw: bytes | None, kind: type[Event], max_text_chars: int
+) -> Event | Rejected:
     if raw is None:
         return Rejected(DeadLetterReason.SCHEMA_VIOLATION, "message has no value (tombstone)")
     try:
@@ -27,7 +44,7 @@ def decode_question(raw: bytes | None, *, max_text_chars: int) -> QuestionEvent 
     except UnicodeDecodeError as error:
         return Rejected(DeadLetterReason.UNDECODABLE, f"not UTF-8: {error}")
     try:
-        event = QuestionEvent.model_validate_json(raw)
+        event = kind.model_validate_json(raw)
     except ValidationError as error:
         kinds = {(e["type"], e["loc"][:1]) for e in error.errors()}
         if any(kind == "json_invalid" for kind, _ in kinds):

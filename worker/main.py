@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import faust
+import structlog
 
 from qcat.engine import Engine
 from qcat.errors import QcatError
 from qcat.logs import configure_logging
+from qcat.registry import Registry
 from worker.app import create_app
 from worker.classifier import Classifier
 from worker.metrics import WorkerMetrics
@@ -28,12 +31,24 @@ def load_classifier(settings: WorkerSettings) -> Classifier:
     return classifier
 
 
+def warmed_up(settings: WorkerSettings) -> Classifier:
+    """Loaded, then one full batch: kernel selection and allocator warm-up happen here, not on a real batch."""
+    classifier = load_classifier(settings)
+    classifier.classify(["What is a warm-up question ?"] * settings.max_batch)
+    return classifier
+
+
 def run_worker(settings: WorkerSettings) -> None:
     configure_logging(json=settings.log_json, level=settings.log_level)
-    classifier = load_classifier(settings)
-    # One full batch before joining the group: kernel selection and allocator warm-up happen here, not on the
-    # first real batch, and readiness means ready to serve at speed.
-    classifier.classify(["What is a warm-up question ?"] * settings.max_batch)
-    app = create_app(settings, classifier, WorkerMetrics())
+    if settings.adapter is None and settings.registry is not None:
+        current = Registry(settings.registry).current_path()
+        structlog.get_logger(__name__).info("registry", current=current.name if current else None)
+        settings = settings.model_copy(update={"adapter": current})
+    classifier = warmed_up(settings)
+
+    def load(adapter: Path) -> Classifier:
+        return warmed_up(settings.model_copy(update={"adapter": adapter}))
+
+    app = create_app(settings, classifier, WorkerMetrics(), load=load if settings.classifier is None else None)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False, override_logging=False)
     worker.execute_from_commandline()

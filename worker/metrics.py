@@ -37,5 +37,17 @@ class WorkerMetrics:
         self.rebalances = Counter(
             "qcat_rebalances", "Partition assignments this worker received (1 = the initial join only).", registry=r
         )
+        self.corrections = Counter(
+            "qcat_corrections_stored", "Corrections stored (redeliveries not counted).", registry=r
+        )
+        self.adapter_swaps = Counter(
+            "qcat_adapter_swaps",
+            "Adapter announcements by outcome: swapped, failed, refused, invalid.",
+            ["result"],
+            registry=r,
+        )
+        self.adapter_behind = Gauge(
+            "qcat_adapter_behind", "1 while the last announced adapter could not be loaded.", registry=r
+        )
         self.model = Info("qcat_model", "The base model and adapter serving.", registry=r)
         self.ready = Gauge("qcat_ready", "1 once the model is loaded and the worker consumes.", registry=r)

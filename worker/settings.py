@@ -37,6 +37,13 @@ class WorkerSettings(EngineSettings):
     confidence_threshold: float = Field(default=0.5, ge=0, le=1, description="Below it, events go to review.")
     max_text_chars: int = Field(default=2000, ge=1, le=10_000, description="Longer questions are dead-lettered.")
 
+    registry: Path | None = Field(
+        default=None,
+        description="Adapter registry: its current version is served at start, announced versions resolve in it.",
+    )
+    corrections_dir: Path = Field(
+        default=Path("qcat-data/corrections"), description="Where validated corrections are stored (JSON Lines)."
+    )
     data_dir: Path = Field(
         default=Path(tempfile.gettempdir()) / "qcat-worker", description="Faust's local state (nothing durable)."
     )

@@ -26,6 +26,8 @@ class Topics:
     categorized: str
     review: str
     dlq: str
+    corrections: str
+    adapters: str
     routes: dict[str, str]
 
     @classmethod
@@ -44,8 +46,11 @@ class Topics:
             categorized=f"{prefix}.categorized",
             review=f"{prefix}.review",
             dlq=f"{prefix}.dlq",
+            corrections=f"{prefix}.corrections",
+            adapters=f"{prefix}.adapters",
             routes=routes,
         )
 
     def all_outputs(self) -> list[str]:
+        """Topics the worker writes to (the control topic `adapters` has one partition and is declared apart)."""
         return [self.categorized, self.review, self.dlq, *self.routes.values()]

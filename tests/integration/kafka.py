@@ -96,6 +96,7 @@ class WorkerProcess:
             "QCAT_PARTITIONS": "2",
             "QCAT_WEB_PORT": str(self.web_port),
             "QCAT_DATA_DIR": str(tmp / "faust"),
+            "QCAT_CORRECTIONS_DIR": str(tmp / "corrections"),
             "QCAT_SESSION_TIMEOUT": "10",
             "PYTHONUNBUFFERED": "1",
         }

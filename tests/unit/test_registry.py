@@ -9,8 +9,8 @@ import pytest
 
 from qcat.adapter import AdapterManifest, new_lora, save_adapter
 from qcat.model import LoadedModel
+from qcat.registry import Registry, RegistryError
 from schemas.taxonomy import Taxonomy
-from training.registry import Registry, RegistryError
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 

@@ -1,0 +1,76 @@
+"""The corrections store: validated `CorrectionEvent`s as JSON Lines under one directory, durable and idempotent.
+
+Each writer appends to its own file (`corrections-<writer>.jsonl`; the worker uses one per input partition, which
+one consumer owns at a time), so replicas never interleave writes. An append is flushed and fsynced before the
+input offset may commit; a redelivered correction (same `correction_id`) is not written twice. Readers take the
+latest correction per `event_id` (by `corrected_at`) across all files. JSON Lines: `qcat train`, pandas and jq read it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from schemas.events import CorrectionEvent
+
+PATTERN = "corrections-*.jsonl"
+
+
+class CorrectionStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._seen: set[str] | None = None
+
+    def _files(self) -> list[Path]:
+        return sorted(self.root.glob(PATTERN)) if self.root.is_dir() else []
+
+    def _events(self) -> Iterator[CorrectionEvent]:
+        for path in self._files():
+            with path.open(encoding="utf-8") as lines:
+                for line in lines:
+                    if line.strip():  # a torn last line (crash mid-write) is rewritten on redelivery
+                        try:
+                            yield CorrectionEvent.model_validate_json(line)
+                        except ValueError:
+                            continue
+
+    def append(self, corrections: Iterable[CorrectionEvent], *, writer: str) -> int:
+        """Store the corrections not stored before; returns how many were new."""
+        if self._seen is None:
+            self._seen = {event.correction_id for event in self._events()}
+        new: list[CorrectionEvent] = []
+        for event in corrections:  # redeliveries may repeat within one batch too
+            if event.correction_id not in self._seen and all(event.correction_id != n.correction_id for n in new):
+                new.append(event)
+        if not new:
+            return 0
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"corrections-{re.sub(r'[^A-Za-z0-9._-]', '_', writer)}.jsonl"
+        torn = _ends_torn(path)
+        with path.open("a", encoding="utf-8") as out:
+            if torn:  # end the torn line so the next record starts on its own
+                out.write("\n")
+            out.write("".join(event.model_dump_json() + "\n" for event in new))
+            out.flush()
+            os.fsync(out.fileno())
+        self._seen.update(event.correction_id for event in new)
+        return len(new)
+
+    def latest(self) -> list[CorrectionEvent]:
+        """One correction per event_id: the most recent."""
+        latest: dict[str, CorrectionEvent] = {}
+        for event in self._events():
+            known = latest.get(event.event_id)
+            if known is None or event.corrected_at >= known.corrected_at:
+                latest[event.event_id] = event
+        return sorted(latest.values(), key=lambda event: event.corrected_at)
+
+
+def _ends_torn(path: Path) -> bool:
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as data:
+        data.seek(-1, os.SEEK_END)
+        return data.read(1) != b"\n"

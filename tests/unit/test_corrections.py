@@ -1,0 +1,76 @@
+"""The corrections store (idempotent, durable, latest wins) and how retraining merges corrections into base data."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from qcat.corrections import CorrectionStore
+from schemas.events import CorrectionEvent
+from schemas.taxonomy import Taxonomy
+from training.data import Example
+from training.retrain import held_out, merge
+from worker.corrections import sort_corrections
+from worker.process import Record
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def correction(cid: str, event_id: str, label: str, minutes: int = 0, text: str | None = None) -> CorrectionEvent:
+    return CorrectionEvent(
+        correction_id=cid,
+        event_id=event_id,
+        text=text or f"question {event_id}",
+        label=label,
+        source="test",
+        corrected_at=T0 + timedelta(minutes=minutes),
+    )
+
+
+def test_redelivered_corrections_are_stored_once_and_the_latest_wins(tmp_path: Path) -> None:
+    store = CorrectionStore(tmp_path)
+    assert store.append([correction("c1", "e1", "HUM"), correction("c2", "e2", "LOC")], writer="p0") == 2
+    assert store.append([correction("c1", "e1", "HUM")], writer="p0") == 0  # redelivered
+    assert store.append([correction("c4", "e4", "HUM")] * 2, writer="p0") == 1  # twice in one batch
+    assert CorrectionStore(tmp_path).append([correction("c1", "e1", "HUM")], writer="p1") == 0  # after a restart
+    assert store.append([correction("c3", "e1", "NUM", minutes=5)], writer="p1") == 1
+    latest = {c.event_id: c.label for c in CorrectionStore(tmp_path).latest()}
+    assert latest == {"e1": "NUM", "e2": "LOC", "e4": "HUM"}
+    lines = sum(len(path.read_text().splitlines()) for path in tmp_path.glob("corrections-*.jsonl"))
+    assert lines == 4
+
+
+def test_a_torn_last_line_is_skipped_and_rewritten(tmp_path: Path) -> None:
+    store = CorrectionStore(tmp_path)
+    store.append([correction("c1", "e1", "HUM")], writer="p0")
+    path = next(tmp_path.glob("corrections-*.jsonl"))
+    with path.open("a") as out:  # a crash in the middle of a write
+        out.write(correction("c2", "e2", "LOC").model_dump_json()[:30])
+    fresh = CorrectionStore(tmp_path)
+    assert [c.correction_id for c in fresh.latest()] == ["c1"]
+    assert fresh.append([correction("c2", "e2", "LOC")], writer="p0") == 1  # the redelivery is stored whole
+    assert {c.correction_id for c in CorrectionStore(tmp_path).latest()} == {"c1", "c2"}
+
+
+def test_merge_overrides_base_rows_and_keeps_the_holdout_out_of_training() -> None:
+    base = [Example(f"question e{i}", "LOC", f"b{i}") for i in range(40)] + [Example("other", "HUM", "o")]
+    corrections = [correction(f"c{i}", f"e{i}", "NUM") for i in range(40)]
+    merged = merge(base, corrections, holdout_fraction=0.2)
+    held = {e.text for e in merged.holdout}
+    assert 0 < len(held) < 40
+    assert held == {c.text for c in corrections if held_out(c, 0.2)}
+    assert not held & {e.text for e in merged.train}
+    assert {e.label for e in merged.train if e.text != "other"} == {"NUM"}
+    assert merged.conflicts == 40 - len(held)
+    assert len(merged.train) == 41 - len(held)
+
+
+def test_bad_corrections_become_dead_letters_with_reasons() -> None:
+    taxonomy = Taxonomy.from_names(["HUM", "LOC", "NUM"])
+    good = correction("c1", "e1", "NUM").model_dump_json().encode()
+    unknown = correction("c2", "e2", "BOGUS").model_dump_json().encode()
+    records = [Record(b"e1", good, "t", 0, 1), Record(b"e2", unknown, "t", 1, 2), Record(b"x", b"{no", "t", 1, 3)]
+    batch = sort_corrections(records, taxonomy=taxonomy, max_text_chars=100, dlq="t.dlq")
+    assert [c.correction_id for c in batch.valid[0]] == ["c1"]
+    assert [letter.reason.value for letter in batch.dead_letters] == ["unknown_label", "invalid_json"]
+    assert {output.topic for output in batch.outputs} == {"t.dlq"}

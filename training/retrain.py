@@ -1,0 +1,134 @@
+"""`qcat retrain`: base data + logged corrections -> a candidate adapter -> the registry gate.
+
+Corrections override base rows with the same text (conflicts are counted and reported). A stable slice of the
+corrections (by a hash of `event_id`, so reruns agree) is held out of training; the candidate must label it at least as
+well as the current adapter, and must pass the registry's gate on the fixed eval set (not worse beyond the tolerance).
+Training starts from scratch on the merged data, with the current adapter's taxonomy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from qcat.adapter import read_manifest
+from qcat.corrections import CorrectionStore
+from qcat.engine import Engine
+from qcat.registry import DEFAULT_TOLERANCE, Registry
+from qcat.settings import EngineSettings
+from schemas.events import CorrectionEvent
+from schemas.taxonomy import Taxonomy
+from training.data import DataError, Example, load_examples
+from training.run import TrainRequest, score, train
+from training.trainer import TrainConfig
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    data: Path
+    corrections: Path
+    eval_data: Path
+    registry: Path
+    work: Path
+    taxonomy: Path | None = None
+    holdout_fraction: float = 0.2
+    tolerance: float = DEFAULT_TOLERANCE
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class Merged:
+    train: list[Example]
+    holdout: list[Example]
+    conflicts: int
+
+
+def held_out(event: CorrectionEvent, fraction: float) -> bool:
+    digest = hashlib.sha256(event.event_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _key(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def merge(base: list[Example], corrections: list[CorrectionEvent], holdout_fraction: float) -> Merged:
+    """Corrections replace base rows of the same text; held-out corrections leave training entirely."""
+    holdout = [c for c in corrections if held_out(c, holdout_fraction)]
+    if corrections and not holdout and len(corrections) >= 2:
+        holdout = [corrections[-1]]  # a tiny store still gets a check
+    held = {_key(c.text) for c in holdout}
+    learn = {_key(c.text): c for c in corrections if _key(c.text) not in held}
+    conflicts = sum(1 for e in base if (c := learn.get(_key(e.text))) is not None and c.label != e.label)
+    rows = [e for e in base if _key(e.text) not in held and _key(e.text) not in learn]
+    rows += [Example(c.text, c.label, f"correction:{c.correction_id}") for c in learn.values()]
+    return Merged(rows, [Example(c.text, c.label, f"correction:{c.correction_id}") for c in holdout], conflicts)
+
+
+def _write(examples: list[Example], path: Path) -> Path:
+    path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in examples), encoding="utf-8")
+    return path
+
+
+def _accuracy(settings: EngineSettings, adapter: Path, examples: list[Example]) -> float | None:
+    if not examples:
+        return None
+    scored = score(Engine.load(settings.model_copy(update={"adapter": adapter})), examples)
+    return sum(s.gold == s.predicted for s in scored) / len(scored)
+
+
+def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]:
+    """Train and gate a candidate; the summary's `promoted` says whether the registry's current pointer moved."""
+    registry = Registry(request.registry)
+    current = registry.current_path()
+    corrections = CorrectionStore(request.corrections).latest()
+    merged = merge(load_examples(request.data), corrections, request.holdout_fraction)
+    if merged.conflicts:
+        log.warning("corrections override base labels", conflicts=merged.conflicts)
+    shutil.rmtree(request.work, ignore_errors=True)
+    request.work.mkdir(parents=True)
+    taxonomy = request.taxonomy
+    if taxonomy is None and current is not None:
+        taxonomy = request.work / "taxonomy.json"
+        taxonomy.write_text(read_manifest(current).taxonomy.model_dump_json(), encoding="utf-8")
+    if taxonomy is not None:
+        unknown = {c.label for c in corrections} - set(Taxonomy.from_file(taxonomy).names)
+        if unknown:
+            raise DataError(f"corrections use labels outside the taxonomy: {sorted(unknown)}")
+    candidate_dir, metrics = train(
+        TrainRequest(
+            data=_write(merged.train, request.work / "train.jsonl"),
+            out=request.work / "candidate",
+            taxonomy=taxonomy,
+            eval_data=request.eval_data,
+            config=request.config,
+        ),
+        settings,
+    )
+    version = registry.add(candidate_dir).version
+    summary: dict[str, Any] = {
+        "version": version,
+        "previous": current.name if current else None,
+        "train_examples": len(merged.train),
+        "corrections": len(corrections),
+        "corrections_held_out": len(merged.holdout),
+        "conflicts": merged.conflicts,
+        "eval_accuracy": metrics["accuracy"],
+        "current_eval_accuracy": read_manifest(current).metrics.get("accuracy") if current else None,
+        "holdout_accuracy": _accuracy(settings, registry.path(version), merged.holdout),
+        "current_holdout_accuracy": _accuracy(settings, current, merged.holdout) if current else None,
+    }
+    ours, theirs = summary["holdout_accuracy"], summary["current_holdout_accuracy"]
+    if ours is not None and theirs is not None and ours < theirs:
+        summary |= {"promoted": False, "reason": f"worse on held-out corrections: {ours:.4f} < current {theirs:.4f}"}
+        return summary
+    decision = registry.promote(version, tolerance=request.tolerance)
+    return summary | {"promoted": decision.promoted, "reason": decision.reason}

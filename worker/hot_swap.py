@@ -1,0 +1,137 @@
+"""Hot adapter swap: promotions and rollbacks are announced on the control topic `<prefix>.adapters`; every worker
+loads the announced adapter in the background and switches between batches.
+
+Every worker must see every announcement, so the control topic is read by a plain consumer outside the consumer
+group (one partition, assigned, starting at its end: the registry's current version was loaded at start). A batch
+uses the classifier it started with; the next one uses the new adapter. An adapter that fails to load, or whose labels
+differ from the serving taxonomy (routes are topics: changing them needs a restart), is refused: the worker keeps
+serving its current adapter, logs why and sets `qcat_adapter_behind`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from pydantic import ValidationError
+
+from qcat.errors import QcatError
+from qcat.registry import Registry
+from schemas.events import AdapterAnnouncement
+from worker.classifier import Classifier
+from worker.metrics import WorkerMetrics
+from worker.settings import WorkerSettings
+
+log = structlog.get_logger(__name__)
+
+
+class Serving:
+    """The classifier the next batch will use."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.classifier = classifier
+
+
+class AdapterWatcher:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        topic: str,
+        serving: Serving,
+        metrics: WorkerMetrics,
+        load: Callable[[Path], Classifier],
+    ) -> None:
+        self.settings, self.topic, self.serving, self.metrics, self.load = settings, topic, serving, metrics, load
+        self.watching = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-adapter-loader")
+
+    async def run(self) -> None:
+        await ensure_control_topic(self.settings, self.topic)
+        consumer = AIOKafkaConsumer(**self.settings.kafka_client_options(), group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partition = TopicPartition(self.topic, 0)
+            consumer.assign([partition])
+            await consumer.seek_to_end(partition)
+            await consumer.position(partition)
+            self.watching.set()
+            async for message in consumer:
+                await self.handle(message.value)
+        finally:
+            await consumer.stop()
+            self._executor.shutdown(wait=False)
+
+    async def handle(self, raw: bytes | None) -> None:
+        try:
+            announcement = AdapterAnnouncement.model_validate_json(raw or b"")
+        except ValidationError as error:
+            self.metrics.adapter_swaps.labels("invalid").inc()
+            log.error("invalid adapter announcement ignored", error=str(error)[:300])
+            return
+        current = self.serving.classifier
+        if announcement.version == current.adapter_version:
+            return
+        path = self._resolve(announcement)
+        log.info("loading announced adapter", version=announcement.version, action=announcement.action, path=str(path))
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(self._executor, self.load, path)
+        except Exception as error:  # noqa: BLE001 - whatever breaks the load, the worker keeps serving
+            self._refuse("failed", announcement, f"{type(error).__name__}: {error}")
+            return
+        if loaded.taxonomy.names != current.taxonomy.names:
+            self._refuse("refused", announcement, "its labels differ from the serving taxonomy; restart the workers")
+            return
+        self.serving.classifier = loaded
+        self.metrics.adapter_swaps.labels("swapped").inc()
+        self.metrics.adapter_behind.set(0)
+        self.metrics.model.info({"base_model": loaded.model_name, "adapter": loaded.adapter_version or "zero-shot"})
+        log.info("adapter swapped", previous=current.adapter_version, adapter=loaded.adapter_version)
+
+    def _resolve(self, announcement: AdapterAnnouncement) -> Path:
+        if self.settings.registry is not None:
+            candidate = Registry(self.settings.registry).versions / announcement.version
+            if candidate.is_dir():
+                return candidate
+        return Path(announcement.path)
+
+    def _refuse(self, result: str, announcement: AdapterAnnouncement, why: str) -> None:
+        self.metrics.adapter_swaps.labels(result).inc()
+        self.metrics.adapter_behind.set(1)
+        log.error(
+            "announced adapter not served; keeping the current one",
+            version=announcement.version,
+            serving=self.serving.classifier.adapter_version,
+            why=why[:500],
+        )
+
+
+async def ensure_control_topic(settings: WorkerSettings, topic: str) -> None:
+    """One partition, so every announcement is read in order by every worker."""
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(topic, num_partitions=1, replication_factor=settings.replication_factor)]
+        )
+    finally:
+        await admin.close()
+    for entry in response.topic_errors:
+        if entry[1] not in (0, TopicAlreadyExistsError.errno):
+            raise QcatError(f"cannot create the control topic {topic}: Kafka error code {entry[1]} {entry[2:]}")
+
+
+async def announce(settings: WorkerSettings, topic: str, announcement: AdapterAnnouncement) -> None:
+    """Publish a promotion or rollback; returns once the broker has it."""
+    await ensure_control_topic(settings, topic)
+    producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, announcement.model_dump_json().encode(), key=announcement.version.encode())
+    finally:
+        await producer.stop()
