@@ -34,9 +34,18 @@ def broker_binary() -> Path:
 class EmbeddedBroker:
     """Start with `with EmbeddedBroker() as broker:`; `broker.address` is host:port once it accepts connections."""
 
-    def __init__(self, port: int | None = None, *, host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        advertised: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        """`advertised` (host:port): where clients are told to connect, e.g. a TLS terminator in front."""
         self.host = host
         self.port = port or free_port()
+        self.advertised = advertised or self.address
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -52,7 +61,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.advertised}",
             "--storage-engine",
             "memory://tansu/",
             *self.extra_args,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from qcat.registry import Registry
 from worker.app import create_app
 from worker.classifier import Classifier
 from worker.metrics import WorkerMetrics
+from worker.preflight import check_kafka
 from worker.settings import WorkerSettings
 
 
@@ -40,6 +42,7 @@ def warmed_up(settings: WorkerSettings) -> Classifier:
 
 def run_worker(settings: WorkerSettings) -> None:
     configure_logging(json=settings.log_json, level=settings.log_level)
+    asyncio.run(check_kafka(settings))
     if settings.adapter is None and settings.registry is not None:
         current = Registry(settings.registry).current_path()
         structlog.get_logger(__name__).info("registry", current=current.name if current else None)

@@ -28,9 +28,12 @@ def unique(name: str) -> str:
 
 
 async def _produce(
-    address: str, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+    address: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
+    options: dict[str, Any],
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=address, linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=address, linger_ms=5, **options)
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key, headers=headers) for key, value, headers in records]
@@ -39,8 +42,11 @@ async def _produce(
         await producer.stop()
 
 
-def produce(address: str, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
-    asyncio.run(_produce(address, topic, list(records)))
+def produce(
+    address: str, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]], **options: Any
+) -> None:
+    """Send and wait for the broker's acks; `options` go to aiokafka (security_protocol, ssl_context, ...)."""
+    asyncio.run(_produce(address, topic, list(records), options))
 
 
 def question(event_id: str, text: str, **extra: Any) -> bytes:
@@ -55,13 +61,16 @@ class Collected:
         return [json.loads(record.value) for record in self.by_topic.get(topic, [])]
 
 
-async def _consume(address: str, topics: list[str], done: Callable[[Collected], bool], timeout: float) -> Collected:
+async def _consume(
+    address: str, topics: list[str], done: Callable[[Collected], bool], timeout: float, options: dict[str, Any]
+) -> Collected:
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=address,
         group_id=unique("test-reader"),
         auto_offset_reset="earliest",
         metadata_max_age_ms=1000,
+        **options,
     )
     await consumer.start()
     collected = Collected()
@@ -76,9 +85,11 @@ async def _consume(address: str, topics: list[str], done: Callable[[Collected], 
     return collected
 
 
-def consume(address: str, topics: list[str], done: Callable[[Collected], bool], timeout: float = 90) -> Collected:
+def consume(
+    address: str, topics: list[str], done: Callable[[Collected], bool], timeout: float = 90, **options: Any
+) -> Collected:
     """Read the topics from the start until `done` says enough (or the timeout; the caller asserts)."""
-    return asyncio.run(_consume(address, topics, done, timeout))
+    return asyncio.run(_consume(address, topics, done, timeout, options))
 
 
 class WorkerProcess:
