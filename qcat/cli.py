@@ -152,6 +152,27 @@ def demo(
 
 
 @app.command()
+def send(
+    questions: Annotated[Path, typer.Argument(help="Questions: .jsonl with a text field, or one per line.")],
+    count: Annotated[int, typer.Option(help="How many events (the file is cycled).")] = 100,
+    rate: Annotated[float, typer.Option(help="Events per second.")] = 10.0,
+) -> None:
+    """Produce sample QuestionEvents to <prefix>.incoming (connection from QCAT_BROKERS and friends)."""
+    import asyncio
+
+    from worker.send import read_questions
+    from worker.send import send as produce
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    try:
+        sent = asyncio.run(produce(settings, read_questions(questions), rate=rate, count=count))
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(f"sent {sent} questions to {settings.topic_prefix}.incoming at {settings.brokers}")
+
+
+@app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="Labeled questions: .jsonl or .csv with text,label.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the new adapter (must not exist).")],

@@ -1,0 +1,35 @@
+"""`qcat send`, the sample producer of the compose stack: valid QuestionEvents on <prefix>.incoming."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from schemas.events import QuestionEvent
+from tests.integration.kafka import ROOT, consume, unique
+
+
+def test_send_produces_question_events(broker: str, tmp_path: Path) -> None:
+    prefix = unique("t-send")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"text": f"What is thing {i} ?"}) + "\n" for i in range(10)))
+    env = {**os.environ, "QCAT_BROKERS": broker, "QCAT_TOPIC_PREFIX": prefix}
+    result = subprocess.run(
+        [sys.executable, "-m", "qcat", "send", str(questions), "--count", "25", "--rate", "500"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    topic = f"{prefix}.incoming"
+    got = consume(broker, [topic], lambda c: len(c.by_topic.get(topic, [])) >= 25)
+    events = [QuestionEvent.model_validate_json(record.value) for record in got.by_topic[topic]]
+    assert len(events) == 25
+    assert len({e.event_id for e in events}) == 25
+    assert {e.text for e in events} == {f"What is thing {i} ?" for i in range(10)}
