@@ -92,6 +92,12 @@ def consume(
     return asyncio.run(_consume(address, topics, done, timeout, options))
 
 
+def run_qcat(env: dict[str, str], *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m qcat ARGS` to completion, output captured (for commands expected to exit)."""
+    command = [sys.executable, "-m", "qcat", *(str(arg) for arg in args)]
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+
+
 class WorkerProcess:
     """`python -m qcat worker` on the built-in model, configured through QCAT_* variables like in production."""
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from qcat.cli import app
-from tests.integration.kafka import ROOT, WorkerProcess, consume, produce, question, unique
+from tests.integration.kafka import WorkerProcess, consume, produce, question, run_qcat, unique
 from tests.unit.test_training import SUBJECTS, TEMPLATES
 
 TINY = ("--base-model", "tiny-qwen3")
@@ -36,11 +34,6 @@ def qcat(*args: object) -> None:
 
 def ask(broker: str, prefix: str, questions: dict[str, str]) -> None:
     produce(broker, f"{prefix}.incoming", [(i.encode(), question(i, text), []) for i, text in questions.items()])
-
-
-def run(env: dict[str, str], *args: object) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "qcat", *(str(arg) for arg in args)]
-    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
 
 
 def categorized(broker: str, prefix: str, ids: set[str], timeout: float = 120) -> dict[str, dict[str, Any]]:
@@ -129,7 +122,7 @@ def test_corrections_retrain_and_hot_swap(broker: str, tmp_path: Path) -> None:
             "QCAT_DTYPE": "float32",
             "QCAT_CORRECTIONS_DIR": str(tmp_path / "corrections"),
         }
-        retrain = run(
+        retrain = run_qcat(
             env, "retrain", "--data", base, "--eval", fixed_eval, "--registry", registry, "--work", tmp_path / "work",
             "--tolerance", "0.05", "--epochs", "15", "--learning-rate", "2e-3", "--batch-size", "16", *TINY,
             "--announce",
@@ -167,7 +160,7 @@ def test_corrections_retrain_and_hot_swap(broker: str, tmp_path: Path) -> None:
         manifest = json.loads((broken / "qcat-manifest.json").read_text()) | {"version": "broken"}
         (broken / "qcat-manifest.json").write_text(json.dumps(manifest))
         (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
-        promoted = run(env, "adapters", "promote", "broken", "--registry", registry, "--force", "--announce")
+        promoted = run_qcat(env, "adapters", "promote", "broken", "--registry", registry, "--force", "--announce")
         assert promoted.returncode == 0, promoted.stdout + promoted.stderr
         worker.wait_for_metric('qcat_adapter_swaps_total{result="failed"}', 1)
         assert worker.wait_for_metric("qcat_adapter_behind", 1) == 1

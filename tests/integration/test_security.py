@@ -12,26 +12,17 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import trustme
 
-from tests.integration.kafka import ROOT, WorkerProcess, consume, produce, question, unique
+from tests.integration.kafka import WorkerProcess, consume, produce, question, run_qcat, unique
 from tests.integration.tls import TlsTerminator, write_client_files
 from worker.broker import EmbeddedBroker, free_port
 
 
 def run_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qcat", "worker"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_qcat(env, "worker", timeout=120)
 
 
 def test_worker_consumes_and_produces_over_mutual_tls(tmp_path: Path) -> None:

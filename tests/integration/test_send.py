@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from schemas.events import QuestionEvent
-from tests.integration.kafka import ROOT, consume, unique
+from tests.integration.kafka import consume, run_qcat, unique
 
 
 def test_send_produces_question_events(broker: str, tmp_path: Path) -> None:
@@ -17,15 +15,7 @@ def test_send_produces_question_events(broker: str, tmp_path: Path) -> None:
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps({"text": f"What is thing {i} ?"}) + "\n" for i in range(10)))
     env = {**os.environ, "QCAT_BROKERS": broker, "QCAT_TOPIC_PREFIX": prefix}
-    result = subprocess.run(
-        [sys.executable, "-m", "qcat", "send", str(questions), "--count", "25", "--rate", "500"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_qcat(env, "send", questions, "--count", "25", "--rate", "500", timeout=60)
     assert result.returncode == 0, result.stderr
     topic = f"{prefix}.incoming"
     got = consume(broker, [topic], lambda c: len(c.by_topic.get(topic, [])) >= 25)
