@@ -1,0 +1,114 @@
+"""The adapter registry: qcat adapters add | list | show | promote | rollback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qcat.cli.common import AnnounceOption, RegistryOption, announce, console, fail
+from qcat.errors import QcatError
+
+adapters = typer.Typer(no_args_is_help=True, help="The adapter registry: list, show, promote, roll back.")
+
+
+@adapters.command("add")
+def adapters_add(
+    adapter: Annotated[Path, typer.Argument(help="A trained adapter directory.")], registry: RegistryOption
+) -> None:
+    """Register a trained adapter (copied; versions are immutable)."""
+    from qcat.registry import Registry
+
+    try:
+        manifest = Registry(registry).add(adapter)
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(f"registered {manifest.version}")
+
+
+@adapters.command("list")
+def adapters_list(
+    registry: RegistryOption,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per version on stdout.")] = False,
+) -> None:
+    """Versions, oldest first, with their metrics; the current one is marked."""
+    from qcat.registry import Registry
+
+    store = Registry(registry)
+    current = store.current()
+    if as_json:
+        for manifest in store.manifests():
+            print(
+                json.dumps(
+                    {
+                        "version": manifest.version,
+                        "current": manifest.version == current,
+                        "metrics": manifest.metrics,
+                        "eval_fingerprint": manifest.eval_fingerprint,
+                    }
+                )
+            )
+        return
+    table = Table(title=str(registry))
+    for column in ("", "version", "created", "accuracy", "macro-F1", "eval set"):
+        table.add_column(column)
+    for manifest in store.manifests():
+        table.add_row(
+            "*" if manifest.version == current else "",
+            manifest.version,
+            f"{manifest.created_at:%Y-%m-%d %H:%M}",
+            f"{manifest.metrics.get('accuracy', float('nan')):.4f}",
+            f"{manifest.metrics.get('macro_f1', float('nan')):.4f}",
+            manifest.eval_fingerprint or "-",
+        )
+    Console().print(table)
+
+
+@adapters.command("show")
+def adapters_show(version: str, registry: RegistryOption) -> None:
+    """A version's manifest as JSON."""
+    from qcat.registry import Registry
+
+    try:
+        print(Registry(registry).show(version).model_dump_json(indent=2))
+    except QcatError as error:
+        raise fail(error) from error
+
+
+@adapters.command("promote")
+def adapters_promote(
+    version: str,
+    registry: RegistryOption,
+    force: Annotated[bool, typer.Option(help="Promote even if worse or not comparable.")] = False,
+    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop.")] = 0.005,
+    announce_it: AnnounceOption = False,
+) -> None:
+    """Make a version current if it is at least as good as the current one on the same eval set. Exit 3 if refused."""
+    from qcat.registry import Registry
+
+    try:
+        decision = Registry(registry).promote(version, force=force, tolerance=tolerance)
+        console.print(decision.reason)
+        if decision.promoted and announce_it:
+            announce("promote", version, Registry(registry).path(version))
+    except QcatError as error:
+        raise fail(error) from error
+    raise typer.Exit(code=0 if decision.promoted else 3)
+
+
+@adapters.command("rollback")
+def adapters_rollback(registry: RegistryOption, announce_it: AnnounceOption = False) -> None:
+    """Point back to the version that was current before the current one."""
+    from qcat.registry import Registry
+
+    try:
+        decision = Registry(registry).rollback()
+        console.print(decision.reason + f"; current is now {decision.version}")
+        if announce_it:
+            announce("rollback", decision.version, Registry(registry).path(decision.version))
+    except QcatError as error:
+        raise fail(error) from error

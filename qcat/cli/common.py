@@ -1,0 +1,63 @@
+"""What the command modules share: option types, settings from flags on top of QCAT_* variables, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import typer
+from rich.console import Console
+
+from qcat.errors import QcatError
+from qcat.settings import EngineSettings
+
+Settings = TypeVar("Settings", bound=EngineSettings)
+console = Console(stderr=True)
+
+BaseModelOption = Annotated[
+    str | None,
+    typer.Option("--base-model", help="Hub id, local dir, .gguf file, or tiny-qwen3. [env: QCAT_BASE_MODEL]"),
+]
+AdapterOption = Annotated[Path | None, typer.Option("--adapter", help="Adapter directory. [env: QCAT_ADAPTER]")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. [env: QCAT_DEVICE]")]
+
+
+def settings_from(kind: type[Settings], **flags: Any) -> Settings:
+    """Environment first, flags given on the command line on top: one frozen settings object per process."""
+    given: dict[str, Any] = {key: value for key, value in flags.items() if value is not None}
+    return kind(**given)
+
+
+def fail(error: QcatError) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {error}")
+    return typer.Exit(code=2)
+
+
+RegistryOption = Annotated[Path, typer.Option("--registry", envvar="QCAT_REGISTRY", help="Registry directory.")]
+AnnounceOption = Annotated[
+    bool,
+    typer.Option(
+        "--announce",
+        help="Tell running workers on <prefix>.adapters (broker and security from QCAT_BROKERS, QCAT_SASL_*, ...).",
+    ),
+]
+
+
+def announce(action: Literal["promote", "rollback"], version: str, path: Path) -> None:
+    """Publish the registry change on the control topic; workers swap to it between batches."""
+    import asyncio
+
+    from schemas.events import AdapterAnnouncement
+    from worker.hot_swap import announce as publish
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    message = AdapterAnnouncement(action=action, version=version, path=str(path.resolve()))
+    try:
+        asyncio.run(publish(settings, f"{settings.topic_prefix}.adapters", message))
+    except Exception as error:
+        raise QcatError(
+            f"the registry now points to {version}, but announcing it on {settings.brokers} failed ({error}); "
+            "running workers keep their adapter until announced (re-run with --announce) or restarted"
+        ) from error
+    console.print(f"announced {action} of {version} on {settings.topic_prefix}.adapters")

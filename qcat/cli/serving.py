@@ -1,0 +1,147 @@
+"""Serving commands: classify, worker, broker, demo, send."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qcat.cli.common import AdapterOption, BaseModelOption, DeviceOption, console, fail, settings_from
+from qcat.errors import QcatError
+from qcat.settings import EngineSettings
+
+commands = typer.Typer()
+
+
+@commands.command()
+def classify(
+    texts: Annotated[list[str], typer.Argument(help="Questions to categorize.")],
+    base_model: BaseModelOption = None,
+    adapter: AdapterOption = None,
+    taxonomy: Annotated[Path | None, typer.Option(help="Labels for zero-shot (JSON or one per line).")] = None,
+    device: DeviceOption = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float16, float32.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")] = False,
+) -> None:
+    """Categorize questions ad hoc with the base model (zero-shot) or an adapter."""
+    from qcat.engine import Engine
+
+    settings = settings_from(
+        EngineSettings, base_model=base_model, adapter=adapter, taxonomy=taxonomy, device=device, dtype=dtype
+    )
+    try:
+        engine = Engine.load(settings)
+        predictions = engine.classify(texts)
+    except QcatError as error:
+        raise fail(error) from error
+    if as_json:
+        for text, prediction in zip(texts, predictions, strict=True):
+            print(
+                json.dumps(
+                    {
+                        "text": text,
+                        "label": prediction.label,
+                        "confidence": round(prediction.confidence, 4),
+                        "scores": dict(prediction.top(5)),
+                        "truncated": prediction.truncated,
+                    }
+                )
+            )
+        return
+    table = Table(title=f"{engine.base.name} · {engine.adapter_version or 'zero-shot'}")
+    for column in ("question", "label", "confidence", "runner-up"):
+        table.add_column(column)
+    for text, prediction in zip(texts, predictions, strict=True):
+        runner_up = prediction.top(2)[-1]
+        table.add_row(text, prediction.label, f"{prediction.confidence:.2f}", f"{runner_up[0]} {runner_up[1]:.2f}")
+    Console().print(table)
+
+
+@commands.command()
+def worker(
+    brokers: Annotated[str | None, typer.Option(help="Kafka bootstrap servers. [env: QCAT_BROKERS]")] = None,
+    base_model: BaseModelOption = None,
+    adapter: AdapterOption = None,
+    topic_prefix: Annotated[str | None, typer.Option(help="Topic name prefix. [env: QCAT_TOPIC_PREFIX]")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="Most events per micro-batch. [env: QCAT_MAX_BATCH]")] = None,
+    max_wait: Annotated[float | None, typer.Option(help="Seconds to fill a batch. [env: QCAT_MAX_WAIT]")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Below: review topic. [env: QCAT_CONFIDENCE_THRESHOLD]")
+    ] = None,
+) -> None:
+    """Run the streaming worker (all settings: QCAT_* environment variables, see docs/worker.md)."""
+    from worker.main import run_worker
+    from worker.settings import WorkerSettings
+
+    settings = settings_from(
+        WorkerSettings,
+        brokers=brokers,
+        base_model=base_model,
+        adapter=adapter,
+        topic_prefix=topic_prefix,
+        max_batch=max_batch,
+        max_wait=max_wait,
+        confidence_threshold=threshold,
+    )
+    try:
+        run_worker(settings)
+    except QcatError as error:
+        raise fail(error) from error
+
+
+@commands.command()
+def broker(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9092) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, in memory) on loopback until Ctrl-C."""
+    from worker.broker import EmbeddedBroker
+
+    try:
+        with EmbeddedBroker(port) as running:
+            console.print(f"broker listening on {running.address} (in-memory; Ctrl-C stops it)")
+            assert running.process is not None
+            running.process.wait()
+    except KeyboardInterrupt:
+        pass
+    except QcatError as error:
+        raise fail(error) from error
+
+
+@commands.command()
+def demo(
+    count: Annotated[int, typer.Option(help="How many sample questions (TREC test set) to stream.")] = 60,
+    rate: Annotated[float, typer.Option(help="Questions per second.")] = 20.0,
+    base_model: BaseModelOption = None,
+    adapter: AdapterOption = None,
+) -> None:
+    """Run broker + worker locally, stream sample questions through them and show where each one is routed."""
+    from worker.demo import run_demo
+
+    try:
+        code = run_demo(count=count, rate=rate, adapter=adapter, base_model=base_model, console=Console())
+    except QcatError as error:
+        raise fail(error) from error
+    raise typer.Exit(code=code)
+
+
+@commands.command()
+def send(
+    questions: Annotated[Path, typer.Argument(help="Questions: .jsonl with a text field, or one per line.")],
+    count: Annotated[int, typer.Option(help="How many events (the file is cycled).")] = 100,
+    rate: Annotated[float, typer.Option(help="Events per second.")] = 10.0,
+) -> None:
+    """Produce sample QuestionEvents to <prefix>.incoming (connection from QCAT_BROKERS and friends)."""
+    import asyncio
+
+    from worker.send import read_questions
+    from worker.send import send as produce
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    try:
+        sent = asyncio.run(produce(settings, read_questions(questions), rate=rate, count=count))
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(f"sent {sent} questions to {settings.topic_prefix}.incoming at {settings.brokers}")

@@ -1,0 +1,166 @@
+"""Training commands: train, eval, baseline, retrain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qcat.cli.common import (
+    AdapterOption,
+    AnnounceOption,
+    BaseModelOption,
+    DeviceOption,
+    RegistryOption,
+    announce,
+    console,
+    fail,
+    settings_from,
+)
+from qcat.errors import QcatError
+from qcat.settings import EngineSettings
+
+commands = typer.Typer()
+
+
+@commands.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Labeled questions: .jsonl or .csv with text,label.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the new adapter (must not exist).")],
+    taxonomy: Annotated[Path | None, typer.Option(help="Labels (JSON or one per line); default: the data's.")] = None,
+    eval_data: Annotated[Path | None, typer.Option("--eval", help="Held-out set; default: a stratified split.")] = None,
+    base_model: BaseModelOption = None,
+    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")] = 2,
+    max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")] = 0,
+    device: DeviceOption = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float32.")] = None,
+    report_to: Annotated[
+        list[str] | None,
+        typer.Option(help="Also log metrics to: tensorboard, wandb, mlflow (repeatable; needs that package)."),
+    ] = None,
+) -> None:
+    """Fine-tune a LoRA adapter on labeled questions, evaluate it and save it with its report."""
+    from training.run import TrainRequest
+    from training.run import train as run_train
+    from training.trainer import TrainConfig
+
+    settings = settings_from(EngineSettings, base_model=base_model, device=device, dtype=dtype)
+    request = TrainRequest(
+        data=data,
+        out=out,
+        taxonomy=taxonomy,
+        eval_data=eval_data,
+        max_question_tokens=max_question_tokens,
+        rank=rank,
+        alpha=2 * rank,
+        config=TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            patience=patience,
+            seed=seed,
+            report_to=tuple(report_to or ()),
+        ),
+    )
+    try:
+        directory, metrics = run_train(request, settings)
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(
+        f"adapter saved to {directory}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+    )
+    keys = ("accuracy", "macro_f1", "train_seconds_per_epoch", "train_tokens_per_s")
+    print(json.dumps({"adapter": str(directory)} | {key: metrics[key] for key in keys}))
+
+
+@commands.command(name="eval")
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="Labeled questions to evaluate on.")],
+    report: Annotated[Path, typer.Option("--report", help="Directory for report.md, metrics.json and plots.")],
+    adapter: AdapterOption = None,
+    base_model: BaseModelOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Evaluate an adapter (or, without --adapter, the base model zero-shot) and write a report."""
+    from training.run import evaluate_model
+
+    settings = settings_from(EngineSettings, base_model=base_model, adapter=adapter, device=device)
+    try:
+        metrics = evaluate_model(data, report, settings)
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(f"report in {report}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+
+
+@commands.command()
+def baseline(
+    data: Annotated[Path, typer.Argument(help="Labeled questions to evaluate on.")],
+    report: Annotated[Path, typer.Option("--report", help="Directory for report.md, metrics.json and plots.")],
+    base_model: BaseModelOption = None,
+    taxonomy: Annotated[Path | None, typer.Option(help="Labels (JSON or one per line).")] = None,
+    device: DeviceOption = None,
+) -> None:
+    """Evaluate the base model zero-shot (the instruction prompt listing the categories): the bar to beat."""
+    from training.run import evaluate_model
+
+    try:
+        settings = settings_from(EngineSettings, base_model=base_model, taxonomy=taxonomy, device=device)
+        metrics = evaluate_model(data, report, settings.model_copy(update={"adapter": None}))
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(f"zero-shot report in {report}: accuracy {metrics['accuracy']:.4f}")
+
+
+@commands.command()
+def retrain(
+    data: Annotated[Path, typer.Option("--data", help="The base labeled data (.jsonl or .csv).")],
+    corrections: Annotated[
+        Path, typer.Option("--corrections", envvar="QCAT_CORRECTIONS_DIR", help="The corrections store.")
+    ],
+    eval_data: Annotated[Path, typer.Option("--eval", help="The fixed eval set every version is judged on.")],
+    registry: RegistryOption,
+    work: Annotated[Path, typer.Option(help="Scratch directory (replaced).")] = Path("qcat-data/retrain"),
+    base_model: BaseModelOption = None,
+    device: DeviceOption = None,
+    epochs: Annotated[int, typer.Option(help="Most epochs.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = 0,
+    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = 0.005,
+    announce_it: AnnounceOption = False,
+) -> None:
+    """Retrain on base data + corrections and promote through the gate (a CronJob's command).
+
+    Exit 0: promoted; 3: not better, the current adapter stays; anything else: an error. Last line: JSON summary.
+    """
+    from training.retrain import RetrainRequest
+    from training.retrain import retrain as run_retrain
+    from training.trainer import TrainConfig
+
+    request = RetrainRequest(
+        data=data,
+        corrections=corrections,
+        eval_data=eval_data,
+        registry=registry,
+        work=work,
+        tolerance=tolerance,
+        config=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed),
+    )
+    try:
+        summary = run_retrain(request, settings_from(EngineSettings, base_model=base_model, device=device))
+        if summary["promoted"] and announce_it:
+            from qcat.registry import Registry
+
+            announce("promote", summary["version"], Registry(registry).path(summary["version"]))
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(summary["reason"])
+    print(json.dumps(summary))
+    raise typer.Exit(code=0 if summary["promoted"] else 3)
