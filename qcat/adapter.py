@@ -124,6 +124,20 @@ def new_lora(
     return get_peft_model(base.lm, config)
 
 
+def continue_lora(base: LoadedModel, directory: Path, taxonomy: Taxonomy) -> tuple[PeftModel, AdapterManifest]:
+    """A trainable copy of the adapter in `directory` (its LoRA weights and head) to train further: warm starts."""
+    manifest = read_manifest(directory)
+    check_compatible(manifest, base, taxonomy)
+    if not (directory / WEIGHTS).is_file():
+        raise AdapterError(f"{directory} has no {WEIGHTS}; only safetensors adapters can be continued.")
+    attach_label_head(base, taxonomy)
+    try:
+        model = PeftModel.from_pretrained(base.lm, str(directory), is_trainable=True)
+    except Exception as error:
+        raise AdapterError(f"Could not load adapter weights from {directory}: {error}") from error
+    return model, manifest
+
+
 def save_adapter(model: PeftModel, manifest: AdapterManifest, directory: Path) -> Path:
     """Write weights (safetensors) and manifest to a temporary sibling, then rename: never a half-written adapter."""
     directory = directory.resolve()

@@ -3,7 +3,8 @@
 Corrections override base rows with the same text (conflicts are counted and reported). A stable slice of the
 corrections (by a hash of `event_id`, so reruns agree) is held out of training; the candidate must label it at least as
 well as the current adapter, and must pass the registry's gate on the fixed eval set (not worse beyond the tolerance).
-Training starts from scratch on the merged data, with the current adapter's taxonomy.
+Training starts from scratch on the merged data with the current adapter's taxonomy, or, with `from_current`, from
+the current adapter's weights.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class RetrainRequest:
     registry: Path
     work: Path
     taxonomy: Path | None = None
+    from_current: bool = False
+    """Start from the current adapter's weights (warm start) instead of from scratch."""
     holdout_fraction: float = 0.2
     tolerance: float = DEFAULT_TOLERANCE
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -109,6 +112,7 @@ def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]
             out=request.work / "candidate",
             taxonomy=taxonomy,
             eval_data=request.eval_data,
+            init_adapter=current if request.from_current else None,
             config=request.config,
         ),
         settings,

@@ -16,7 +16,7 @@ import numpy as np
 import structlog
 import torch
 
-from qcat.adapter import AdapterManifest, new_lora, save_adapter
+from qcat.adapter import AdapterManifest, continue_lora, new_lora, read_manifest, save_adapter
 from qcat.engine import Engine
 from qcat.model import load_base_model, resolve_device, resolve_dtype
 from qcat.settings import EngineSettings
@@ -37,6 +37,8 @@ class TrainRequest:
     eval_data: Path | None = None
     eval_fraction: float = 0.1
     max_question_tokens: int = 64
+    init_adapter: Path | None = None
+    """Continue training this adapter (same base model and labels) instead of starting from scratch."""
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
@@ -66,11 +68,12 @@ def train(request: TrainRequest, settings: EngineSettings) -> tuple[Path, dict[s
     """Report on the data, fine-tune, calibrate, evaluate and save the adapter (with its report) to request.out."""
     check_reporters(request.config.report_to)
     examples = load_examples(request.data)
-    taxonomy = (
-        Taxonomy.from_file(request.taxonomy)
-        if request.taxonomy
-        else Taxonomy.from_names(sorted({e.label for e in examples}))
-    )
+    if request.taxonomy:
+        taxonomy = Taxonomy.from_file(request.taxonomy)
+    elif request.init_adapter:
+        taxonomy = read_manifest(request.init_adapter).taxonomy  # a warm start keeps its labels and their order
+    else:
+        taxonomy = Taxonomy.from_names(sorted({e.label for e in examples}))
     if request.eval_data:
         train_rows, held_out = examples, load_examples(request.eval_data)
     else:
@@ -83,7 +86,11 @@ def train(request: TrainRequest, settings: EngineSettings) -> tuple[Path, dict[s
     torch.manual_seed(request.config.seed)
     device = resolve_device(settings.device)
     base = load_base_model(settings.base_model, device=device, dtype=resolve_dtype(settings.dtype, device))
-    model = new_lora(base, taxonomy, rank=request.rank, alpha=request.alpha, dropout=request.dropout)
+    parent = None
+    if request.init_adapter is not None:
+        model, parent = continue_lora(base, request.init_adapter, taxonomy)
+    else:
+        model = new_lora(base, taxonomy, rank=request.rank, alpha=request.alpha, dropout=request.dropout)
     engine = Engine(
         base,
         taxonomy,
@@ -110,6 +117,7 @@ def train(request: TrainRequest, settings: EngineSettings) -> tuple[Path, dict[s
             "expected_calibration_error": metrics["expected_calibration_error"],
         },
         data_fingerprint=fingerprint_examples(train_rows),
+        parent_version=parent.version if parent else None,
         eval_fingerprint=fingerprint_examples(held_out),
     )
     directory = save_adapter(model, manifest, request.out)

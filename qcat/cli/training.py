@@ -39,6 +39,9 @@ def train(
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")] = 2,
     max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")] = 0,
+    init_adapter: Annotated[
+        Path | None, typer.Option(help="Continue training this adapter (same base model and labels).")
+    ] = None,
     device: DeviceOption = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float32.")] = None,
     report_to: Annotated[
@@ -58,6 +61,7 @@ def train(
         taxonomy=taxonomy,
         eval_data=eval_data,
         max_question_tokens=max_question_tokens,
+        init_adapter=init_adapter,
         rank=rank,
         alpha=2 * rank,
         config=TrainConfig(
@@ -134,6 +138,9 @@ def retrain(
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = 0,
     tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = 0.005,
+    from_current: Annotated[
+        bool, typer.Option(help="Start from the current adapter's weights instead of from scratch.")
+    ] = False,
     announce_it: AnnounceOption = False,
 ) -> None:
     """Retrain on base data + corrections and promote through the gate (a CronJob's command).
@@ -151,6 +158,7 @@ def retrain(
         registry=registry,
         work=work,
         tolerance=tolerance,
+        from_current=from_current,
         config=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed),
     )
     try:

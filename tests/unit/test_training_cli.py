@@ -70,6 +70,24 @@ def test_bad_data_is_refused_with_reasons(tmp_path: Path) -> None:
     assert "NUM" in result.output
 
 
+def test_training_can_continue_an_adapter(tmp_path: Path) -> None:
+    """--init-adapter starts from the adapter's weights: one epoch at a negligible learning rate keeps its accuracy
+    (a fresh adapter trained that way stays near chance, see the registry test's weak adapter)."""
+    data = write_learnable(tmp_path / "learn.jsonl")
+    first = qcat("train", data, "--out", tmp_path / "v1", "--epochs", 15, "--learning-rate", "2e-3", *FAST_TRAINING)
+    assert first.exit_code == 0, first.output
+    again = qcat(
+        "train", data, "--out", tmp_path / "v2", "--init-adapter", tmp_path / "v1", "--epochs", 1,
+        "--learning-rate", "1e-9", *FAST_TRAINING,
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    v1 = json.loads((tmp_path / "v1" / "qcat-manifest.json").read_text())
+    v2 = json.loads((tmp_path / "v2" / "qcat-manifest.json").read_text())
+    assert v2["parent_version"] == v1["version"]
+    assert v2["metrics"]["accuracy"] >= 0.9
+    assert abs(v2["metrics"]["accuracy"] - v1["metrics"]["accuracy"]) <= 0.05
+
+
 def test_unknown_reporter_is_refused_before_loading(tmp_path: Path) -> None:
     data = write_learnable(tmp_path / "learn.jsonl")
     result = qcat("train", data, "--out", tmp_path / "a", "--report-to", "nonsense", *TINY)
