@@ -11,8 +11,10 @@ with summary.json. Last line: `accuracy=X macro_f1=Y baseline_accuracy=Z seconds
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -71,8 +73,8 @@ def main() -> None:
 
     test = json.loads((out / "test" / "metrics.json").read_text())
     baseline = json.loads((out / "baseline" / "metrics.json").read_text())
-    epochs = (out / "train-split" / "training.csv").read_text().splitlines()[1:]
-    seconds = sorted(float(row.split(",")[2]) for row in epochs)
+    with (out / "train-split" / "training.csv").open(newline="") as rows:
+        epochs = list(csv.DictReader(rows))
     summary = {
         "command": "python bench/accuracy.py " + " ".join(sys.argv[1:]),
         "dataset": name,
@@ -83,8 +85,8 @@ def main() -> None:
         "baseline_accuracy": baseline["accuracy"],
         "baseline_macro_f1": baseline["macro_f1"],
         "epochs_run": len(epochs),
-        "seconds_per_epoch_median": seconds[len(seconds) // 2],
-        "train_tokens_per_s_median": sorted(float(row.split(",")[3]) for row in epochs)[len(epochs) // 2],
+        "seconds_per_epoch_median": statistics.median(float(row["train_seconds"]) for row in epochs),
+        "train_tokens_per_s_median": statistics.median(float(row["train_tokens_per_s"]) for row in epochs),
         "train_command_seconds": train_seconds,
         "temperature": manifest["temperature"],
     }

@@ -41,8 +41,10 @@ class CorrectionStore:
         if self._seen is None:
             self._seen = {event.correction_id for event in self._events()}
         new: list[CorrectionEvent] = []
-        for event in corrections:  # redeliveries may repeat within one batch too
-            if event.correction_id not in self._seen and all(event.correction_id != n.correction_id for n in new):
+        ids: set[str] = set()  # redeliveries may repeat within one batch too
+        for event in corrections:
+            if event.correction_id not in self._seen and event.correction_id not in ids:
+                ids.add(event.correction_id)
                 new.append(event)
         if not new:
             return 0
@@ -55,7 +57,7 @@ class CorrectionStore:
             out.write("".join(event.model_dump_json() + "\n" for event in new))
             out.flush()
             os.fsync(out.fileno())
-        self._seen.update(event.correction_id for event in new)
+        self._seen |= ids
         return len(new)
 
     def latest(self) -> list[CorrectionEvent]:

@@ -92,6 +92,7 @@ def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]
     """Train and gate a candidate; the summary's `promoted` says whether the registry's current pointer moved."""
     registry = Registry(request.registry)
     current = registry.current_path()
+    current_manifest = read_manifest(current) if current else None
     corrections = CorrectionStore(request.corrections).latest()
     merged = merge(load_examples(request.data), corrections, request.holdout_fraction)
     if merged.conflicts:
@@ -99,9 +100,9 @@ def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]
     shutil.rmtree(request.work, ignore_errors=True)
     request.work.mkdir(parents=True)
     taxonomy = request.taxonomy
-    if taxonomy is None and current is not None:
+    if taxonomy is None and current_manifest is not None:
         taxonomy = request.work / "taxonomy.json"
-        taxonomy.write_text(read_manifest(current).taxonomy.model_dump_json(), encoding="utf-8")
+        taxonomy.write_text(current_manifest.taxonomy.model_dump_json(), encoding="utf-8")
     if taxonomy is not None:
         unknown = {c.label for c in corrections} - set(Taxonomy.from_file(taxonomy).names)
         if unknown:
@@ -126,7 +127,7 @@ def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]
         "corrections_held_out": len(merged.holdout),
         "conflicts": merged.conflicts,
         "eval_accuracy": metrics["accuracy"],
-        "current_eval_accuracy": read_manifest(current).metrics.get("accuracy") if current else None,
+        "current_eval_accuracy": current_manifest.metrics.get("accuracy") if current_manifest else None,
         "holdout_accuracy": _accuracy(settings, registry.path(version), merged.holdout),
         "current_holdout_accuracy": _accuracy(settings, current, merged.holdout) if current else None,
     }

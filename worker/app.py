@@ -182,7 +182,7 @@ def _store_corrections(
                 log.info("corrections stored", new=stored, received=len(items), partition=partition)
             if batch.outputs:
                 await publisher.publish(batch.outputs)
-                _observe(BatchResult(dead_letters=batch.dead_letters), metrics, settings.log_text)
+                _observe(batch, metrics, settings.log_text)
 
 
 def _add_pages(app: faust.App, metrics: WorkerMetrics, is_ready: Callable[[], bool]) -> None:

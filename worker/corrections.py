@@ -6,17 +6,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from schemas.events import CorrectionEvent, DeadLetter
+from schemas.events import CorrectionEvent
 from schemas.taxonomy import Taxonomy
-from worker.decode import Rejected, dead_letter, decode_correction
-from worker.process import Output, Record
+from worker.decode import Rejected, decode_correction
+from worker.process import BatchResult, Record, add_dead_letter
 
 
 @dataclass
-class CorrectionBatch:
+class CorrectionBatch(BatchResult):
     valid: dict[int, list[CorrectionEvent]] = field(default_factory=dict)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    outputs: list[Output] = field(default_factory=list)
 
 
 def sort_corrections(
@@ -26,11 +24,7 @@ def sort_corrections(
     for record in records:
         decoded = decode_correction(record.value, taxonomy=taxonomy, max_text_chars=max_text_chars)
         if isinstance(decoded, Rejected):
-            letter = dead_letter(
-                record.value, decoded, topic=record.topic, partition=record.partition, offset=record.offset
-            )
-            batch.dead_letters.append(letter)
-            batch.outputs.append(Output(dlq, record.key, letter.model_dump_json().encode(), record.headers))
+            add_dead_letter(batch, dlq, record, decoded)
         else:
             batch.valid.setdefault(record.partition, []).append(decoded)
     return batch

@@ -24,6 +24,7 @@ from qcat.settings import DEFAULT_BASE_MODEL
 from qcat.tiny import TINY_NAME
 from worker.broker import EmbeddedBroker, free_port
 from worker.processes import terminate, wait_ready
+from worker.send import read_questions
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "trec" / "test.jsonl"
 PREFIX = "demo"
@@ -62,7 +63,7 @@ def run_demo(*, count: int, rate: float, adapter: Path | None, base_model: str |
     choice = choose_model(adapter, base_model)
     console.print(f"[bold]model:[/] {choice.base_model}" + (f" + {choice.adapter}" if choice.adapter else ""))
     console.print(f"[dim]why: {choice.why}[/]")
-    questions = [json.loads(line)["text"] for line in SAMPLES.open(encoding="utf-8")][:count]
+    questions = read_questions(SAMPLES)[:count]
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="qcat-demo-") as tmp:
         console.print(f"broker: {broker.address} (embedded Tansu, in memory)")
         worker, web_port = start_worker(broker.address, choice, Path(tmp))

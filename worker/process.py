@@ -73,7 +73,7 @@ def process_batch(
     for record in records:
         decoded = decode_question(record.value, max_text_chars=max_text_chars)
         if isinstance(decoded, Rejected):
-            _dead_letter(result, topics, record, decoded)
+            add_dead_letter(result, topics.dlq, record, decoded)
         else:
             valid.append((record, decoded))
     if not valid:
@@ -83,7 +83,7 @@ def process_batch(
     result.inference_seconds = time.perf_counter() - started
     for (record, event), prediction in zip(valid, predictions, strict=True):
         if isinstance(prediction, Rejected):
-            _dead_letter(result, topics, record, prediction)
+            add_dead_letter(result, topics.dlq, record, prediction)
             continue
         now = datetime.now(UTC)
         labelled = Labelled(
@@ -141,7 +141,8 @@ def _classify(classifier: Classifier, texts: list[str]) -> list[Prediction | Rej
     return results
 
 
-def _dead_letter(result: BatchResult, topics: Topics, record: Record, rejected: Rejected) -> None:
+def add_dead_letter(result: BatchResult, dlq: str, record: Record, rejected: Rejected) -> None:
+    """The record's dead letter, kept for metrics and logs, and queued for the DLQ topic `dlq`."""
     letter = dead_letter(record.value, rejected, topic=record.topic, partition=record.partition, offset=record.offset)
     result.dead_letters.append(letter)
-    result.outputs.append(Output(topics.dlq, record.key, letter.model_dump_json().encode(), record.headers))
+    result.outputs.append(Output(dlq, record.key, letter.model_dump_json().encode(), record.headers))

@@ -20,6 +20,12 @@ BaseModelOption = Annotated[
 ]
 AdapterOption = Annotated[Path | None, typer.Option("--adapter", help="Adapter directory. [env: QCAT_ADAPTER]")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. [env: QCAT_DEVICE]")]
+# training options shared by `train` and `retrain`, so their defaults cannot drift apart
+EpochsOption = Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")]
+BatchSizeOption = Annotated[int, typer.Option(help="Training batch size.")]
+LearningRateOption = Annotated[float, typer.Option(help="AdamW learning rate.")]
+SeedOption = Annotated[int, typer.Option(help="Seed for initialisation, shuffling and (without --eval) the split.")]
+EPOCHS, BATCH_SIZE, LEARNING_RATE = 5, 32, 2e-4
 
 
 def settings_from(kind: type[Settings], **flags: Any) -> Settings:

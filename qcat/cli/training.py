@@ -9,11 +9,18 @@ from typing import Annotated
 import typer
 
 from qcat.cli.common import (
+    BATCH_SIZE,
+    EPOCHS,
+    LEARNING_RATE,
     AdapterOption,
     AnnounceOption,
     BaseModelOption,
+    BatchSizeOption,
     DeviceOption,
+    EpochsOption,
+    LearningRateOption,
     RegistryOption,
+    SeedOption,
     announce,
     console,
     fail,
@@ -32,13 +39,13 @@ def train(
     taxonomy: Annotated[Path | None, typer.Option(help="Labels (JSON or one per line); default: the data's.")] = None,
     eval_data: Annotated[Path | None, typer.Option("--eval", help="Held-out set; default: a stratified split.")] = None,
     base_model: BaseModelOption = None,
-    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 5,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
-    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
+    epochs: EpochsOption = EPOCHS,
+    batch_size: BatchSizeOption = BATCH_SIZE,
+    learning_rate: LearningRateOption = LEARNING_RATE,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")] = 2,
     max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
-    seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")] = 0,
+    seed: SeedOption = 0,
     init_adapter: Annotated[
         Path | None, typer.Option(help="Continue training this adapter (same base model and labels).")
     ] = None,
@@ -133,10 +140,10 @@ def retrain(
     work: Annotated[Path, typer.Option(help="Scratch directory (replaced).")] = Path("qcat-data/retrain"),
     base_model: BaseModelOption = None,
     device: DeviceOption = None,
-    epochs: Annotated[int, typer.Option(help="Most epochs.")] = 5,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
-    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation and shuffling.")] = 0,
+    epochs: EpochsOption = EPOCHS,
+    batch_size: BatchSizeOption = BATCH_SIZE,
+    learning_rate: LearningRateOption = LEARNING_RATE,
+    seed: SeedOption = 0,
     tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = 0.005,
     from_current: Annotated[
         bool, typer.Option(help="Start from the current adapter's weights instead of from scratch.")
