@@ -126,7 +126,8 @@ def train(request: TrainRequest, settings: EngineSettings) -> tuple[Path, dict[s
     if (work / "runs").exists():
         (work / "runs").rename(directory / "report" / "runs")
     shutil.rmtree(work, ignore_errors=True)  # checkpoints: the adapter directory now holds the best one
-    return directory, metrics | {key: speed[key] for key in ("train_seconds_per_epoch", "train_tokens_per_s")}
+    keys = ("train_seconds_per_epoch", "train_tokens_per_s", "first_epoch_seconds")
+    return directory, metrics | {key: speed[key] for key in keys}
 
 
 def evaluate_model(data: Path, report_dir: Path, settings: EngineSettings) -> dict[str, Any]:

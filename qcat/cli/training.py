@@ -16,6 +16,7 @@ from qcat.cli.common import (
     AnnounceOption,
     BaseModelOption,
     BatchSizeOption,
+    CompileOption,
     DeviceOption,
     EpochsOption,
     LearningRateOption,
@@ -46,6 +47,7 @@ def train(
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")] = 2,
     max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
     seed: SeedOption = 0,
+    compile_layers: CompileOption = None,
     init_adapter: Annotated[
         Path | None, typer.Option(help="Continue training this adapter (same base model and labels).")
     ] = None,
@@ -77,6 +79,7 @@ def train(
             learning_rate=learning_rate,
             patience=patience,
             seed=seed,
+            compile=compile_layers,
             report_to=tuple(report_to or ()),
         ),
     )
@@ -87,7 +90,7 @@ def train(
     console.print(
         f"adapter saved to {directory}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
     )
-    keys = ("accuracy", "macro_f1", "train_seconds_per_epoch", "train_tokens_per_s")
+    keys = ("accuracy", "macro_f1", "train_seconds_per_epoch", "first_epoch_seconds", "train_tokens_per_s")
     print(json.dumps({"adapter": str(directory)} | {key: metrics[key] for key in keys}))
 
 
@@ -144,6 +147,7 @@ def retrain(
     batch_size: BatchSizeOption = BATCH_SIZE,
     learning_rate: LearningRateOption = LEARNING_RATE,
     seed: SeedOption = 0,
+    compile_layers: CompileOption = None,
     tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = 0.005,
     from_current: Annotated[
         bool, typer.Option(help="Start from the current adapter's weights instead of from scratch.")
@@ -166,7 +170,9 @@ def retrain(
         work=work,
         tolerance=tolerance,
         from_current=from_current,
-        config=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed),
+        config=TrainConfig(
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, compile=compile_layers
+        ),
     )
     try:
         summary = run_retrain(request, settings_from(EngineSettings, base_model=base_model, device=device))

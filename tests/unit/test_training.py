@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 
 from qcat.adapter import AdapterManifest, new_lora, save_adapter
@@ -15,7 +16,7 @@ from qcat.settings import EngineSettings
 from schemas.prompt import prompt_format
 from schemas.taxonomy import Taxonomy
 from training.data import Example
-from training.trainer import TrainConfig, fit
+from training.trainer import TrainConfig, TrainingError, fit
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 SUBJECTS = [
@@ -106,3 +107,42 @@ def test_seed_makes_training_reproducible(fresh_tiny: Callable[[], LoadedModel],
     first, again, other = run(1, "a"), run(1, "b"), run(2, "c")
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
+
+
+def test_non_finite_logits_stop_training_naming_the_inputs(
+    fresh_tiny: Callable[[], LoadedModel], tmp_path: Path
+) -> None:
+    """A NaN embedding row poisons exactly the questions that contain its token; the error names those rows."""
+    base = fresh_tiny()
+    train, held_out = learnable()
+    engine = Engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    (token,) = base.tokenizer(" river", add_special_tokens=False)["input_ids"]
+    model = new_lora(base, TAXONOMY, rank=8, alpha=16)
+    with torch.no_grad():
+        base.lm.get_input_embeddings().weight[token] = float("nan")
+    with pytest.raises(TrainingError, match="non-finite logits") as caught:
+        fit(model, engine, train, held_out, tmp_path / "work", TrainConfig(epochs=1, batch_size=16))
+    named = [e.source for e in train if e.source in str(caught.value)]
+    assert named, caught.value
+    assert all("a river" in source for source in named), caught.value
+
+
+def test_compiled_layers_train_like_eager_and_are_undone(fresh_tiny: Callable[[], LoadedModel], tmp_path: Path) -> None:
+    """torch.compile'd decoder layers (the CUDA default, forced here on the CPU) learn the same as eager layers,
+    and afterwards every layer has its eager forward and no input hook is left behind."""
+    train, held_out = learnable()
+
+    def run(compile_layers: bool) -> tuple[dict[str, float], LoadedModel]:
+        torch.manual_seed(0)
+        base = fresh_tiny()
+        model = new_lora(base, TAXONOMY, rank=8, alpha=16)
+        engine = Engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+        config = TrainConfig(epochs=2, batch_size=16, learning_rate=2e-3, compile=compile_layers)
+        return fit(model, engine, train, held_out, tmp_path / str(compile_layers), config), base
+
+    (eager, _), (compiled, base) = run(False), run(True)
+    assert compiled["eval_loss"] == pytest.approx(eager["eval_loss"], rel=0.02), (eager, compiled)
+    assert compiled["epochs_run"] == 2
+    for layer in base.lm.get_decoder().layers:
+        assert "forward" not in vars(layer)
+    assert not getattr(base.lm, "_require_grads_hooks", None)
