@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--max-question-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="qcat train --compile")
     parser.add_argument("--tag", default="", help="suffix of the results folder (e.g. the machine)")
     parser.add_argument("--work", type=Path, default=None, help="where the adapter is written (default: /tmp)")
     args = parser.parse_args()
@@ -60,6 +61,7 @@ def main() -> None:
         "--device", args.device, "--dtype", args.dtype, "--epochs", args.epochs, "--batch-size", args.batch_size,
         "--learning-rate", args.learning_rate, "--rank", args.rank, "--patience", args.patience,
         "--max-question-tokens", args.max_question_tokens, "--seed", args.seed,
+        *(["--compile"] if args.compile else []),
     )  # fmt: skip
     train_seconds = time.perf_counter() - started
     shutil.copytree(work / "adapter" / "report", out / "train-split")

@@ -1,13 +1,13 @@
 """Training speed: seconds per TREC-6 epoch and tokens/s, a plain recipe vs qcat's, side by side in one run.
 
-"plain" is the seed recipe's loop (batch 32, random order, eager); "qcat-eager" adds larger, length-grouped batches
-(`TrainConfig.group_by_length`); "qcat" is the default on CUDA: that plus compiled decoder layers
-(`training.trainer.compiled_layers`). All run qcat's own `fit()` (transformers' Trainer, LoRA on all linear layers,
-bf16 on CUDA) on a random-weight model of Qwen3-0.6B's exact shape (speed does not depend on weight values), or on
-`--base-model` (a hub id, local dir or .gguf file). Epoch time excludes evaluation; `seconds_per_epoch` is the median
-of the epochs after the first, which also pays for compiling (`first_epoch_seconds`).
+"plain" is the seed recipe's loop (batch 32, random order); "qcat-bN" is qcat's path with larger, length-grouped
+batches (`TrainConfig.group_by_length`); "qcat-bN-compiled" adds compiled decoder layers (`qcat train --compile`).
+All run qcat's own `fit()` (transformers' Trainer, LoRA on all linear layers, bf16 on CUDA) on a random-weight model
+of Qwen3-0.6B's exact shape (speed does not depend on weight values), or on `--base-model` (a hub id, local dir or
+.gguf file). Epoch time excludes evaluation; `seconds_per_epoch` is the median of the epochs after the first, which
+also pays for compiling (`first_epoch_seconds`).
 
-    python bench/train_speed.py [--quick] [--device cuda] [--qcat-batch 128] [--epochs 3] [--also-batch 256]
+    python bench/train_speed.py [--quick] [--device cuda] [--epochs 3] [--batch 128 256] [--compiled-batch 256 512]
 """
 
 from __future__ import annotations
@@ -77,9 +77,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--base-model", default=None, help="default: random weights of Qwen3-0.6B's shape")
     parser.add_argument("--epochs", type=int, default=3, help="per variant; plain runs one (it is the slow one)")
-    parser.add_argument("--qcat-batch", type=int, default=128)
-    parser.add_argument("--also-batch", type=int, nargs="*", default=[], help="more compiled batch sizes to try")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled variants (e.g. no compiler)")
+    parser.add_argument("--batch", type=int, nargs="*", default=[128], help="qcat batch sizes, eager")
+    parser.add_argument("--compiled-batch", type=int, nargs="*", default=[], help="qcat batch sizes, compiled")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     configure_logging(json=False, level="WARNING")
@@ -90,24 +89,27 @@ def main() -> None:
     held_out = load_examples(ROOT / "data" / "trec" / "test.jsonl")[:200]
     if args.quick:
         train, held_out = train[:64], held_out[:16]
-    plain = TrainConfig(epochs=1, batch_size=32, group_by_length=False, patience=args.epochs, compile=False)
-    eager = replace(plain, epochs=args.epochs, batch_size=args.qcat_batch, group_by_length=True)
-    variants = {"plain": plain, "qcat-eager": eager}
-    if not args.no_compile:
-        variants["qcat"] = replace(eager, compile=True)
-        variants |= {f"qcat-batch{size}": replace(eager, batch_size=size, compile=True) for size in args.also_batch}
+    plain = TrainConfig(epochs=1, batch_size=32, group_by_length=False, patience=args.epochs)
+    grouped = replace(plain, epochs=args.epochs, group_by_length=True)
+    variants = {"plain": plain}
+    variants |= {f"qcat-b{size}": replace(grouped, batch_size=size) for size in args.batch}
+    variants |= {
+        f"qcat-b{size}-compiled": replace(grouped, batch_size=size, compile=True) for size in args.compiled_batch
+    }
     work = Path("/tmp") / f"qcat-train-speed-{time.time_ns()}"
     results = {}
     for label, config in variants.items():
         results[label] = measure(args.base_model, device, dtype, train, held_out, config, work / label)
         row = results[label]
         print(
-            f"{label:14} batch {row['batch_size']:>4} grouped={row['group_by_length']!s:5} "
+            f"{label:20} batch {row['batch_size']:>4} grouped={row['group_by_length']!s:5} "
             f"compiled={row['compiled']!s:5}: first epoch {row['first_epoch_seconds']:7.2f} s, then "
             f"{row['seconds_per_epoch']:7.2f} s/epoch {row['tokens_per_s']:10.0f} tokens/s",
             flush=True,
         )
-    best = "qcat" if "qcat" in results else "qcat-eager"
+    best = min(results, key=lambda label: results[label]["seconds_per_epoch"])
+    for row in results.values():
+        row["speedup_vs_plain"] = results["plain"]["seconds_per_epoch"] / row["seconds_per_epoch"]
     speedup = results["plain"]["seconds_per_epoch"] / results[best]["seconds_per_epoch"]
     tag = "h200" if device.type == "cuda" else "cpu"
     out = args.out or ROOT / "bench" / "results" / f"train-{tag}{'-quick' if args.quick else ''}.json"

@@ -47,7 +47,7 @@ def train(
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")] = 2,
     max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
     seed: SeedOption = 0,
-    compile_layers: CompileOption = None,
+    compile_layers: CompileOption = False,
     init_adapter: Annotated[
         Path | None, typer.Option(help="Continue training this adapter (same base model and labels).")
     ] = None,
@@ -147,7 +147,7 @@ def retrain(
     batch_size: BatchSizeOption = BATCH_SIZE,
     learning_rate: LearningRateOption = LEARNING_RATE,
     seed: SeedOption = 0,
-    compile_layers: CompileOption = None,
+    compile_layers: CompileOption = False,
     tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = 0.005,
     from_current: Annotated[
         bool, typer.Option(help="Start from the current adapter's weights instead of from scratch.")

@@ -74,6 +74,7 @@ def test_lora_learns_and_the_saved_adapter_reloads(tiny: LoadedModel, tmp_path: 
     assert trained - untrained >= 0.4, (untrained, trained)
     assert (tmp_path / "work" / "metrics.csv").read_text().startswith("epoch,step,train_seconds,train_tokens_per_s")
     assert metrics["train_seconds_per_epoch"] > 0
+    assert "train" not in vars(model)  # the per-step shortcut around Module.train() is undone
 
     manifest = AdapterManifest(
         version="t1",
