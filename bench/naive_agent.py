@@ -1,9 +1,16 @@
-"""The naive Faust agent the pipeline benchmark compares against: per event, classify and `await topic.send()`
-for each output, as the seed recipe and most Faust tutorials do. Same contracts and no-op classifier as qcat's."""
+"""The Faust agents the pipeline benchmark compares against.
+
+- naive (default): per event, classify and `await topic.send()` for each output, as the seed recipe and most Faust
+  tutorials do. Same contracts and no-op classifier as qcat's.
+- consume-only (`BENCH_CONSUME_ONLY=1`): micro-batches with `take_events` like qcat's worker and does nothing with
+  them; `/stats` reports how many arrived and when. Faust's own ceiling on this machine: no worker built on Faust's
+  streams can move events faster.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 
 import faust
 
@@ -34,7 +41,18 @@ def main() -> None:
     categorized = app.topic(topics.categorized)
     routes = {label: app.topic(name) for label, name in topics.routes.items()}
 
-    @app.agent(incoming)
+    stats = {"events": 0, "first": 0.0, "last": 0.0}
+
+    async def consume_only(stream):  # type: ignore[no-untyped-def]
+        async for events in stream.take_events(int(os.environ.get("QCAT_MAX_BATCH", "64")), within=0.05):
+            stats["first"] = stats["first"] or time.time()
+            stats["events"] += len(events)
+            stats["last"] = time.time()
+
+    @app.page("/stats")
+    async def show_stats(web, request):  # type: ignore[no-untyped-def]
+        return web.json(stats)
+
     async def naive(stream):  # type: ignore[no-untyped-def]
         async for value in stream:
             event = QuestionEvent.model_validate_json(value)
@@ -56,6 +74,8 @@ def main() -> None:
             )
             await categorized.send(key=event.event_id.encode(), value=out)
             await routes[prediction.label].send(key=event.event_id.encode(), value=out)
+
+    app.agent(incoming, name="baseline")(consume_only if os.environ.get("BENCH_CONSUME_ONLY") else naive)
 
     @app.page("/readyz")
     async def ready(web, request):  # type: ignore[no-untyped-def]

@@ -1,12 +1,16 @@
 """Pipeline benchmark through the real (embedded) broker, side by side in one run:
 
 1. the naive Faust agent (bench/naive_agent.py: one `await topic.send()` per output), no-op classifier;
-2. qcat's worker with the same no-op classifier;
-3. qcat's worker with the engine on a random-weight Qwen3-0.6B-shaped model, against the engine's own batched
-   throughput at the same batch size, and its end-to-end latency at half of its maximum load.
+2. a consume-only Faust agent (`take_events`, nothing else): the ceiling of any worker built on Faust's streams;
+3. qcat's worker with the same no-op classifier;
+4. qcat's worker with the engine on a random-weight Qwen3-0.6B-shaped model, against the engine's own batched
+   throughput at the same batch size (measured before and after the worker, averaged: the machine drifts), and its
+   end-to-end latency at half of its maximum load.
 
-Each run preloads the input topic, starts the worker process, and times from its readiness to the last output
-read back from the broker. Prints a table and, last, `events_per_s=N speedup_vs_naive_faust=X`.
+Each run preloads the input topic and starts the worker process. No-op runs are timed from the first to the last
+output's broker timestamp; the model run from the worker's readiness to the last output (its first batch takes
+as long as any other, so leaving it out would flatter the worker). Prints a table and, last,
+`events_per_s=N speedup_vs_naive_faust=X`.
 
     python bench/pipeline.py [--quick]
 """
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +76,11 @@ async def paced(address: str, topic: str, count: int, rate: float) -> None:
         await producer.stop()
 
 
-async def drain(address: str, topic: str, count: int, timeout: float, parse: bool = False) -> tuple[float, list[Any]]:
-    """Read `count` records of `topic`; return the seconds between the first and the last record's broker-side
-    timestamps (the worker's own pace, without start-up), and, if asked, their values."""
+async def drain(
+    address: str, topic: str, count: int, timeout: float, parse: bool = False
+) -> tuple[tuple[float, float], list[Any]]:
+    """Read `count` records of `topic`; return the first and last record's broker-side timestamps (seconds since the
+    epoch) and, if asked, their values."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=address,
@@ -96,7 +103,7 @@ async def drain(address: str, topic: str, count: int, timeout: float, parse: boo
         await consumer.stop()
     if seen < count:
         raise RuntimeError(f"only {seen} of {count} records on {topic} within {timeout:.0f}s")
-    return (max(stamps) - min(stamps)) / 1000, values
+    return (min(stamps) / 1000, max(stamps) / 1000), values
 
 
 def start(command: list[str], env: dict[str, str], log: Path, web_port: int) -> subprocess.Popen[bytes]:
@@ -120,23 +127,41 @@ def worker_env(address: str, prefix: str, data_dir: Path, web_port: int, setting
     }
 
 
-def run_variant(name: str, address: str, tmp: Path, count: int, settings: dict[str, str]) -> dict[str, Any]:
+def run_variant(
+    name: str, address: str, tmp: Path, count: int, settings: dict[str, str], from_ready: bool = False
+) -> dict[str, Any]:
     """Preload `count` events, start the worker, time until every categorized output is back."""
     prefix = f"bench-{name}-{os.getpid()}"
     asyncio.run(preload(address, f"{prefix}.incoming", count))
     web_port = free_port()
     env = worker_env(address, prefix, tmp / name, web_port, settings)
-    command = (
-        [sys.executable, "bench/naive_agent.py"] if name == "naive-faust" else [sys.executable, "-m", "qcat", "worker"]
-    )
+    baseline = name in ("naive-faust", "consume-only-faust")
+    command = [sys.executable, "bench/naive_agent.py"] if baseline else [sys.executable, "-m", "qcat", "worker"]
     process = start(command, env, tmp / f"{name}.log", web_port)
+    ready = time.time()
     try:
-        seconds, _ = asyncio.run(drain(address, f"{prefix}.categorized", count, timeout=600))
+        if name == "consume-only-faust":
+            seconds = consumed_seconds(web_port, count, timeout=600)
+        else:
+            first, last = asyncio.run(drain(address, f"{prefix}.categorized", count, timeout=600))[0]
+            seconds = last - (ready if from_ready else first)
     finally:
         terminate(process)
     result = {"variant": name, "events": count, "seconds": seconds, "events_per_s": count / seconds}
     print(f"{name:28} {count:7d} events  {result['events_per_s']:9.0f} events/s", flush=True)
     return result
+
+
+def consumed_seconds(web_port: int, count: int, timeout: float) -> float:
+    """The consume-only agent's own clock: from its first to its last micro-batch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/stats", timeout=5) as response:
+            stats = json.loads(response.read())
+        if stats["events"] >= count:
+            return float(stats["last"] - stats["first"])
+        time.sleep(0.2)
+    raise RuntimeError(f"the consume-only agent saw {stats['events']} of {count} events within {timeout:.0f}s")
 
 
 def engine_throughput(batch_size: int, count: int) -> dict[str, Any]:
@@ -178,8 +203,10 @@ def main() -> None:
             "QCAT_MAX_WAIT": "0.05",
         }
         naive = run_variant("naive-faust", broker.address, tmp, count, {})
+        ceiling = run_variant("consume-only-faust", broker.address, tmp, count, {"BENCH_CONSUME_ONLY": "1", **noop})
         qcat = run_variant("qcat-noop", broker.address, tmp, count, noop)
-        report |= {"naive_faust": naive, "qcat_noop": qcat}
+        qcat["vs_consume_only"] = qcat["events_per_s"] / ceiling["events_per_s"]
+        report |= {"naive_faust": naive, "consume_only_faust": ceiling, "qcat_noop": qcat}
         if not args.quick:
             model = {
                 "QCAT_CLASSIFIER": "bench.models:qwen3_shape",
@@ -188,12 +215,21 @@ def main() -> None:
                 "QCAT_BATCH_SIZE": batch,
             }
             model_events = 12 * args.max_batch
-            engine = engine_throughput(args.max_batch, model_events)
+            before = engine_throughput(args.max_batch, model_events)
+            worker = run_variant("qcat-qwen3-shape", broker.address, tmp, model_events, model, from_ready=True)
+            after = engine_throughput(args.max_batch, model_events)
+            engine = {
+                "events_per_s": (before["events_per_s"] + after["events_per_s"]) / 2,
+                "p50_batch_s": (before["p50_batch_s"] + after["p50_batch_s"]) / 2,
+                "before": before,
+                "after": after,
+            }
             print(
                 f"{'engine alone, batch ' + batch:28} {model_events:7d} events  {engine['events_per_s']:9.1f} events/s"
+                f" (before {before['events_per_s']:.1f}, after {after['events_per_s']:.1f})"
             )
-            worker = run_variant("qcat-qwen3-shape", broker.address, tmp, model_events, model)
             worker["vs_engine"] = worker["events_per_s"] / engine["events_per_s"]
+            print(f"worker / engine: {worker['vs_engine']:.2f}")
             report |= {"engine_alone": engine, "qcat_qwen3_shape": worker}
             report["latency_at_half_load"] = latency_at_half_load(broker.address, tmp, model, engine, args)
     speedup = qcat["events_per_s"] / naive["events_per_s"]

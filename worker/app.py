@@ -10,6 +10,7 @@ categorized again under the same `event_id` (the message key), which consumers c
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -221,8 +222,9 @@ def _observe(result: BatchResult, metrics: WorkerMetrics, log_text: bool) -> Non
             offset=letter.offset,
             error=letter.error[:200],
         )
+    for label, count in Counter(event.label for event in result.categorized).items():
+        metrics.labels.labels(label).inc(count)
     for event in result.categorized:
-        metrics.labels.labels(event.label).inc()
         metrics.end_to_end_seconds.observe(event.latency_ms / 1000)
     if result.categorized:
         metrics.inference_seconds.observe(result.inference_seconds)

@@ -86,7 +86,6 @@ class BatchPublisher:
             if isinstance(outcome, BaseException):
                 log.warning("batch send failed", error=f"{type(outcome).__name__}: {outcome}", records=len(members))
                 failed += members
-            else:
-                for member in members:
-                    self._metrics.events_out.labels(member.topic).inc()
+            elif members:  # one (topic, partition) group: count it once, not per record
+                self._metrics.events_out.labels(members[0].topic).inc(len(members))
         return failed
