@@ -8,9 +8,9 @@
    end-to-end latency at half of its maximum load.
 
 Each run preloads the input topic and starts the worker process. No-op runs are timed from the first to the last
-output's broker timestamp; the model run from the worker's readiness to the last output (its first batch takes
-as long as any other, so leaving it out would flatter the worker). Prints a table and, last,
-`events_per_s=N speedup_vs_naive_faust=X`.
+output's broker timestamp; the model run counts the events of every batch after the first over the time from the
+first batch's outputs to the last's (`steady_rate`), the same steady state the engine is timed in. Prints a table
+and, last, `events_per_s=N speedup_vs_naive_faust=X`.
 
     python bench/pipeline.py [--quick]
 """
@@ -78,16 +78,16 @@ async def paced(address: str, topic: str, count: int, rate: float) -> None:
 
 async def drain(
     address: str, topic: str, count: int, timeout: float, parse: bool = False
-) -> tuple[tuple[float, float], list[Any]]:
-    """Read `count` records of `topic`; return the first and last record's broker-side timestamps (seconds since the
-    epoch) and, if asked, their values."""
+) -> tuple[list[float], list[Any]]:
+    """Read `count` records of `topic`; return their broker-side timestamps (seconds since the epoch, sorted) and, if
+    asked, their values."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=address,
         group_id=f"reader-{topic}",
         auto_offset_reset="earliest",
         metadata_max_age_ms=500,
-        fetch_max_wait_ms=50,
+        fetch_max_wait_ms=500,  # producer-side timestamps time the worker; a lazy reader disturbs it less
     )
     await consumer.start()
     seen, values, stamps = 0, [], []
@@ -96,14 +96,21 @@ async def drain(
         while seen < count and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
                 seen += len(records)
-                stamps += [records[0].timestamp, records[-1].timestamp]
+                stamps += [record.timestamp / 1000 for record in records]
                 if parse:
                     values.extend(json.loads(r.value) for r in records)
     finally:
         await consumer.stop()
     if seen < count:
         raise RuntimeError(f"only {seen} of {count} records on {topic} within {timeout:.0f}s")
-    return (min(stamps) / 1000, max(stamps) / 1000), values
+    return sorted(stamps), values
+
+
+def steady_rate(stamps: list[float], gap: float = 0.3) -> float:
+    """Events per second after the first micro-batch: a batch's outputs share one timestamp (within a few ms), so
+    the span from the first batch's outputs to the last batch's covers every batch but the first; count those."""
+    first_batch = next((i for i in range(1, len(stamps)) if stamps[i] - stamps[i - 1] > gap), len(stamps))
+    return (len(stamps) - first_batch) / (stamps[-1] - stamps[first_batch - 1])
 
 
 def start(command: list[str], env: dict[str, str], log: Path, web_port: int) -> subprocess.Popen[bytes]:
@@ -128,7 +135,7 @@ def worker_env(address: str, prefix: str, data_dir: Path, web_port: int, setting
 
 
 def run_variant(
-    name: str, address: str, tmp: Path, count: int, settings: dict[str, str], from_ready: bool = False
+    name: str, address: str, tmp: Path, count: int, settings: dict[str, str], steady: bool = False
 ) -> dict[str, Any]:
     """Preload `count` events, start the worker, time until every categorized output is back."""
     prefix = f"bench-{name}-{os.getpid()}"
@@ -138,18 +145,26 @@ def run_variant(
     baseline = name in ("naive-faust", "consume-only-faust")
     command = [sys.executable, "bench/naive_agent.py"] if baseline else [sys.executable, "-m", "qcat", "worker"]
     process = start(command, env, tmp / f"{name}.log", web_port)
-    ready = time.time()
+    result: dict[str, Any] = {"variant": name, "events": count}
     try:
         if name == "consume-only-faust":
-            seconds = consumed_seconds(web_port, count, timeout=600)
+            result["events_per_s"] = count / consumed_seconds(web_port, count, timeout=600)
         else:
-            first, last = asyncio.run(drain(address, f"{prefix}.categorized", count, timeout=600))[0]
-            seconds = last - (ready if from_ready else first)
+            stamps, _ = asyncio.run(drain(address, f"{prefix}.categorized", count, timeout=600))
+            result["events_per_s"] = steady_rate(stamps) if steady else count / (stamps[-1] - stamps[0])
+        if steady:  # the model's own time per batch inside the worker: the rest of a batch interval is overhead
+            result["inference_s_per_batch"] = inference_per_batch(web_port)
     finally:
         terminate(process)
-    result = {"variant": name, "events": count, "seconds": seconds, "events_per_s": count / seconds}
     print(f"{name:28} {count:7d} events  {result['events_per_s']:9.0f} events/s", flush=True)
     return result
+
+
+def inference_per_batch(web_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = dict(line.split(" ") for line in text.splitlines() if line.startswith("qcat_inference_seconds_"))
+    return float(values["qcat_inference_seconds_sum"]) / float(values["qcat_inference_seconds_count"])
 
 
 def consumed_seconds(web_port: int, count: int, timeout: float) -> float:
@@ -215,21 +230,25 @@ def main() -> None:
                 "QCAT_BATCH_SIZE": batch,
             }
             model_events = 12 * args.max_batch
-            before = engine_throughput(args.max_batch, model_events)
-            worker = run_variant("qcat-qwen3-shape", broker.address, tmp, model_events, model, from_ready=True)
-            after = engine_throughput(args.max_batch, model_events)
+            # the engine alone, twice before and twice after the worker; the median rides out this machine's drift
+            runs = [engine_throughput(args.max_batch, model_events // 2) for _ in range(2)]
+            worker = run_variant("qcat-qwen3-shape", broker.address, tmp, model_events, model, steady=True)
+            runs += [engine_throughput(args.max_batch, model_events // 2) for _ in range(2)]
             engine = {
-                "events_per_s": (before["events_per_s"] + after["events_per_s"]) / 2,
-                "p50_batch_s": (before["p50_batch_s"] + after["p50_batch_s"]) / 2,
-                "before": before,
-                "after": after,
+                "events_per_s": statistics.median(run["events_per_s"] for run in runs),
+                "p50_batch_s": statistics.median(run["p50_batch_s"] for run in runs),
+                "runs": runs,
             }
             print(
                 f"{'engine alone, batch ' + batch:28} {model_events:7d} events  {engine['events_per_s']:9.1f} events/s"
-                f" (before {before['events_per_s']:.1f}, after {after['events_per_s']:.1f})"
+                f" (median of {[round(run['events_per_s'], 1) for run in runs]})"
             )
             worker["vs_engine"] = worker["events_per_s"] / engine["events_per_s"]
-            print(f"worker / engine: {worker['vs_engine']:.2f}")
+            worker["model_slowdown_in_worker"] = worker["inference_s_per_batch"] / engine["p50_batch_s"]
+            print(
+                f"worker / engine: {worker['vs_engine']:.2f}; the model's own batch time in the worker / alone: "
+                f"{worker['model_slowdown_in_worker']:.2f}"
+            )
             report |= {"engine_alone": engine, "qcat_qwen3_shape": worker}
             report["latency_at_half_load"] = latency_at_half_load(broker.address, tmp, model, engine, args)
     speedup = qcat["events_per_s"] / naive["events_per_s"]

@@ -52,8 +52,10 @@ def create_app(
     classifier: Classifier,
     metrics: WorkerMetrics,
     load: Callable[[Path], Classifier] | None = None,
+    inference: ThreadPoolExecutor | None = None,
 ) -> faust.App:
-    """The worker's Faust app. `load` builds a classifier for an announced adapter (no hot swap without it)."""
+    """The worker's Faust app. `load` builds a classifier for an announced adapter (no hot swap without it);
+    `inference` is the one thread that classifies (the one that loaded the model, see worker/main.py)."""
     topics = Topics.build(settings.topic_prefix, classifier.taxonomy)
     serving = Serving(classifier)
     app = faust.App(
@@ -77,7 +79,7 @@ def create_app(
     )
     incoming = app.topic(topics.incoming, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     ready = asyncio.Event()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-inference")
+    executor = inference or ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-inference")
     metrics.model.info({"base_model": classifier.model_name, "adapter": classifier.adapter_version or "zero-shot"})
     handle = partial(
         process_batch,

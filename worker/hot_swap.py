@@ -49,7 +49,6 @@ class AdapterWatcher:
     ) -> None:
         self.settings, self.topic, self.serving, self.metrics, self.load = settings, topic, serving, metrics, load
         self.watching = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-adapter-loader")
 
     async def run(self) -> None:
         await ensure_control_topic(self.settings, self.topic)
@@ -65,7 +64,6 @@ class AdapterWatcher:
                 await self.handle(message.value)
         finally:
             await consumer.stop()
-            self._executor.shutdown(wait=False)
 
     async def handle(self, raw: bytes | None) -> None:
         try:
@@ -80,7 +78,7 @@ class AdapterWatcher:
         path = self._resolve(announcement)
         log.info("loading announced adapter", version=announcement.version, action=announcement.action, path=str(path))
         try:
-            loaded = await asyncio.get_running_loop().run_in_executor(self._executor, self.load, path)
+            loaded = await self._load_in_passing_thread(path)
         except Exception as error:  # noqa: BLE001 - whatever breaks the load, the worker keeps serving
             self._refuse("failed", announcement, f"{type(error).__name__}: {error}")
             return
@@ -92,6 +90,15 @@ class AdapterWatcher:
         self.metrics.adapter_behind.set(0)
         self.metrics.model.info({"base_model": loaded.model_name, "adapter": loaded.adapter_version or "zero-shot"})
         log.info("adapter swapped", previous=current.adapter_version, adapter=loaded.adapter_version)
+
+    async def _load_in_passing_thread(self, path: Path) -> Classifier:
+        """Load off the event loop in a thread that ends afterwards: torch's OpenMP worker threads belong to the
+        thread that starts them, and a second long-lived team would slow the inference thread's (worker/main.py)."""
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-adapter-loader")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(loader, self.load, path)
+        finally:
+            loader.shutdown(wait=False)
 
     def _resolve(self, announcement: AdapterAnnouncement) -> Path:
         if self.settings.registry is not None:

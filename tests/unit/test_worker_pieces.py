@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 
 import pytest
 
 from qcat.engine import Prediction
+from qcat.settings import EngineSettings
 from schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
 from schemas.taxonomy import Taxonomy
 from worker.classifier import ConstantClassifier
 from worker.decode import MAX_DEAD_LETTER_PAYLOAD, Rejected, dead_letter, decode_question
+from worker.main import start_inference
 from worker.process import Record, process_batch
 from worker.settings import WorkerSettings
 from worker.topics import Topics
@@ -127,3 +130,32 @@ def test_fast_categorized_json_is_exactly_the_contract() -> None:
     event = CategorizedEvent.model_validate_json(value, strict=True)
     assert (event.text, event.metadata, event.categorized_at.tzinfo is not None) == ("Whö ?", {"tenant": "t1"}, True)
     assert [s.label for s in event.scores] == ["HUM:ind", "LOC:city", "NUM"]
+
+
+class ThreadRecorder(ConstantClassifier):
+    """Records which thread built it and which threads classify with it."""
+
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        super().__init__(taxonomy)
+        self.threads = {threading.current_thread().name}
+
+    def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        self.threads.add(threading.current_thread().name)
+        return super().classify(texts)
+
+
+def thread_recorder(settings: EngineSettings) -> ThreadRecorder:
+    return ThreadRecorder(Taxonomy.from_names(["A", "B"]))
+
+
+def test_the_model_loads_warms_up_and_runs_in_one_inference_thread() -> None:
+    """Not the main thread: a second OpenMP team there slowed every batch by ~19% (worker.main.start_inference)."""
+    settings = WorkerSettings(classifier=f"{__name__}:thread_recorder", max_batch=4)
+    inference, classifier = start_inference(settings)
+    try:
+        inference.submit(classifier.classify, ["a question"]).result()
+    finally:
+        inference.shutdown()
+    assert isinstance(classifier, ThreadRecorder)
+    (thread,) = classifier.threads
+    assert thread.startswith("qcat-inference"), classifier.threads
