@@ -1,10 +1,10 @@
 """The Faust app: consume questions, micro-batch them (`take_events`), classify off the event loop, publish.
 
 At-least-once: each event holds an extra reference until every output of its batch is acknowledged by the broker
-(publishing retries until it is); only then is its offset acked to Faust's consumer and eligible for commit. Faust
-commits the highest contiguous acked offset per partition, so batches may finish out of order safely, and up to
-`BATCHES_IN_FLIGHT` batches publish in the background while the next one is classified. A redelivered event is
-categorized again under the same `event_id` (the message key), which consumers can dedupe on.
+(publishing retries until it is); only then is its offset acked to Faust's consumer and eligible for commit. Up to
+`BATCHES_IN_FLIGHT` batches publish in the background while the next one is classified; they may finish publishing
+in any order, but are acked in the order they were taken (`worker.acks`: Faust's commit can pass a one-offset gap).
+A redelivered event is categorized again under the same `event_id` (the message key), which consumers can dedupe on.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from faust.auth import SASLCredentials, SSLCredentials
 from prometheus_client import generate_latest
 
 from qcat.corrections import CorrectionStore
+from worker.acks import AckOrder, Turn
 from worker.classifier import Classifier
 from worker.corrections import sort_corrections
 from worker.hot_swap import AdapterWatcher, Serving
@@ -91,26 +92,26 @@ def create_app(
     _declare_outputs(app, [app.topic(name, partitions=settings.partitions) for name in topics.all_outputs()])
     watcher = _follow_adapters(app, AdapterWatcher(settings, topics.adapters, serving, metrics, load)) if load else None
 
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's signal stubs reject async receivers
-    async def count_rebalance(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        metrics.rebalances.inc()
-        metrics.ready.set(1)
-        ready.set()  # ready once in the group, even with no partitions (more replicas than partitions)
-        assigned = kwargs.get("assigned") or set()
-        log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+    _signal_ready(app, metrics, ready)
 
     in_flight = asyncio.Semaphore(BATCHES_IN_FLIGHT)
     publishing: set[asyncio.Task[None]] = set()
 
     publisher = BatchPublisher(settings.kafka_client_options(), metrics)
 
-    async def publish_then_ack(events: list[Any], result: BatchResult) -> None:
+    order = AckOrder()
+
+    async def publish_then_ack(events: list[Any], result: BatchResult, turn: Turn) -> None:
+        acked = False
         try:
             await publisher.publish(result.outputs)
-            for event in events:  # the final reference: now the offset may be committed
-                event.message.ack(app.consumer)
             _observe(result, metrics, settings.log_text)
+            if await turn.wait():
+                for event in events:  # the final reference: now the offset may be committed
+                    event.message.ack(app.consumer)
+                acked = True
         finally:
+            turn.finish(acked)
             in_flight.release()
 
     @app.agent(incoming)
@@ -132,13 +133,23 @@ def create_app(
             # the classifier is chosen per batch: an adapter swap takes effect between batches
             result: BatchResult = await loop.run_in_executor(executor, handle, records, serving.classifier)
             await in_flight.acquire()  # publish in the background, overlapping the next batch's inference
-            task = asyncio.create_task(publish_then_ack(list(events), result))
+            task = asyncio.create_task(publish_then_ack(list(events), result, order.turn()))
             publishing.add(task)
             task.add_done_callback(publishing.discard)
 
     _store_corrections(app, settings, topics, serving, metrics, publisher)
     _add_pages(app, metrics, lambda: ready.is_set() and (watcher is None or watcher.watching.is_set()))
     return app
+
+
+def _signal_ready(app: faust.App, metrics: WorkerMetrics, ready: asyncio.Event) -> None:
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's signal stubs reject async receivers
+    async def count_rebalance(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        metrics.rebalances.inc()
+        metrics.ready.set(1)
+        ready.set()  # ready once in the group, even with no partitions (more replicas than partitions)
+        assigned = kwargs.get("assigned") or set()
+        log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
 
 def _declare_outputs(app: faust.App, outputs: list[Any]) -> None:
