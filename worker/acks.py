@@ -4,8 +4,8 @@ Faust commits, per partition, the end of the first run of consecutive acked offs
 starts at the committed offset only when the hole before it is wider than one offset, and not at all while nothing
 is committed yet (`faust.transport.consumer.Consumer._new_offset`). So if batch 2 were acked before batch 1, the
 commit could pass batch 1's events, and a crash before batch 1 is published would lose them (the path we found
-after one rebalance-test run lost 1 of 3,000 events). Acked in take order, every partition's acked offsets grow contiguously from the
-committed one and that check never matters.
+after one rebalance-test run lost 1 of 3,000 events). Acked in take order, every partition's acked offsets grow
+contiguously from the committed one and that check never matters.
 """
 
 from __future__ import annotations
