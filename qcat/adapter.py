@@ -86,6 +86,20 @@ def check_compatible(manifest: AdapterManifest, base: LoadedModel, taxonomy: Tax
 
 def load_adapter(base: LoadedModel, directory: Path, taxonomy: Taxonomy | None = None) -> AdapterManifest:
     """Apply the adapter in `directory` to `base.lm` in place, merged into the weights for serving."""
+    peft_model, manifest = _open_adapter(base, directory, taxonomy, trainable=False)
+    try:
+        base.lm = peft_model.merge_and_unload()
+    except Exception as error:
+        raise AdapterError(f"Could not load adapter weights from {directory}: {error}") from error
+    if not hasattr(base.lm, HEAD):
+        raise AdapterError(f"Adapter {directory} did not restore the label head.")
+    return manifest
+
+
+def _open_adapter(
+    base: LoadedModel, directory: Path, taxonomy: Taxonomy | None, *, trainable: bool
+) -> tuple[PeftModel, AdapterManifest]:
+    """Check the adapter in `directory` (manifest, compatibility, safetensors weights), then wrap `base.lm` in it."""
     manifest = read_manifest(directory)
     check_compatible(manifest, base, taxonomy)
     if not (directory / WEIGHTS).is_file():
@@ -94,13 +108,9 @@ def load_adapter(base: LoadedModel, directory: Path, taxonomy: Taxonomy | None =
         raise AdapterError(f"{directory} has no {WEIGHTS}{hint}.")
     attach_label_head(base, manifest.taxonomy)
     try:
-        peft_model = PeftModel.from_pretrained(base.lm, str(directory), is_trainable=False)
-        base.lm = peft_model.merge_and_unload()
+        return PeftModel.from_pretrained(base.lm, str(directory), is_trainable=trainable), manifest
     except Exception as error:
         raise AdapterError(f"Could not load adapter weights from {directory}: {error}") from error
-    if not hasattr(base.lm, HEAD):
-        raise AdapterError(f"Adapter {directory} did not restore the label head.")
-    return manifest
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -126,16 +136,7 @@ def new_lora(
 
 def continue_lora(base: LoadedModel, directory: Path, taxonomy: Taxonomy) -> tuple[PeftModel, AdapterManifest]:
     """A trainable copy of the adapter in `directory` (its LoRA weights and head) to train further: warm starts."""
-    manifest = read_manifest(directory)
-    check_compatible(manifest, base, taxonomy)
-    if not (directory / WEIGHTS).is_file():
-        raise AdapterError(f"{directory} has no {WEIGHTS}; only safetensors adapters can be continued.")
-    attach_label_head(base, taxonomy)
-    try:
-        model = PeftModel.from_pretrained(base.lm, str(directory), is_trainable=True)
-    except Exception as error:
-        raise AdapterError(f"Could not load adapter weights from {directory}: {error}") from error
-    return model, manifest
+    return _open_adapter(base, directory, taxonomy, trainable=True)
 
 
 def save_adapter(model: PeftModel, manifest: AdapterManifest, directory: Path) -> Path:

@@ -92,11 +92,12 @@ def collate(pad_id: int) -> Any:
     return collate_rows
 
 
-class NonFiniteGuard:
+class NonFiniteGuard(TrainerCallback):
     """Stops training on non-finite logits, naming the inputs, without a host-device sync per step.
 
     Each training step records a device-side flag per row; the host reads the previous step's flags when the next
-    step is already queued (and at the end of every epoch), so the GPU never idles waiting for the check. Finite
+    step is already queued, and the last step's at the end of every epoch (before it is evaluated or saved), so the
+    GPU never idles waiting for the check. Finite
     logits give a finite cross-entropy, so checking the logits covers the loss too.
     """
 
@@ -126,6 +127,9 @@ class NonFiniteGuard:
             f"non-finite logits or loss for {len(rows)} training inputs ({rows[:5]}); the weights diverged or the "
             "inputs overflow this dtype: lower --learning-rate, or try --dtype float32"
         )
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        self.check()
 
 
 class LabelTrainer(Trainer):
@@ -169,16 +173,6 @@ class LabelTrainer(Trainer):
             self.guard.watch(logits, inputs["index"])
         loss = torch.nn.functional.cross_entropy(logits, inputs["labels"])
         return (loss, {"logits": logits}) if return_outputs else loss
-
-
-class CheckEachEpoch(TrainerCallback):
-    """The guard's last verdict of an epoch is read before that epoch is evaluated or saved."""
-
-    def __init__(self, guard: NonFiniteGuard) -> None:
-        self.guard = guard
-
-    def on_epoch_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        self.guard.check()
 
 
 @contextmanager
@@ -337,7 +331,7 @@ def fit(
         data_collator=collate(engine.pad_id),
         compute_metrics=accuracy,
         callbacks=[
-            CheckEachEpoch(guard),
+            guard,
             EarlyStoppingCallback(early_stopping_patience=config.patience),
             timing,
             RichProgress(),
