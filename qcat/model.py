@@ -137,12 +137,17 @@ def verbalizer_rows(base: LoadedModel, taxonomy: Taxonomy) -> torch.Tensor:
 
 
 def attach_label_head(base: LoadedModel, taxonomy: Taxonomy) -> nn.Linear:
-    """Give the LM a head over `taxonomy`, initialised zero-shot; adapters overwrite it with trained rows."""
+    """Give the LM a head over `taxonomy`, initialised zero-shot; adapters overwrite it with trained rows.
+
+    The head stays float32 whatever the decoder's dtype: it is tiny (labels x hidden), and trained in bf16 its
+    weights would lose most of Adam's small updates to rounding (peft keeps the LoRA weights in float32 for the
+    same reason, but its copy of the head would keep the base dtype).
+    """
     reference = _weight(base.lm.get_input_embeddings())
     head = nn.Linear(reference.shape[1], len(taxonomy.labels), bias=False)
     with torch.no_grad():
         head.weight.copy_(verbalizer_rows(base, taxonomy))
-    head = head.to(device=reference.device, dtype=reference.dtype)
+    head = head.to(device=reference.device, dtype=torch.float32)
     setattr(base.lm, HEAD, head)
     return head
 
@@ -165,7 +170,7 @@ def label_logits(lm: nn.Module, input_ids: torch.Tensor, last_index: torch.Tenso
     hidden: torch.Tensor = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
     head: nn.Module = getattr(lm, HEAD)
-    logits: torch.Tensor = head(last).float()
+    logits: torch.Tensor = head(last.float()).float()  # under autocast the head's matmul runs in bf16
     return logits
 
 

@@ -44,6 +44,9 @@ def train(
     batch_size: BatchSizeOption = BATCH_SIZE,
     learning_rate: LearningRateOption = LEARNING_RATE,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    label_smoothing: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Regularise: move this much of each target to other labels.")
+    ] = 0.0,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")] = 2,
     max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
     seed: SeedOption = 0,
@@ -79,6 +82,7 @@ def train(
             learning_rate=learning_rate,
             patience=patience,
             seed=seed,
+            label_smoothing=label_smoothing,
             compile=compile_layers,
             report_to=tuple(report_to or ()),
         ),

@@ -13,7 +13,7 @@ from peft import PeftModel
 from qcat.adapter import MANIFEST, WEIGHTS, AdapterManifest, load_adapter, new_lora, save_adapter
 from qcat.engine import Engine
 from qcat.errors import AdapterError
-from qcat.model import LoadedModel, attach_label_head, label_logits
+from qcat.model import LoadedModel, attach_label_head, label_logits, load_base_model
 from qcat.settings import EngineSettings
 from schemas.prompt import prompt_format
 from schemas.taxonomy import Taxonomy
@@ -119,3 +119,16 @@ def test_adapters_are_immutable(tiny: LoadedModel, tmp_path: Path) -> None:
     manifest = AdapterManifest.model_validate_json((directory / MANIFEST).read_text())
     with pytest.raises(AdapterError, match="already exists"):
         save_adapter(model, manifest, directory)
+
+
+def test_a_bf16_base_model_trains_every_weight_in_float32() -> None:
+    """bf16 weights would drop Adam's small updates to rounding: LoRA (peft) and the head (qcat) train in float32."""
+
+    base = load_base_model("tiny-qwen3", device=torch.device("cpu"), dtype=torch.bfloat16)
+    model = new_lora(base, TAXONOMY, rank=4, alpha=8)
+    trainable = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    assert any("label_head" in name for name in trainable)
+    assert set(trainable.values()) == {torch.float32}
+    logits = label_logits(model.get_base_model(), torch.tensor([[1, 2, 3]]), torch.tensor([2]))
+    assert logits.dtype == torch.float32
+    assert logits.shape == (1, len(TAXONOMY.labels))
