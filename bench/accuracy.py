@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--label-smoothing", type=float, default=None, help="default: qcat train's")
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--max-question-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -60,8 +60,8 @@ def main() -> None:
     qcat(
         "train", args.dataset / "train.jsonl", "--out", work / "adapter", *model,
         "--device", args.device, "--dtype", args.dtype, "--epochs", args.epochs, "--batch-size", args.batch_size,
-        "--learning-rate", args.learning_rate, "--rank", args.rank, "--label-smoothing", args.label_smoothing,
-        "--patience", args.patience,
+        "--learning-rate", args.learning_rate, "--rank", args.rank, "--patience", args.patience,
+        *(["--label-smoothing", args.label_smoothing] if args.label_smoothing is not None else []),
         "--max-question-tokens", args.max_question_tokens, "--seed", args.seed,
         *(["--compile"] if args.compile else []),
     )  # fmt: skip

@@ -33,7 +33,11 @@ CompileOption = Annotated[
         "pays off on long runs.",
     ),
 ]
-EPOCHS, BATCH_SIZE, LEARNING_RATE = 5, 32, 2e-4
+LabelSmoothingOption = Annotated[
+    float,
+    typer.Option(min=0.0, max=0.5, help="Move this much of each training target to the other labels (a regulariser)."),
+]
+EPOCHS, BATCH_SIZE, LEARNING_RATE, LABEL_SMOOTHING = 5, 32, 2e-4, 0.1
 
 
 def settings_from(kind: type[Settings], **flags: Any) -> Settings:

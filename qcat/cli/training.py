@@ -11,6 +11,7 @@ import typer
 from qcat.cli.common import (
     BATCH_SIZE,
     EPOCHS,
+    LABEL_SMOOTHING,
     LEARNING_RATE,
     AdapterOption,
     AnnounceOption,
@@ -19,6 +20,7 @@ from qcat.cli.common import (
     CompileOption,
     DeviceOption,
     EpochsOption,
+    LabelSmoothingOption,
     LearningRateOption,
     RegistryOption,
     SeedOption,
@@ -44,9 +46,7 @@ def train(
     batch_size: BatchSizeOption = BATCH_SIZE,
     learning_rate: LearningRateOption = LEARNING_RATE,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    label_smoothing: Annotated[
-        float, typer.Option(min=0.0, max=0.5, help="Regularise: move this much of each target to other labels.")
-    ] = 0.0,
+    label_smoothing: LabelSmoothingOption = LABEL_SMOOTHING,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")] = 2,
     max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
     seed: SeedOption = 0,
@@ -151,6 +151,7 @@ def retrain(
     batch_size: BatchSizeOption = BATCH_SIZE,
     learning_rate: LearningRateOption = LEARNING_RATE,
     seed: SeedOption = 0,
+    label_smoothing: LabelSmoothingOption = LABEL_SMOOTHING,
     compile_layers: CompileOption = False,
     tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = 0.005,
     from_current: Annotated[
@@ -175,7 +176,12 @@ def retrain(
         tolerance=tolerance,
         from_current=from_current,
         config=TrainConfig(
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, compile=compile_layers
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            label_smoothing=label_smoothing,
+            compile=compile_layers,
         ),
     )
     try:
