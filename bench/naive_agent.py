@@ -13,6 +13,7 @@ import os
 import time
 
 import faust
+import mode.loop
 
 from qcat.engine import DEFAULT_TAXONOMY
 from schemas.events import CategorizedEvent, LabelScore, QuestionEvent
@@ -22,6 +23,8 @@ from worker.topics import Topics
 
 
 def main() -> None:
+    if os.environ.get("QCAT_EVENT_LOOP", "asyncio") == "uvloop":  # the same loop as the worker it is compared with
+        mode.loop.use("uvloop")
     prefix = os.environ["QCAT_TOPIC_PREFIX"]
     classifier = ConstantClassifier(Taxonomy.from_file(DEFAULT_TAXONOMY))
     topics = Topics.build(prefix, classifier.taxonomy)

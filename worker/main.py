@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faust
+import mode.loop
 import structlog
 
 from qcat.engine import Engine
@@ -54,6 +55,8 @@ def start_inference(settings: WorkerSettings) -> tuple[ThreadPoolExecutor, Class
 
 def run_worker(settings: WorkerSettings) -> None:
     configure_logging(json=settings.log_json, level=settings.log_level)
+    if settings.event_loop == "uvloop":
+        mode.loop.use("uvloop")
     asyncio.run(check_kafka(settings))
     if settings.adapter is None and settings.registry is not None:
         current = Registry(settings.registry).current_path()
