@@ -140,7 +140,7 @@ def attach_label_head(base: LoadedModel, taxonomy: Taxonomy) -> nn.Linear:
     """Give the LM a head over `taxonomy`, initialised zero-shot; adapters overwrite it with trained rows.
 
     The head stays float32 whatever the decoder's dtype: it is tiny (labels x hidden), and trained in bf16 its
-    weights would lose most of Adam's small updates to rounding (peft keeps the LoRA weights in float32 for the
+    weights would lose many of Adam's small updates to rounding (peft keeps the LoRA weights in float32 for the
     same reason, but its copy of the head would keep the base dtype).
     """
     reference = _weight(base.lm.get_input_embeddings())
