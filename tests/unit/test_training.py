@@ -147,3 +147,29 @@ def test_compiled_layers_train_like_eager_and_are_undone(fresh_tiny: Callable[[]
     for layer in base.lm.get_decoder().layers:
         assert "forward" not in vars(layer)
     assert not getattr(base.lm, "_require_grads_hooks", None)
+
+
+def test_label_smoothing_shapes_the_training_loss_only(tiny: LoadedModel, tmp_path: Path) -> None:
+    """Training steps use the smoothed cross-entropy; evaluation reports the plain one, comparable across settings."""
+    from transformers import TrainingArguments
+
+    from training.trainer import LabelDataset, LabelTrainer, NonFiniteGuard, collate
+
+    train, _ = learnable()
+    model = new_lora(tiny, TAXONOMY, rank=4, alpha=8)
+    engine = Engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    dataset = LabelDataset(engine, train[:8])
+    inputs = collate(engine.pad_id)([dataset[i] for i in range(len(dataset))])
+    guard = NonFiniteGuard(train[:8])
+    args = TrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.2, use_cpu=True, report_to=[])
+    trainer = LabelTrainer(model=model, args=args, guard=guard)
+    cross_entropy = torch.nn.functional.cross_entropy
+    for training, smoothing in ((True, 0.2), (False, 0.0)):
+        model.train(training)
+        with torch.no_grad():
+            loss, outputs = trainer.compute_loss(model, inputs, return_outputs=True)
+        expected = cross_entropy(outputs["logits"], inputs["labels"], label_smoothing=smoothing)
+        assert float(loss) == pytest.approx(float(expected)), (training, smoothing)
+        assert float(loss) != pytest.approx(
+            float(cross_entropy(outputs["logits"], inputs["labels"], label_smoothing=0.2 - smoothing))
+        )
