@@ -22,9 +22,7 @@ from qcat.model import (
     LoadedModel,
     attach_label_head,
     label_logits,
-    load_base_model,
-    resolve_device,
-    resolve_dtype,
+    load_configured_base,
     right_pad,
 )
 from qcat.settings import EngineSettings
@@ -94,11 +92,11 @@ class Engine:
         self.pad_id = int(pad or 0)
 
     @classmethod
-    def load(cls, settings: EngineSettings) -> Engine:
+    def load(cls, settings: EngineSettings, base: LoadedModel | None = None) -> Engine:
+        """The engine `settings` describe; `base`, if given, is that base model already loaded (and modified here)."""
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        device = resolve_device(settings.device)
-        base = load_base_model(settings.base_model, device=device, dtype=resolve_dtype(settings.dtype, device))
+        base = base if base is not None else load_configured_base(settings)
         taxonomy = Taxonomy.from_file(settings.taxonomy) if settings.taxonomy else None
         if settings.adapter is not None:
             manifest = load_adapter(base, settings.adapter, taxonomy)

@@ -9,10 +9,11 @@ that head and trains it with LoRA on the decoder; peft saves the head with the a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from qcat.errors import ModelLoadError
+from qcat.settings import EngineSettings
 from qcat.tiny import TINY_NAME, build_tiny_qwen3
 from schemas.prompt import verbalize
 from schemas.taxonomy import Taxonomy
@@ -121,6 +123,18 @@ def load_base_model(source: str, *, device: torch.device, dtype: torch.dtype) ->
     lm.to(device)  # type: ignore[arg-type]  # transformers' wrapper hides Module.to
     lm.eval()
     return LoadedModel(lm, tokenizer, source, fingerprint(lm), offline_builtin=False)
+
+
+def load_configured_base(settings: EngineSettings) -> LoadedModel:
+    """The base model `settings` name, on their device and in their dtype."""
+    device = resolve_device(settings.device)
+    return load_base_model(settings.base_model, device=device, dtype=resolve_dtype(settings.dtype, device))
+
+
+def private_copy(base: LoadedModel) -> LoadedModel:
+    """A copy to attach a head or merge an adapter into, without loading the weights again (seconds for a GGUF
+    file or a hub download, versus a memory copy)."""
+    return replace(base, lm=copy.deepcopy(base.lm))
 
 
 def verbalizer_rows(base: LoadedModel, taxonomy: Taxonomy) -> torch.Tensor:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
+import functools
 from collections.abc import Callable
 
 import pytest
 import torch
 
-from qcat.model import LoadedModel, load_base_model
+from qcat.model import LoadedModel, load_base_model, private_copy
 from qcat.tiny import TINY_NAME
 
 
@@ -22,10 +21,7 @@ def _tiny_pristine() -> LoadedModel:
 def fresh_tiny(_tiny_pristine: LoadedModel) -> Callable[[], LoadedModel]:
     """Makes copies of tiny-qwen3 that a test may modify (attach heads, adapters) without affecting others."""
 
-    def make() -> LoadedModel:
-        return dataclasses.replace(_tiny_pristine, lm=copy.deepcopy(_tiny_pristine.lm))
-
-    return make
+    return functools.partial(private_copy, _tiny_pristine)
 
 
 @pytest.fixture

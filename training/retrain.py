@@ -21,6 +21,7 @@ import structlog
 from qcat.adapter import read_manifest
 from qcat.corrections import CorrectionStore
 from qcat.engine import Engine
+from qcat.model import LoadedModel, load_configured_base, private_copy
 from qcat.registry import DEFAULT_TOLERANCE, Registry
 from qcat.settings import EngineSettings
 from schemas.events import CorrectionEvent
@@ -81,10 +82,11 @@ def _write(examples: list[Example], path: Path) -> Path:
     return path
 
 
-def _accuracy(settings: EngineSettings, adapter: Path, examples: list[Example]) -> float | None:
+def _accuracy(settings: EngineSettings, base: LoadedModel, adapter: Path, examples: list[Example]) -> float | None:
     if not examples:
         return None
-    scored = score(Engine.load(settings.model_copy(update={"adapter": adapter})), examples)
+    engine = Engine.load(settings.model_copy(update={"adapter": adapter}), base=private_copy(base))
+    scored = score(engine, examples)
     return sum(s.gold == s.predicted for s in scored) / len(scored)
 
 
@@ -107,6 +109,7 @@ def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]
         unknown = {c.label for c in corrections} - set(Taxonomy.from_file(taxonomy).names)
         if unknown:
             raise DataError(f"corrections use labels outside the taxonomy: {sorted(unknown)}")
+    base = load_configured_base(settings)  # once: training and both scorings work on private copies
     candidate_dir, metrics = train(
         TrainRequest(
             data=_write(merged.train, request.work / "train.jsonl"),
@@ -117,6 +120,7 @@ def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]
             config=request.config,
         ),
         settings,
+        base=private_copy(base),
     )
     version = registry.add(candidate_dir).version
     summary: dict[str, Any] = {
@@ -128,8 +132,8 @@ def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]
         "conflicts": merged.conflicts,
         "eval_accuracy": metrics["accuracy"],
         "current_eval_accuracy": current_manifest.metrics.get("accuracy") if current_manifest else None,
-        "holdout_accuracy": _accuracy(settings, registry.path(version), merged.holdout),
-        "current_holdout_accuracy": _accuracy(settings, current, merged.holdout) if current else None,
+        "holdout_accuracy": _accuracy(settings, base, registry.path(version), merged.holdout),
+        "current_holdout_accuracy": _accuracy(settings, base, current, merged.holdout) if current else None,
     }
     ours, theirs = summary["holdout_accuracy"], summary["current_holdout_accuracy"]
     if ours is not None and theirs is not None and ours < theirs:

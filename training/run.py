@@ -18,7 +18,7 @@ import torch
 
 from qcat.adapter import AdapterManifest, continue_lora, new_lora, read_manifest, save_adapter
 from qcat.engine import Engine
-from qcat.model import load_base_model, resolve_device, resolve_dtype
+from qcat.model import LoadedModel, load_configured_base
 from qcat.settings import EngineSettings
 from schemas.prompt import prompt_format
 from schemas.taxonomy import Taxonomy
@@ -64,8 +64,13 @@ def score(engine: Engine, examples: list[Example]) -> list[Scored]:
     return [Scored(e.text, e.label, p.label, p.confidence) for e, p in zip(examples, predictions, strict=True)]
 
 
-def train(request: TrainRequest, settings: EngineSettings) -> tuple[Path, dict[str, Any]]:
-    """Report on the data, fine-tune, calibrate, evaluate and save the adapter (with its report) to request.out."""
+def train(
+    request: TrainRequest, settings: EngineSettings, base: LoadedModel | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Report on the data, fine-tune, calibrate, evaluate and save the adapter (with its report) to request.out.
+
+    `base`, if given, is the settings' base model already loaded; it is trained in place.
+    """
     check_reporters(request.config.report_to)
     examples = load_examples(request.data)
     if request.taxonomy:
@@ -84,8 +89,7 @@ def train(request: TrainRequest, settings: EngineSettings) -> tuple[Path, dict[s
     data_report.raise_on_errors()
 
     torch.manual_seed(request.config.seed)
-    device = resolve_device(settings.device)
-    base = load_base_model(settings.base_model, device=device, dtype=resolve_dtype(settings.dtype, device))
+    base = base if base is not None else load_configured_base(settings)
     parent = None
     if request.init_adapter is not None:
         model, parent = continue_lora(base, request.init_adapter, taxonomy)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from qcat.corrections import CorrectionStore
 from schemas.events import CorrectionEvent
@@ -74,3 +77,43 @@ def test_bad_corrections_become_dead_letters_with_reasons() -> None:
     assert [c.correction_id for c in batch.valid[0]] == ["c1"]
     assert [letter.reason.value for letter in batch.dead_letters] == ["unknown_label", "invalid_json"]
     assert {output.topic for output in batch.outputs} == {"t.dlq"}
+
+
+def test_retrain_loads_the_base_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training and scoring the held-out corrections with the candidate and the current adapter use copies of one
+    loaded base model (a GGUF file or a hub model takes seconds to load each time)."""
+    import qcat.model
+    from qcat.registry import Registry
+    from qcat.settings import EngineSettings
+    from tests.unit.test_training import learnable
+    from training.retrain import RetrainRequest, retrain
+    from training.trainer import TrainConfig
+
+    train, held_out = learnable()
+    data, fixed_eval = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    for path, rows in ((data, train), (fixed_eval, held_out)):
+        path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows))
+    corrections = [correction(f"c{i}", f"e{i}", e.label, text=e.text + " really") for i, e in enumerate(train[:10])]
+    CorrectionStore(tmp_path / "corrections").append(corrections, writer="test")
+    settings = EngineSettings(base_model="tiny-qwen3", device="cpu", dtype="float32")
+    loads: list[str] = []
+    build = qcat.model.build_tiny_qwen3  # what every load of tiny-qwen3 runs, whoever asks for it
+    monkeypatch.setattr(qcat.model, "build_tiny_qwen3", lambda: loads.append("tiny-qwen3") or build())
+
+    def run(work: str) -> dict[str, object]:
+        loads.clear()
+        request = RetrainRequest(
+            data=data,
+            corrections=tmp_path / "corrections",
+            eval_data=fixed_eval,
+            registry=tmp_path / "registry",
+            work=tmp_path / work,
+            config=TrainConfig(epochs=1, batch_size=16),
+        )
+        return retrain(request, settings)
+
+    first = run("first")
+    assert Registry(tmp_path / "registry").current_path() is not None, first
+    second = run("second")
+    assert second["current_holdout_accuracy"] is not None  # candidate and current adapter both scored
+    assert loads == ["tiny-qwen3"]
