@@ -13,18 +13,17 @@ import os
 import time
 
 import faust
-import mode.loop
 
 from qcat.engine import DEFAULT_TAXONOMY
 from schemas.events import CategorizedEvent, LabelScore, QuestionEvent
 from schemas.taxonomy import Taxonomy
 from worker.classifier import ConstantClassifier
+from worker.main import use_event_loop
 from worker.topics import Topics
 
 
 def main() -> None:
-    if os.environ.get("QCAT_EVENT_LOOP", "asyncio") == "uvloop":  # the same loop as the worker it is compared with
-        mode.loop.use("uvloop")
+    use_event_loop(os.environ.get("QCAT_EVENT_LOOP", "asyncio"))  # the loop of the worker it is compared with
     prefix = os.environ["QCAT_TOPIC_PREFIX"]
     classifier = ConstantClassifier(Taxonomy.from_file(DEFAULT_TAXONOMY))
     topics = Topics.build(prefix, classifier.taxonomy)

@@ -100,8 +100,8 @@ class NonFiniteGuard(TrainerCallback):
 
     Each training step records a device-side flag per row; the host reads the previous step's flags when the next
     step is already queued, and the last step's at the end of every epoch (before it is evaluated or saved), so the
-    GPU never idles waiting for the check. Finite
-    logits give a finite cross-entropy, so checking the logits covers the loss too.
+    GPU never idles waiting for the check. Finite logits give a finite cross-entropy, so checking the logits covers
+    the loss too.
     """
 
     def __init__(self, examples: Sequence[Example]) -> None:
