@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from bench.engine import build_model, make_engine
+from qcat.cpu import configure_cpu
 from qcat.engine import Engine
 from qcat.model import resolve_dtype
 from qcat.settings import EngineSettings
@@ -13,7 +14,7 @@ from qcat.settings import EngineSettings
 
 def qwen3_shape(settings: EngineSettings) -> Engine:
     device = torch.device("cpu" if settings.device == "auto" else settings.device)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    if device.type == "cpu":
+        configure_cpu(settings.threads, settings.keep_freed_memory)
     model, tokenizer = build_model(device, resolve_dtype(settings.dtype, device))
     return make_engine(model, tokenizer, "compact", settings.batch_tokens, batch_size=settings.batch_size)

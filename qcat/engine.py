@@ -94,8 +94,6 @@ class Engine:
     @classmethod
     def load(cls, settings: EngineSettings, base: LoadedModel | None = None) -> Engine:
         """The engine `settings` describe; `base`, if given, is that base model already loaded (and modified here)."""
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
         base = base if base is not None else load_configured_base(settings)
         taxonomy = Taxonomy.from_file(settings.taxonomy) if settings.taxonomy else None
         if settings.adapter is not None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from qcat.cpu import configure_cpu
 from qcat.errors import ModelLoadError
 from qcat.settings import EngineSettings
 from qcat.tiny import TINY_NAME, build_tiny_qwen3
@@ -126,8 +127,11 @@ def load_base_model(source: str, *, device: torch.device, dtype: torch.dtype) ->
 
 
 def load_configured_base(settings: EngineSettings) -> LoadedModel:
-    """The base model `settings` name, on their device and in their dtype."""
+    """The base model `settings` name, on their device and in their dtype (on a CPU, with its process-wide
+    settings applied first: qcat/cpu.py)."""
     device = resolve_device(settings.device)
+    if device.type == "cpu":
+        configure_cpu(settings.threads, settings.keep_freed_memory)
     return load_base_model(settings.base_model, device=device, dtype=resolve_dtype(settings.dtype, device))
 
 
