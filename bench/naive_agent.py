@@ -34,6 +34,7 @@ def main() -> None:
         key_serializer="raw",
         topic_partitions=2,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=float(os.environ.get("QCAT_SESSION_TIMEOUT", "60")),  # as qcat's worker in the bench
         web_port=int(os.environ["QCAT_WEB_PORT"]),
         datadir=os.environ["QCAT_DATA_DIR"],
         autodiscover=False,

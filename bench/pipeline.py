@@ -5,13 +5,14 @@
 2. a consume-only Faust agent (`take_events`, nothing else): the ceiling of any worker built on Faust's streams;
 3. qcat's worker with the same no-op classifier;
 4. qcat's worker with the engine on a random-weight Qwen3-0.6B-shaped model, against the engine's own batched
-   throughput at the same batch size (measured before and after the worker, averaged: the machine drifts), and its
-   end-to-end latency at half of its maximum load.
+   throughput at the same batch size, in rounds (engine alone, worker, engine alone: the machine drifts; the median
+   of the rounds' ratios is reported), and its end-to-end latency at half of its maximum load.
 
-Each run preloads the input topic and starts the worker process. No-op runs are timed from the first to the last
-output's broker timestamp; the model run counts the events of every batch after the first over the time from the
-first batch's outputs to the last's (`steady_rate`), the same steady state the engine is timed in. Prints a table
-and, last, `events_per_s=N speedup_vs_naive_faust=X`.
+The no-op variants run in rounds, each variant in turn (`--noop-rounds`, 3); figures are medians over the rounds
+and ratios the median of the rounds' ratios. Each run preloads the input topic and starts the worker process.
+No-op runs are timed from the first to the last output's broker timestamp; the model run counts the events of every
+batch after the first over the time from the first batch's outputs to the last's (`steady_rate`), the same steady
+state the engine is timed in. Prints a table and, last, `events_per_s=N speedup_vs_naive_faust=X`.
 
     python bench/pipeline.py [--quick]
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -32,7 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from worker.broker import EmbeddedBroker, free_port  # noqa: E402
 from worker.processes import terminate, wait_ready  # noqa: E402
 
+RUN_NUMBERS = itertools.count()
 QUESTIONS = [json.loads(line)["text"] for line in (ROOT / "data" / "trec" / "test.jsonl").open()]
 
 
@@ -83,16 +86,20 @@ async def drain(
     """Read `count` records of `topic`; return their broker-side timestamps (seconds since the epoch, sorted) and, if
     asked, their values."""
     consumer = AIOKafkaConsumer(
-        topic,
         bootstrap_servers=address,
-        group_id=f"reader-{topic}",
-        auto_offset_reset="earliest",
+        enable_auto_commit=False,
         metadata_max_age_ms=500,
         fetch_max_wait_ms=500,  # producer-side timestamps time the worker; a lazy reader disturbs it less
     )
     await consumer.start()
-    seen, values, stamps = 0, [], []
+    # its partitions assigned directly, not through a consumer group: joining one took ~30 s on the embedded broker
     deadline = time.monotonic() + timeout
+    while not (partitions := consumer.partitions_for_topic(topic)) and time.monotonic() < deadline:
+        await consumer.topics()  # refreshes the metadata; the topic appears once the worker has created it
+        await asyncio.sleep(0.2)
+    consumer.assign([TopicPartition(topic, partition) for partition in sorted(partitions or ())])
+    await consumer.seek_to_beginning()
+    seen, values, stamps = 0, [], []
     try:
         while seen < count and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
@@ -130,6 +137,8 @@ def worker_env(address: str, prefix: str, data_dir: Path, web_port: int, setting
         "QCAT_WEB_PORT": str(web_port),
         "QCAT_DATA_DIR": str(data_dir),
         "QCAT_PARTITIONS": "2",
+        # the embedded broker holds a new group's first join for half the session timeout: start in 3 s, not 15-30
+        "QCAT_SESSION_TIMEOUT": "6",
         "QCAT_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         **settings,
     }
@@ -139,7 +148,7 @@ def run_variant(
     name: str, address: str, tmp: Path, count: int, settings: dict[str, str], steady: bool = False
 ) -> dict[str, Any]:
     """Preload `count` events, start the worker, time until every categorized output is back."""
-    prefix = f"bench-{name}-{os.getpid()}"
+    prefix = f"bench-{name}-{os.getpid()}-{next(RUN_NUMBERS)}"  # fresh topics and consumer group every run
     asyncio.run(preload(address, f"{prefix}.incoming", count))
     web_port = free_port()
     env = worker_env(address, prefix, tmp / name, web_port, settings)
@@ -159,6 +168,11 @@ def run_variant(
         terminate(process)
     print(f"{name:28} {count:7d} events  {result['events_per_s']:9.0f} events/s", flush=True)
     return result
+
+
+def paired_median(numerators: list[float], denominators: list[float]) -> float:
+    """The median of the rounds' ratios (each round's runs ran minutes apart at most)."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
 
 
 def inference_per_batch(web_port: int) -> float:
@@ -203,12 +217,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer events and no model runs: within 60 s")
     parser.add_argument("--events", type=int, default=None, help="events for the no-op runs (20000; quick 4000)")
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--noop-rounds", type=int, default=None, help="rounds of the no-op variants (3; quick 1)")
+    parser.add_argument("--model-rounds", type=int, default=3, help="engine / worker / engine rounds with the model")
     parser.add_argument(
         "--event-loop", choices=["uvloop", "asyncio"], default="uvloop", help="every variant's (the worker's default)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
     count = args.events or (4000 if args.quick else 20000)
+    args.noop_rounds = args.noop_rounds or (1 if args.quick else 3)
     batch = str(args.max_batch)
     report: dict[str, Any] = {
         "command": "python bench/pipeline.py " + " ".join(sys.argv[1:]),
@@ -223,14 +240,24 @@ def main() -> None:
             "QCAT_MAX_BATCH": batch,
             "QCAT_MAX_WAIT": "0.05",
         }
-        naive = run_variant("naive-faust", broker.address, tmp, count, loop)
+        variants = {"naive-faust": loop}
         if args.event_loop != "asyncio":  # as a naive agent runs by default: Faust on asyncio's loop
-            naive_default = run_variant("naive-faust-asyncio", broker.address, tmp, count, {})
-            report["naive_faust_asyncio"] = naive_default
-        ceiling = run_variant("consume-only-faust", broker.address, tmp, count, {"BENCH_CONSUME_ONLY": "1", **noop})
-        qcat = run_variant("qcat-noop", broker.address, tmp, count, noop)
-        qcat["vs_consume_only"] = qcat["events_per_s"] / ceiling["events_per_s"]
+            variants["naive-faust-asyncio"] = {}
+        variants |= {"consume-only-faust": {"BENCH_CONSUME_ONLY": "1", **noop}, "qcat-noop": noop}
+        # rounds of every variant in turn, each figure the median of its rounds: the machine drifts between runs
+        runs: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.noop_rounds):
+            for name, settings in variants.items():
+                runs[name].append(run_variant(name, broker.address, tmp, count, settings)["events_per_s"])
+        by_name = {
+            name: {"variant": name, "events": count, "events_per_s": statistics.median(rates), "rounds": rates}
+            for name, rates in runs.items()
+        }
+        naive, ceiling, qcat = by_name["naive-faust"], by_name["consume-only-faust"], by_name["qcat-noop"]
+        qcat["vs_consume_only"] = paired_median(runs["qcat-noop"], runs["consume-only-faust"])
         report |= {"naive_faust": naive, "consume_only_faust": ceiling, "qcat_noop": qcat}
+        if "naive-faust-asyncio" in by_name:
+            report["naive_faust_asyncio"] = by_name["naive-faust-asyncio"]
         if not args.quick:
             model = {
                 **loop,
@@ -240,31 +267,51 @@ def main() -> None:
                 "QCAT_BATCH_SIZE": batch,
             }
             model_events = 12 * args.max_batch
-            # the engine alone, twice before and twice after the worker; the median rides out this machine's drift
-            runs = [engine_throughput(args.max_batch, model_events // 2) for _ in range(2)]
-            worker = run_variant("qcat-qwen3-shape", broker.address, tmp, model_events, model, steady=True)
-            runs += [engine_throughput(args.max_batch, model_events // 2) for _ in range(2)]
+            # this machine drifts by 10-20% within minutes: each round times the engine alone just before and just
+            # after the worker and takes the worker's ratio to their mean; the rounds' median ratio is reported
+            rounds = []
+            for _ in range(args.model_rounds):
+                before = engine_throughput(args.max_batch, model_events // 2)
+                worker = run_variant("qcat-qwen3-shape", broker.address, tmp, model_events, model, steady=True)
+                after = engine_throughput(args.max_batch, model_events // 2)
+                alone = statistics.fmean([before["events_per_s"], after["events_per_s"]])
+                batch_s = statistics.fmean([before["p50_batch_s"], after["p50_batch_s"]])
+                rounds.append(
+                    worker
+                    | {
+                        "engine_alone_events_per_s": alone,
+                        "vs_engine": worker["events_per_s"] / alone,
+                        "model_slowdown_in_worker": worker["inference_s_per_batch"] / batch_s,
+                        "engine_runs": [before, after],
+                    }
+                )
+                print(
+                    f"{'engine alone, batch ' + batch:28} before {before['events_per_s']:.1f}, after "
+                    f"{after['events_per_s']:.1f} events/s; worker / engine {rounds[-1]['vs_engine']:.2f}"
+                )
             engine = {
-                "events_per_s": statistics.median(run["events_per_s"] for run in runs),
-                "p50_batch_s": statistics.median(run["p50_batch_s"] for run in runs),
-                "runs": runs,
+                "events_per_s": statistics.median(r["engine_alone_events_per_s"] for r in rounds),
+                "p50_batch_s": statistics.median(run["p50_batch_s"] for r in rounds for run in r["engine_runs"]),
+            }
+            worker = {
+                "variant": "qcat-qwen3-shape",
+                "events": model_events,
+                "events_per_s": statistics.median(r["events_per_s"] for r in rounds),
+                "vs_engine": statistics.median(r["vs_engine"] for r in rounds),
+                "model_slowdown_in_worker": statistics.median(r["model_slowdown_in_worker"] for r in rounds),
+                "rounds": rounds,
             }
             print(
-                f"{'engine alone, batch ' + batch:28} {model_events:7d} events  {engine['events_per_s']:9.1f} events/s"
-                f" (median of {[round(run['events_per_s'], 1) for run in runs]})"
-            )
-            worker["vs_engine"] = worker["events_per_s"] / engine["events_per_s"]
-            worker["model_slowdown_in_worker"] = worker["inference_s_per_batch"] / engine["p50_batch_s"]
-            print(
-                f"worker / engine: {worker['vs_engine']:.2f}; the model's own batch time in the worker / alone: "
+                f"worker / engine, median of {len(rounds)} rounds: {worker['vs_engine']:.2f} "
+                f"({[round(r['vs_engine'], 2) for r in rounds]}); the model's own batch time in the worker / alone: "
                 f"{worker['model_slowdown_in_worker']:.2f}"
             )
             report |= {"engine_alone": engine, "qcat_qwen3_shape": worker}
             report["latency_at_half_load"] = latency_at_half_load(broker.address, tmp, model, engine, args)
-    speedup = qcat["events_per_s"] / naive["events_per_s"]
+    speedup = paired_median(runs["qcat-noop"], runs["naive-faust"])
     report["speedup_vs_naive_faust"] = speedup
-    if "naive_faust_asyncio" in report:
-        default_loop = qcat["events_per_s"] / report["naive_faust_asyncio"]["events_per_s"]
+    if "naive-faust-asyncio" in runs:
+        default_loop = paired_median(runs["qcat-noop"], runs["naive-faust-asyncio"])
         report["speedup_vs_naive_faust_asyncio"] = default_loop
         print(f"qcat no-op vs the naive agent on Faust's default asyncio loop: {default_loop:.1f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,8 @@ def start_worker(address: str, choice: Choice, tmp: Path) -> tuple[subprocess.Po
         "QCAT_WEB_PORT": str(web_port),
         "QCAT_DATA_DIR": str(tmp / "faust"),
         "QCAT_MAX_WAIT": "0.05",
+        # The embedded broker holds a new group's first join for half the session timeout (30 s by default).
+        "QCAT_SESSION_TIMEOUT": "6",
         # The built-in model's confidences are noise, so it routes everything; real models send doubt to review.
         "QCAT_CONFIDENCE_THRESHOLD": "0.0" if choice.base_model == TINY_NAME else "0.5",
     }
