@@ -111,7 +111,7 @@ async def drain(
         if present >= count or present == previous > 0:
             break
         previous = present
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
     await consumer.seek_to_beginning()
     seen, values, stamps = 0, [], []
     try:
@@ -234,7 +234,7 @@ def engine_throughput(batch_size: int, count: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer events and no model runs: within 60 s")
+    parser.add_argument("--quick", action="store_true", help="fewer events, no asyncio or model runs: within 60 s")
     parser.add_argument("--events", type=int, default=None, help="events for the no-op runs (20000; quick 4000)")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--noop-rounds", type=int, default=None, help="rounds of the no-op variants (3; quick 1)")
@@ -264,7 +264,7 @@ def main() -> None:
             "QCAT_MAX_WAIT": "0.05",
         }
         variants = {"naive-faust": loop, "naive-faust-records": {**loop, "BENCH_NAIVE_RECORDS": "1"}}
-        if args.event_loop != "asyncio":  # as a naive agent runs by default: Faust on asyncio's loop
+        if args.event_loop != "asyncio" and not args.quick:  # as a naive agent runs by default: on asyncio's loop
             variants["naive-faust-asyncio"] = {}
         variants |= {"consume-only-faust": {"BENCH_CONSUME_ONLY": "1", **noop}, "qcat-noop": noop}
         # rounds of every variant in turn, each figure the median of its rounds: the machine drifts between runs
