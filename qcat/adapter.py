@@ -57,10 +57,15 @@ def read_manifest(directory: Path) -> AdapterManifest:
         raise AdapterError(f"Adapter directory {directory} does not exist.")
     if not path.is_file():
         raise AdapterError(f"{directory} is not a qcat adapter: {MANIFEST} is missing (half-written or not ours).")
+    return parse_manifest(path.read_bytes(), str(directory))
+
+
+def parse_manifest(content: bytes, directory: str) -> AdapterManifest:
+    """A manifest's bytes, from a local file or an object store, checked as `read_manifest` checks them."""
     try:
-        manifest = AdapterManifest.model_validate_json(path.read_text(encoding="utf-8"))
-    except (ValidationError, UnicodeDecodeError) as error:
-        raise AdapterError(f"{path} is not a valid qcat manifest: {error}") from error
+        manifest = AdapterManifest.model_validate_json(content)
+    except ValidationError as error:
+        raise AdapterError(f"{directory}/{MANIFEST} is not a valid qcat manifest: {error}") from error
     if manifest.format_version != ADAPTER_FORMAT_VERSION or manifest.prompt_format_version != PROMPT_FORMAT_VERSION:
         raise AdapterError(
             f"{directory} uses adapter format {manifest.format_version} / prompt format "

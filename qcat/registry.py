@@ -1,8 +1,15 @@
-"""The adapter registry: a directory of immutable adapter versions and an atomically switched "current" pointer.
+"""The adapter registry: immutable adapter versions and an atomically switched "current" pointer, in a local
+directory or, through fsspec, at an object-store URL (`s3://bucket/qcat`, `gs://...`; install that store's fsspec
+package, e.g. s3fs, gcsfs).
 
     <root>/versions/<version>/   adapter weights (safetensors), qcat-manifest.json, report/
-    <root>/current.json          {"version": ...}, replaced atomically (write a temp file, then os.replace)
+    <root>/current.json          {"version": ...}: written beside, then moved into place (a rename on a local disk,
+                                 a single-object copy on a store: readers see the old or the new, never half)
     <root>/history.jsonl         every promotion and rollback, so a rollback knows what came before
+
+A version is written under a hidden staging name and moved into place, so listings never show half an adapter.
+Adapters are loaded from local files: a store's versions are downloaded once into a local cache (versions are
+immutable, so a cached copy never goes stale).
 
 `promote` refuses a candidate that scores worse than the current adapter on the same eval set (beyond a tolerance),
 or that was evaluated on a different eval set, unless forced.
@@ -10,16 +17,22 @@ or that was evaluated on a different eval set, unless forced.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from qcat.adapter import AdapterManifest, read_manifest
-from qcat.errors import QcatError
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from qcat.adapter import MANIFEST, AdapterManifest, parse_manifest, read_manifest
+from qcat.errors import AdapterError, QcatError
 
 DEFAULT_METRIC = "accuracy"
 DEFAULT_TOLERANCE = 0.005
@@ -37,45 +50,77 @@ class Decision:
     reason: str
 
 
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qcat" / "registry"
+
+
 class Registry:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.versions = root / "versions"
+    def __init__(self, root: str | Path, cache: Path | None = None) -> None:
+        self.url = str(root)
+        try:
+            self.fs, self.root = url_to_fs(self.url)
+        except (ImportError, ValueError) as error:
+            raise RegistryError(f"cannot open the registry {self.url}: {error}") from error
+        self.local = isinstance(self.fs, LocalFileSystem)
+        self.versions = f"{self.root}/versions"
+        self.cache = (cache or default_cache()) / hashlib.sha256(self.url.encode()).hexdigest()[:16]
 
     def add(self, adapter: Path) -> AdapterManifest:
         """Copy a trained adapter directory into the registry under its manifest's version."""
         manifest = read_manifest(adapter)
-        target = self.versions / manifest.version
-        if target.exists():
+        target = f"{self.versions}/{manifest.version}"
+        if self.fs.exists(target):
             raise RegistryError(f"version {manifest.version} is already registered; versions are immutable")
-        self.versions.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.versions, prefix=f".{manifest.version}."))
-        shutil.copytree(adapter, staging / "adapter")
-        (staging / "adapter").rename(target)
-        staging.rmdir()
+        staging = f"{self.versions}/.{manifest.version}.{uuid.uuid4().hex}"
+        self.fs.makedirs(self.versions, exist_ok=True)
+        self.fs.put(str(adapter), staging, recursive=True)
+        self.fs.mv(staging, target, recursive=True)
         return manifest
 
     def manifests(self) -> list[AdapterManifest]:
-        if not self.versions.is_dir():
+        if not self.fs.isdir(self.versions):
             return []
-        manifests = [read_manifest(path) for path in self.versions.iterdir() if not path.name.startswith(".")]
+        names = [name.rstrip("/").rsplit("/", 1)[-1] for name in self.fs.ls(self.versions, detail=False)]
+        manifests = [self._manifest(name) for name in names if not name.startswith(".")]
         return sorted(manifests, key=lambda m: m.created_at)
 
-    def path(self, version: str) -> Path:
-        path = self.versions / version
-        if not path.is_dir():
+    def _manifest(self, version: str) -> AdapterManifest:
+        where = f"{self.versions}/{version}"
+        try:
+            return parse_manifest(self.fs.cat_file(f"{where}/{MANIFEST}"), where)
+        except FileNotFoundError as error:
+            raise AdapterError(f"{where} is not a qcat adapter: {MANIFEST} is missing") from error
+
+    def _check_known(self, version: str) -> None:
+        if not self.fs.isdir(f"{self.versions}/{version}"):
             known = [m.version for m in self.manifests()]
-            raise RegistryError(f"no adapter version {version!r} in {self.root}; known: {known}")
-        return path
+            raise RegistryError(f"no adapter version {version!r} in {self.url}; known: {known}")
+
+    def path(self, version: str) -> Path:
+        """A local directory holding the version: the registry's own on a local disk, else a cached download."""
+        self._check_known(version)
+        if self.local:
+            return Path(self.versions) / version
+        cached = self.cache / version
+        if not cached.is_dir():
+            self.cache.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=self.cache, prefix=f".{version}."))
+            self.fs.get(f"{self.versions}/{version}", str(staging / version), recursive=True)
+            with contextlib.suppress(OSError):  # another process cached it first: the same immutable version
+                (staging / version).rename(cached)
+            shutil.rmtree(staging, ignore_errors=True)
+        return cached
 
     def show(self, version: str) -> AdapterManifest:
-        return read_manifest(self.path(version))
+        self._check_known(version)
+        return self._manifest(version)
 
     def current(self) -> str | None:
-        pointer = self.root / "current.json"
-        if not pointer.is_file():
+        try:
+            pointer = self.fs.cat_file(f"{self.root}/current.json")
+        except FileNotFoundError:
             return None
-        version: str = json.loads(pointer.read_text(encoding="utf-8"))["version"]
+        version: str = json.loads(pointer)["version"]
         return version
 
     def current_path(self) -> Path | None:
@@ -109,16 +154,13 @@ class Registry:
         if current is None or not earlier:
             raise RegistryError("nothing to roll back to: no earlier promotion recorded")
         target = earlier[-1]
-        self.path(target)
+        self._check_known(target)
         self._point_to(target, action="rollback", previous=current, forced=True)
         return Decision(True, target, current, f"rolled back from {current}")
 
     def _point_to(self, version: str, *, action: str, previous: str | None, forced: bool) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.root, prefix=".current.")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump({"version": version}, out)
-        os.replace(temporary, self.root / "current.json")
+        self.fs.makedirs(self.root, exist_ok=True)
+        self._replace("current.json", json.dumps({"version": version}).encode())
         entry = {
             "at": datetime.now(UTC).isoformat(),
             "action": action,
@@ -126,14 +168,21 @@ class Registry:
             "previous": previous,
             "forced": forced,
         }
-        with (self.root / "history.jsonl").open("a", encoding="utf-8") as log:
-            log.write(json.dumps(entry) + "\n")
+        lines = [*self._history(), entry]  # rewritten whole: object stores cannot append
+        self._replace("history.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode())
+
+    def _replace(self, name: str, content: bytes) -> None:
+        """Write beside, then move into place: readers see the old file or the new one, never half of one."""
+        staging = f"{self.root}/.{name}.{uuid.uuid4().hex}"
+        self.fs.pipe_file(staging, content)
+        self.fs.mv(staging, f"{self.root}/{name}")
 
     def _history(self) -> list[dict[str, object]]:
-        path = self.root / "history.jsonl"
-        if not path.is_file():
+        try:
+            content = self.fs.cat_file(f"{self.root}/history.jsonl").decode("utf-8")
+        except FileNotFoundError:
             return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [json.loads(line) for line in content.splitlines() if line.strip()]
 
 
 def _refusal(candidate: AdapterManifest, current: AdapterManifest, metric: str, tolerance: float) -> str | None:

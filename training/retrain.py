@@ -38,7 +38,7 @@ class RetrainRequest:
     data: Path
     corrections: Path
     eval_data: Path
-    registry: Path
+    registry: str  # a directory or an fsspec URL
     work: Path
     taxonomy: Path | None = None
     from_current: bool = False

@@ -22,7 +22,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from pydantic import ValidationError
 
 from qcat.errors import QcatError
-from qcat.registry import Registry
+from qcat.registry import Registry, RegistryError
 from schemas.events import AdapterAnnouncement
 from worker.classifier import Classifier
 from worker.metrics import WorkerMetrics
@@ -101,10 +101,12 @@ class AdapterWatcher:
             loader.shutdown(wait=False)
 
     def _resolve(self, announcement: AdapterAnnouncement) -> Path:
+        """The version in this worker's registry (downloaded if the registry is a store), else the announced path."""
         if self.settings.registry is not None:
-            candidate = Registry(self.settings.registry).versions / announcement.version
-            if candidate.is_dir():
-                return candidate
+            try:
+                return Registry(self.settings.registry).path(announcement.version)
+            except RegistryError:
+                pass
         return Path(announcement.path)
 
     def _refuse(self, result: str, announcement: AdapterAnnouncement, why: str) -> None:

@@ -37,9 +37,10 @@ class WorkerSettings(EngineSettings):
     confidence_threshold: float = Field(default=0.5, ge=0, le=1, description="Below it, events go to review.")
     max_text_chars: int = Field(default=2000, ge=1, le=10_000, description="Longer questions are dead-lettered.")
 
-    registry: Path | None = Field(
+    registry: str | None = Field(
         default=None,
-        description="Adapter registry: its current version is served at start, announced versions resolve in it.",
+        description="Adapter registry (a directory, or an fsspec URL such as s3://bucket/qcat): its current version is "
+        "served at start, announced versions resolve in it.",
     )
     corrections_dir: Path = Field(
         default=Path("qcat-data/corrections"), description="Where validated corrections are stored (JSON Lines)."

@@ -51,7 +51,9 @@ def fail(error: QcatError) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-RegistryOption = Annotated[Path, typer.Option("--registry", envvar="QCAT_REGISTRY", help="Registry directory.")]
+RegistryOption = Annotated[
+    str, typer.Option("--registry", envvar="QCAT_REGISTRY", help="Registry directory, or an fsspec URL (s3://...).")
+]
 AnnounceOption = Annotated[
     bool,
     typer.Option(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qcat.adapter import AdapterManifest, new_lora, save_adapter
+from qcat.adapter import AdapterManifest, new_lora, read_manifest, save_adapter
 from qcat.model import LoadedModel
 from qcat.registry import Registry, RegistryError
 from schemas.taxonomy import Taxonomy
@@ -80,3 +80,34 @@ def test_versions_are_immutable_and_unknown_ones_named(make: Callable[..., Path]
         registry.show("v9")
     with pytest.raises(RegistryError, match="nothing to roll back"):
         registry.rollback()
+
+
+def test_registry_at_a_url_downloads_versions_into_a_local_cache(make: Callable[..., Path], tmp_path: Path) -> None:
+    """The same gate and pointer through fsspec at a non-local URL (fsspec's in-memory store); adapters are served
+    from a local cached copy, so the engine never reads a store directly."""
+    url = f"memory://qcat-test-{tmp_path.name}"
+    registry = Registry(url, cache=tmp_path / "cache")
+    assert not registry.local
+    v1 = make("v1", 0.90)
+    registry.add(v1)
+    registry.add(make("v2", 0.80))
+    assert [m.version for m in registry.manifests()] == ["v1", "v2"]
+    assert registry.current() is None
+    assert registry.promote("v1").promoted
+    assert not registry.promote("v2").promoted, "the gate holds at a URL too"
+    reopened = Registry(url, cache=tmp_path / "cache")
+    assert reopened.current() == "v1"
+    local = reopened.current_path()
+    assert local is not None
+    assert local.is_relative_to(tmp_path / "cache")
+    assert read_manifest(local).version == "v1"
+    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in v1.iterdir())
+    assert registry.promote("v2", force=True).promoted
+    assert registry.rollback().version == "v1"
+    with pytest.raises(RegistryError, match=r"known: \['v1', 'v2'\]"):
+        registry.path("v9")
+
+
+def test_registry_url_without_its_filesystem_package_says_so(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="cannot open the registry"):
+        Registry("nosuchstore://bucket/qcat")
