@@ -226,7 +226,7 @@ def bad_adapters(tmp: Path) -> dict[str, Any]:
     registry.promote(v1)
 
     def broken(name: str, damage: Callable[[Path], None]) -> str:
-        target = registry.versions / name
+        target = Path(registry.versions) / name
         shutil.copytree(registry.path(v1), target)
         manifest = json.loads((target / "qcat-manifest.json").read_text()) | {"version": name}
         (target / "qcat-manifest.json").write_text(json.dumps(manifest))
