@@ -28,9 +28,11 @@ ENV PATH=/opt/qcat/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/models \
     QCAT_DATA_DIR=/tmp/qcat-worker \
+    XDG_CACHE_HOME=/tmp/cache \
     QCAT_CORRECTIONS_DIR=/data/corrections \
     QCAT_WEB_PORT=6066
-# /models: the Hugging Face cache (or a provisioned model directory); /data: corrections and the adapter registry
+# /models: the Hugging Face cache (or a provisioned model directory); /data: corrections and the adapter registry;
+# /tmp (writable under a read-only root): the worker's state and the cache of adapters from a registry in a bucket
 VOLUME ["/models", "/data"]
 USER 10001
 WORKDIR /home/qcat
