@@ -11,6 +11,7 @@ serving its current adapter, logs why and sets `qcat_adapter_behind`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,10 +76,9 @@ class AdapterWatcher:
         current = self.serving.classifier
         if announcement.version == current.adapter_version:
             return
-        path = self._resolve(announcement)
-        log.info("loading announced adapter", version=announcement.version, action=announcement.action, path=str(path))
-        try:
-            loaded = await self._load_in_passing_thread(path)
+        log.info("loading announced adapter", version=announcement.version, action=announcement.action)
+        try:  # resolved in the thread too: from a registry in a bucket, that is a download
+            loaded = await self._load_in_passing_thread(lambda: self.load(self._resolve(announcement)))
         except Exception as error:  # noqa: BLE001 - whatever breaks the load, the worker keeps serving
             self._refuse("failed", announcement, f"{type(error).__name__}: {error}")
             return
@@ -91,23 +91,23 @@ class AdapterWatcher:
         self.metrics.model.info({"base_model": loaded.model_name, "adapter": loaded.adapter_version or "zero-shot"})
         log.info("adapter swapped", previous=current.adapter_version, adapter=loaded.adapter_version)
 
-    async def _load_in_passing_thread(self, path: Path) -> Classifier:
+    async def _load_in_passing_thread(self, load: Callable[[], Classifier]) -> Classifier:
         """Load off the event loop in a thread that ends afterwards: torch's OpenMP worker threads belong to the
         thread that starts them, and a second long-lived team would slow the inference thread's (worker/main.py)."""
         loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-adapter-loader")
         try:
-            return await asyncio.get_running_loop().run_in_executor(loader, self.load, path)
+            return await asyncio.get_running_loop().run_in_executor(loader, load)
         finally:
             loader.shutdown(wait=False)
 
     def _resolve(self, announcement: AdapterAnnouncement) -> Path:
         """The version in this worker's registry (downloaded if the registry is a store), else the announced path."""
+        path = Path(announcement.path)
         if self.settings.registry is not None:
-            try:
-                return Registry(self.settings.registry).path(announcement.version)
-            except RegistryError:
-                pass
-        return Path(announcement.path)
+            with contextlib.suppress(RegistryError):
+                path = Registry(self.settings.registry).path(announcement.version)
+        log.info("announced adapter resolved", version=announcement.version, path=str(path))
+        return path
 
     def _refuse(self, result: str, announcement: AdapterAnnouncement, why: str) -> None:
         self.metrics.adapter_swaps.labels(result).inc()
