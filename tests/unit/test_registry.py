@@ -111,3 +111,54 @@ def test_registry_at_a_url_downloads_versions_into_a_local_cache(make: Callable[
 def test_registry_url_without_its_filesystem_package_says_so(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="cannot open the registry"):
         Registry("nosuchstore://bucket/qcat")
+
+
+def test_a_worker_resolves_an_announced_version_from_a_bucket(
+    make: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An announcement resolves through the worker's registry URL to a local cached copy, loaded off the event loop;
+    a version the registry lacks falls back to the announced path, and a failed load leaves serving as it was."""
+    import asyncio
+    import threading
+
+    from schemas.events import AdapterAnnouncement
+    from worker.classifier import ConstantClassifier
+    from worker.hot_swap import AdapterWatcher, Serving
+    from worker.metrics import WorkerMetrics
+    from worker.settings import WorkerSettings
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    url = f"memory://qcat-watch-{tmp_path.name}"
+    Registry(url).add(make("v1", 0.9))
+    loads: list[tuple[Path, str]] = []
+    resolving_threads: list[str] = []
+    resolve = Registry.path
+
+    def spied_path(registry: Registry, version: str) -> Path:
+        resolving_threads.append(threading.current_thread().name)
+        return resolve(registry, version)
+
+    monkeypatch.setattr(Registry, "path", spied_path)
+
+    def load(path: Path) -> ConstantClassifier:
+        loads.append((path, threading.current_thread().name))
+        if not (path / "qcat-manifest.json").is_file():
+            raise FileNotFoundError(path)
+        return ConstantClassifier(TAXONOMY)
+
+    serving = Serving(ConstantClassifier(TAXONOMY))
+    watcher = AdapterWatcher(WorkerSettings(registry=url), "t.adapters", serving, WorkerMetrics(), load)
+    before = serving.classifier
+    missing = AdapterAnnouncement(action="promote", version="v9", path=str(tmp_path / "nowhere"))
+    asyncio.run(watcher.handle(missing.model_dump_json().encode()))
+    assert loads[-1][0] == tmp_path / "nowhere"
+    assert serving.classifier is before, "a failed load keeps the current classifier"
+    announced = AdapterAnnouncement(action="promote", version="v1", path="/not/used")
+    asyncio.run(watcher.handle(announced.model_dump_json().encode()))
+    path, thread = loads[-1]
+    assert path.is_relative_to(tmp_path / "xdg" / "qcat" / "registry")
+    assert read_manifest(path).version == "v1"
+    assert thread.startswith("qcat-adapter-loader")
+    assert resolving_threads, "resolved through the registry"
+    assert all(name.startswith("qcat-adapter-loader") for name in resolving_threads), "a download never blocks the loop"
+    assert serving.classifier is not before
