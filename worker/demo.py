@@ -37,10 +37,20 @@ class Choice:
     why: str
 
 
-def choose_model(adapter: Path | None, base_model: str | None) -> Choice:
-    """The best model available offline: a given adapter, else the hub model if cached, else the built-in one."""
+def choose_model(adapter: Path | None, base_model: str | None, registry: str | None = None) -> Choice:
+    """The best model available offline: a given adapter, else the registry's promoted one, else the hub model if
+    cached, else the built-in one. An adapter brings its own base model (its manifest's) unless one is given."""
+    why = f"adapter {adapter} was given"
+    if adapter is None and registry is not None:
+        from qcat.registry import Registry
+
+        adapter = Registry(registry).current_path()
+        if adapter is not None:
+            why = f"{adapter.name} is the promoted adapter in the registry {registry}"
     if adapter is not None:
-        return Choice(base_model or DEFAULT_BASE_MODEL, adapter, f"adapter {adapter} was given")
+        from qcat.adapter import read_manifest
+
+        return Choice(base_model or read_manifest(adapter).base_model, adapter, why)
     if base_model is not None:
         return Choice(base_model, None, "--base-model was given")
     try:
@@ -54,13 +64,15 @@ def choose_model(adapter: Path | None, base_model: str | None) -> Choice:
     return Choice(
         TINY_NAME,
         None,
-        f"no adapter given and {DEFAULT_BASE_MODEL} is not cached: using the built-in random-weight model, so the "
-        "labels are noise; the plumbing (batching, routing, dead letters) is real",
+        f"no adapter given or promoted and {DEFAULT_BASE_MODEL} is not cached: using the built-in random-weight "
+        "model, so the labels are noise; the plumbing (batching, routing, dead letters) is real",
     )
 
 
-def run_demo(*, count: int, rate: float, adapter: Path | None, base_model: str | None, console: Console) -> int:
-    choice = choose_model(adapter, base_model)
+def run_demo(
+    *, count: int, rate: float, adapter: Path | None, base_model: str | None, registry: str | None, console: Console
+) -> int:
+    choice = choose_model(adapter, base_model, registry)
     console.print(f"[bold]model:[/] {choice.base_model}" + (f" + {choice.adapter}" if choice.adapter else ""))
     console.print(f"[dim]why: {choice.why}[/]")
     questions = read_questions(SAMPLES)[:count]

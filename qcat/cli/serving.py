@@ -115,12 +115,20 @@ def demo(
     rate: Annotated[float, typer.Option(help="Questions per second.")] = 20.0,
     base_model: BaseModelOption = None,
     adapter: AdapterOption = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            "--registry", envvar="QCAT_REGISTRY", help="Without --adapter: serve this registry's promoted one."
+        ),
+    ] = None,
 ) -> None:
     """Run broker + worker locally, stream sample questions through them and show where each one is routed."""
     from worker.demo import run_demo
 
     try:
-        code = run_demo(count=count, rate=rate, adapter=adapter, base_model=base_model, console=Console())
+        code = run_demo(
+            count=count, rate=rate, adapter=adapter, base_model=base_model, registry=registry, console=Console()
+        )
     except QcatError as error:
         raise fail(error) from error
     raise typer.Exit(code=code)
