@@ -6,10 +6,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from qcat.adapter import AdapterManifest, new_lora, save_adapter
 from qcat.model import LoadedModel
 from qcat.registry import Registry
 from schemas.taxonomy import Taxonomy
+from tests.helpers.adapters import untrained_adapter
 from tests.integration.kafka import run_qcat
 
 TREC6 = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
@@ -31,15 +31,7 @@ def test_demo_runs_offline_on_the_built_in_model_and_routes_every_question(tmp_p
 
 
 def test_demo_serves_the_registry_s_promoted_adapter(fresh_tiny: Callable[[], LoadedModel], tmp_path: Path) -> None:
-    base = fresh_tiny()
-    manifest = AdapterManifest(
-        version="v-demo",
-        taxonomy=TREC6,
-        base_model=base.name,
-        base_fingerprint=base.fingerprint,
-        max_question_tokens=32,
-    )
-    adapter = save_adapter(new_lora(base, TREC6, rank=2, alpha=4), manifest, tmp_path / "built")
+    adapter = untrained_adapter(fresh_tiny(), TREC6, "v-demo", tmp_path / "built")
     registry = Registry(tmp_path / "registry")
     registry.add(adapter)
     assert registry.promote("v-demo").promoted

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from qcat.adapter import AdapterManifest, new_lora, read_manifest, save_adapter
+from qcat.adapter import read_manifest
 from qcat.model import LoadedModel
 from qcat.registry import Registry, RegistryError
 from schemas.taxonomy import Taxonomy
+from tests.helpers.adapters import untrained_adapter
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 
@@ -20,17 +21,11 @@ def make(fresh_tiny: Callable[[], LoadedModel], tmp_path: Path) -> Callable[...,
     """Saves a real (untrained) LoRA adapter with the given version, accuracy and eval set."""
 
     def build(version: str, accuracy: float, eval_fingerprint: str | None = "eval-A") -> Path:
-        base = fresh_tiny()
-        manifest = AdapterManifest(
-            version=version,
-            taxonomy=TAXONOMY,
-            base_model=base.name,
-            base_fingerprint=base.fingerprint,
-            max_question_tokens=32,
-            metrics={"accuracy": accuracy},
-            eval_fingerprint=eval_fingerprint,
+        metrics = {"accuracy": accuracy}
+        directory = tmp_path / "built" / version
+        return untrained_adapter(
+            fresh_tiny(), TAXONOMY, version, directory, metrics=metrics, eval_fingerprint=eval_fingerprint
         )
-        return save_adapter(new_lora(base, TAXONOMY, rank=2, alpha=4), manifest, tmp_path / "built" / version)
 
     return build
 
