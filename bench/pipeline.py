@@ -42,7 +42,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.broker import EmbeddedBroker, free_port  # noqa: E402
+from worker.broker import FAST_JOIN_SESSION_TIMEOUT, EmbeddedBroker, free_port  # noqa: E402
 from worker.processes import terminate, wait_ready  # noqa: E402
 
 RUN_NUMBERS = itertools.count()
@@ -151,8 +151,7 @@ def worker_env(address: str, prefix: str, data_dir: Path, web_port: int, setting
         "QCAT_WEB_PORT": str(web_port),
         "QCAT_DATA_DIR": str(data_dir),
         "QCAT_PARTITIONS": "2",
-        # the embedded broker holds a new group's first join for half the session timeout: start in 3 s, not 15-30
-        "QCAT_SESSION_TIMEOUT": "6",
+        "QCAT_SESSION_TIMEOUT": str(FAST_JOIN_SESSION_TIMEOUT),
         "QCAT_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         **settings,
     }

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from qcat.settings import DEFAULT_BASE_MODEL
 from qcat.tiny import TINY_NAME
-from worker.broker import EmbeddedBroker, free_port
+from worker.broker import FAST_JOIN_SESSION_TIMEOUT, EmbeddedBroker, free_port
 from worker.processes import terminate, wait_ready
 from worker.send import read_questions
 
@@ -101,8 +101,7 @@ def start_worker(address: str, choice: Choice, tmp: Path) -> tuple[subprocess.Po
         "QCAT_WEB_PORT": str(web_port),
         "QCAT_DATA_DIR": str(tmp / "faust"),
         "QCAT_MAX_WAIT": "0.05",
-        # The embedded broker holds a new group's first join for half the session timeout (30 s by default).
-        "QCAT_SESSION_TIMEOUT": "6",
+        "QCAT_SESSION_TIMEOUT": str(FAST_JOIN_SESSION_TIMEOUT),
         # The built-in model's confidences are noise, so it routes everything; real models send doubt to review.
         "QCAT_CONFIDENCE_THRESHOLD": "0.0" if choice.base_model == TINY_NAME else "0.5",
     }
