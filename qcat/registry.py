@@ -97,18 +97,21 @@ class Registry:
             raise RegistryError(f"no adapter version {version!r} in {self.url}; known: {known}")
 
     def path(self, version: str) -> Path:
-        """A local directory holding the version: the registry's own on a local disk, else a cached download."""
-        self._check_known(version)
+        """A local directory holding the version: the registry's own on a local disk, else a cached download (a
+        cached version is served without asking the store again: versions are immutable)."""
         if self.local:
+            self._check_known(version)
             return Path(self.versions) / version
         cached = self.cache / version
-        if not cached.is_dir():
-            self.cache.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=self.cache, prefix=f".{version}."))
-            self.fs.get(f"{self.versions}/{version}", str(staging / version), recursive=True)
-            with contextlib.suppress(OSError):  # another process cached it first: the same immutable version
-                (staging / version).rename(cached)
-            shutil.rmtree(staging, ignore_errors=True)
+        if cached.is_dir():
+            return cached
+        self._check_known(version)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.cache, prefix=f".{version}."))
+        self.fs.get(f"{self.versions}/{version}", str(staging / version), recursive=True)
+        with contextlib.suppress(OSError):  # another process cached it first: the same immutable version
+            (staging / version).rename(cached)
+        shutil.rmtree(staging, ignore_errors=True)
         return cached
 
     def show(self, version: str) -> AdapterManifest:
