@@ -7,7 +7,8 @@
   (plus Faust's `__faust` type tag).
 - consume-only (`BENCH_CONSUME_ONLY=1`): micro-batches with `take_events` like qcat's worker and does nothing with
   them; `/stats` reports how many arrived and when. Faust's own ceiling on this machine: no worker built on Faust's
-  streams can move events faster.
+  streams can move events faster. With `BENCH_FAST_TRANSPORT=1`, on qcat's transport (worker/transport.py): the
+  ceiling of qcat's worker.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from schemas.taxonomy import Taxonomy
 from worker.classifier import ConstantClassifier
 from worker.main import use_event_loop
 from worker.topics import Topics
+from worker.transport import use_fast_transport
 
 
 class Question(faust.Record, serializer="json"):
@@ -69,6 +71,8 @@ def main() -> None:
         autodiscover=False,
         store="memory://",
     )
+    if os.environ.get("BENCH_FAST_TRANSPORT"):
+        use_fast_transport(app)
     incoming = app.topic(topics.incoming, value_type=bytes, key_type=bytes)
     categorized = app.topic(topics.categorized)
     routes = {label: app.topic(name) for label, name in topics.routes.items()}

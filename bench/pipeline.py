@@ -4,6 +4,8 @@
    event loop as qcat's worker (`--event-loop`, default uvloop) and, as a naive agent runs by default, on asyncio's;
    and the same agent written with Faust records, as Faust's documentation writes agents;
 2. a consume-only Faust agent (`take_events`, nothing else): the ceiling of any worker built on Faust's streams;
+   and the same agent on qcat's transport (worker/transport.py: Faust's fetch loop without its per-message tasks),
+   the ceiling of qcat's worker;
 3. qcat's worker with the same no-op classifier;
 4. qcat's worker with the engine on a random-weight Qwen3-0.6B-shaped model, against the engine's own batched
    throughput at the same batch size, in rounds (engine alone, worker, engine alone: the machine drifts; the median
@@ -171,12 +173,12 @@ def run_variant(
     asyncio.run(preload(address, f"{prefix}.incoming", count))
     web_port = free_port()
     env = worker_env(address, prefix, tmp / name, web_port, settings)
-    baseline = name.startswith(("naive-faust", "consume-only-faust"))
+    baseline = name.startswith(("naive-faust", "consume-only"))
     command = [sys.executable, "bench/naive_agent.py"] if baseline else [sys.executable, "-m", "qcat", "worker"]
     process = start(command, env, tmp / f"{name}.log", web_port)
     result: dict[str, Any] = {"variant": name, "events": count}
     try:
-        if name == "consume-only-faust":
+        if name.startswith("consume-only"):
             result["events_per_s"] = count / consumed_seconds(web_port, count, timeout=600)
         else:
             stamps, _ = asyncio.run(drain(address, f"{prefix}.categorized", count, 600, when_complete=not read_during))
@@ -233,7 +235,7 @@ def engine_throughput(batch_size: int, count: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer events, no asyncio or model runs: within 60 s")
+    parser.add_argument("--quick", action="store_true", help="fewer events, only naive, consume-only and qcat: 60 s")
     parser.add_argument("--events", type=int, default=None, help="events for the no-op runs (20000; quick 4000)")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--noop-rounds", type=int, default=None, help="rounds of the no-op variants (3; quick 1)")
@@ -262,10 +264,16 @@ def main() -> None:
             "QCAT_MAX_BATCH": batch,
             "QCAT_MAX_WAIT": "0.05",
         }
-        variants = {"naive-faust": loop, "naive-faust-records": {**loop, "BENCH_NAIVE_RECORDS": "1"}}
-        if args.event_loop != "asyncio" and not args.quick:  # as a naive agent runs by default: on asyncio's loop
-            variants["naive-faust-asyncio"] = {}
-        variants |= {"consume-only-faust": {"BENCH_CONSUME_ONLY": "1", **noop}, "qcat-noop": noop}
+        variants = {"naive-faust": loop}
+        if not args.quick:
+            variants["naive-faust-records"] = {**loop, "BENCH_NAIVE_RECORDS": "1"}
+            if args.event_loop != "asyncio":  # as a naive agent runs by default: on asyncio's loop
+                variants["naive-faust-asyncio"] = {}
+        variants |= {
+            "consume-only-faust": {"BENCH_CONSUME_ONLY": "1", **noop},
+            "consume-only-qcat-transport": {"BENCH_CONSUME_ONLY": "1", "BENCH_FAST_TRANSPORT": "1", **noop},
+            "qcat-noop": noop,
+        }
         # rounds of every variant in turn, each figure the median of its rounds: the machine drifts between runs
         runs: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.noop_rounds):
@@ -278,10 +286,12 @@ def main() -> None:
         }
         naive, ceiling, qcat = by_name["naive-faust"], by_name["consume-only-faust"], by_name["qcat-noop"]
         qcat["vs_consume_only"] = paired_median(runs["qcat-noop"], runs["consume-only-faust"])
+        qcat["vs_consume_only_qcat_transport"] = paired_median(runs["qcat-noop"], runs["consume-only-qcat-transport"])
         report |= {"naive_faust": naive, "consume_only_faust": ceiling, "qcat_noop": qcat}
-        report["naive_faust_records"] = by_name["naive-faust-records"]
-        if "naive-faust-asyncio" in by_name:
-            report["naive_faust_asyncio"] = by_name["naive-faust-asyncio"]
+        report["consume_only_qcat_transport"] = by_name["consume-only-qcat-transport"]
+        for name in ("naive-faust-records", "naive-faust-asyncio"):
+            if name in by_name:
+                report[name.replace("-", "_")] = by_name[name]
         if not args.quick:
             model = {
                 **loop,
@@ -334,9 +344,10 @@ def main() -> None:
             report["latency_at_half_load"] = latency_at_half_load(broker.address, tmp, model, engine, args)
     speedup = paired_median(runs["qcat-noop"], runs["naive-faust"])
     report["speedup_vs_naive_faust"] = speedup
-    records = paired_median(runs["qcat-noop"], runs["naive-faust-records"])
-    report["speedup_vs_naive_faust_records"] = records
-    print(f"qcat no-op vs the naive agent written with Faust records: {records:.1f}x")
+    if "naive-faust-records" in runs:
+        records = paired_median(runs["qcat-noop"], runs["naive-faust-records"])
+        report["speedup_vs_naive_faust_records"] = records
+        print(f"qcat no-op vs the naive agent written with Faust records: {records:.1f}x")
     if "naive-faust-asyncio" in runs:
         default_loop = paired_median(runs["qcat-noop"], runs["naive-faust-asyncio"])
         report["speedup_vs_naive_faust_asyncio"] = default_loop

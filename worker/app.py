@@ -32,6 +32,7 @@ from worker.process import BatchResult, Record, process_batch
 from worker.publisher import BatchPublisher
 from worker.settings import WorkerSettings
 from worker.topics import Topics
+from worker.transport import use_fast_transport
 
 log = structlog.get_logger(__name__)
 BATCHES_IN_FLIGHT = 4
@@ -78,6 +79,7 @@ def create_app(
         store="memory://",
         datadir=str(settings.data_dir),
     )
+    use_fast_transport(app)  # before the first topic asks for it
     incoming = app.topic(topics.incoming, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     ready = asyncio.Event()
     executor = inference or ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-inference")

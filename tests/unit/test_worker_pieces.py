@@ -16,6 +16,7 @@ from worker.classifier import ConstantClassifier
 from worker.decode import MAX_DEAD_LETTER_PAYLOAD, Rejected, dead_letter, decode_question
 from worker.main import start_inference
 from worker.process import Record, process_batch
+from worker.publisher import murmur2
 from worker.settings import WorkerSettings
 from worker.topics import Topics
 
@@ -159,3 +160,12 @@ def test_the_model_loads_warms_up_and_runs_in_one_inference_thread() -> None:
     assert isinstance(classifier, ThreadRecorder)
     (thread,) = classifier.threads
     assert thread.startswith("qcat-inference"), classifier.threads
+
+
+@pytest.mark.parametrize("length", range(41))
+def test_murmur2_is_kafkas_partition_hash(length: int) -> None:
+    """The publisher's murmur2 equals aiokafka's (Kafka's default partitioner) for keys of every tail length."""
+    from aiokafka.partitioner import murmur2 as reference
+
+    keys = [bytes(range(256))[:length], bytes(range(255, -1, -1))[:length], ("é" * length).encode()[:length]]
+    assert [murmur2(key) for key in keys] == [reference(key) for key in keys]
