@@ -21,6 +21,7 @@ from typing import Any, ClassVar, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 YIELD_EVERY = 100
 """Messages between yields to the event loop, as in Faust's loop."""
@@ -46,7 +47,7 @@ class Consumer(faust_aiokafka.Consumer):
                     self._worked_down.clear()
                     await self._worked_down.wait()
         except TimeoutError:
-            self.on_buffer_drop(tp)
+            self.on_buffer_drop(TP(tp.topic, tp.partition))  # Faust's marks are its TPs; the fetch loop's, aiokafka's
 
     async def _drain_messages(self, fetcher: Any) -> None:  # noqa: PLR0912 - Faust's loop, in its shape, to compare
         callback, getmany = self.callback, self.getmany
@@ -88,6 +89,9 @@ class Consumer(faust_aiokafka.Consumer):
         except asyncio.CancelledError:
             if not self.transport.app.should_stop:
                 raise
+        except Exception:
+            self.log.exception("Fetch loop crashed")
+            raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 

@@ -102,6 +102,31 @@ def test_sigkill_mid_stream_loses_nothing(broker: str, tmp_path: Path) -> None:
     print(f"sigkill after {seen_before} outputs: {len(ids) - total} duplicates of {total}")
 
 
+def test_a_backlog_drains_through_a_model_paced_classifier(broker: str, tmp_path: Path) -> None:
+    """A backlog far beyond the stream buffer, at a second a batch: the fetch loop's waits for buffer room outlast
+    its patience (worker/transport.py) and Faust's own delivery takes over; every event comes out, none stalls."""
+    prefix = unique("t-backlog")
+    total = 768
+    produce(
+        broker,
+        f"{prefix}.incoming",
+        [(f"p{i}".encode(), question(f"p{i}", f"Where is {i} ?"), []) for i in range(total)],
+    )
+    worker = WorkerProcess(broker, prefix, tmp_path, classifier="tests.helpers.slow:model_paced", max_batch=64).start()
+    try:
+        done = consume(
+            broker,
+            [f"{prefix}.categorized"],
+            lambda c: len({e["event_id"] for e in c.values(f"{prefix}.categorized")}) >= total,
+            timeout=120,
+        )
+        assert worker.process is not None
+        assert worker.process.poll() is None, worker.log()
+    finally:
+        worker.stop()
+    assert {e["event_id"] for e in done.values(f"{prefix}.categorized")} == {f"p{i}" for i in range(total)}
+
+
 def test_inference_slower_than_session_timeout_keeps_the_loop_responsive(broker: str, tmp_path: Path) -> None:
     """Batches taking 8 s (session timeout 6 s) run off the event loop: it keeps answering, no rebalance follows.
 
