@@ -92,6 +92,13 @@ def consume(
     return asyncio.run(_consume(address, topics, done, timeout, options))
 
 
+def categorized_ids(address: str, prefix: str, total: int, timeout: float) -> list[str]:
+    """Every `event_id` on the categorized topic, duplicates included, read until `total` distinct ones are there."""
+    topic = f"{prefix}.categorized"
+    done = consume(address, [topic], lambda c: len({e["event_id"] for e in c.values(topic)}) >= total, timeout=timeout)
+    return [e["event_id"] for e in done.values(topic)]
+
+
 def run_qcat(env: dict[str, str], *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`python -m qcat ARGS` to completion, output captured (for commands expected to exit)."""
     command = [sys.executable, "-m", "qcat", *(str(arg) for arg in args)]

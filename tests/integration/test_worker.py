@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from tests.integration.kafka import WorkerProcess, consume, produce, question, unique
+from tests.integration.kafka import WorkerProcess, categorized_ids, consume, produce, question, unique
 from worker.topics import topic_safe
 
 TREC6 = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
@@ -89,15 +89,9 @@ def test_sigkill_mid_stream_loses_nothing(broker: str, tmp_path: Path) -> None:
     assert seen_before < total, "the worker finished before it was killed; kill earlier"
     second = WorkerProcess(broker, prefix, tmp_path, max_batch=32).start()
     try:
-        done = consume(
-            broker,
-            [f"{prefix}.categorized"],
-            lambda c: len({e["event_id"] for e in c.values(f"{prefix}.categorized")}) >= total,
-            timeout=180,
-        )
+        ids = categorized_ids(broker, prefix, total, timeout=180)
     finally:
         second.stop()
-    ids = [e["event_id"] for e in done.values(f"{prefix}.categorized")]
     assert set(ids) == {f"k{i}" for i in range(total)}
     print(f"sigkill after {seen_before} outputs: {len(ids) - total} duplicates of {total}")
 
@@ -114,17 +108,12 @@ def test_a_backlog_drains_through_a_model_paced_classifier(broker: str, tmp_path
     )
     worker = WorkerProcess(broker, prefix, tmp_path, classifier="tests.helpers.slow:model_paced", max_batch=64).start()
     try:
-        done = consume(
-            broker,
-            [f"{prefix}.categorized"],
-            lambda c: len({e["event_id"] for e in c.values(f"{prefix}.categorized")}) >= total,
-            timeout=120,
-        )
+        ids = categorized_ids(broker, prefix, total, timeout=120)
         assert worker.process is not None
         assert worker.process.poll() is None, worker.log()
     finally:
         worker.stop()
-    assert {e["event_id"] for e in done.values(f"{prefix}.categorized")} == {f"p{i}" for i in range(total)}
+    assert set(ids) == {f"p{i}" for i in range(total)}
 
 
 def test_inference_slower_than_session_timeout_keeps_the_loop_responsive(broker: str, tmp_path: Path) -> None:
