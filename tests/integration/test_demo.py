@@ -24,6 +24,7 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_demo_runs_offline_on_the_built_in_model_and_routes_every_question(tmp_path: Path) -> None:
+    """With no adapter and no cached hub model, the demo says it falls back to the built-in model and routes all."""
     done = run_qcat(offline_env(tmp_path), "demo", "--count", 12, "--rate", 30)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "built-in random-weight model" in done.stdout
@@ -31,6 +32,7 @@ def test_demo_runs_offline_on_the_built_in_model_and_routes_every_question(tmp_p
 
 
 def test_demo_serves_the_registry_s_promoted_adapter(fresh_tiny: Callable[[], LoadedModel], tmp_path: Path) -> None:
+    """With QCAT_REGISTRY set, the demo serves the promoted version, names it and routes every question."""
     adapter = untrained_adapter(fresh_tiny(), TREC6, "v-demo", tmp_path / "built")
     registry = Registry(tmp_path / "registry")
     registry.add(adapter)

@@ -104,6 +104,7 @@ def test_registry_at_a_url_downloads_versions_into_a_local_cache(make: Callable[
 
 
 def test_registry_url_without_its_filesystem_package_says_so(tmp_path: Path) -> None:
+    """A URL whose fsspec filesystem is not installed fails with a RegistryError naming the registry."""
     with pytest.raises(RegistryError, match="cannot open the registry"):
         Registry("nosuchstore://bucket/qcat")
 
