@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--max-question-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="qcat train --compile")
+    parser.add_argument("--batching", default="length", choices=["length", "buckets", "random"])
     parser.add_argument("--tag", default="", help="suffix of the results folder (e.g. the machine)")
     parser.add_argument("--work", type=Path, default=None, help="where the adapter is written (default: /tmp)")
     args = parser.parse_args()
@@ -63,7 +64,7 @@ def main() -> None:
         "--learning-rate", args.learning_rate, "--rank", args.rank, "--patience", args.patience,
         *(["--label-smoothing", args.label_smoothing] if args.label_smoothing is not None else []),
         "--max-question-tokens", args.max_question_tokens, "--seed", args.seed,
-        *(["--compile"] if args.compile else []),
+        *(["--compile"] if args.compile else []), "--batching", args.batching,
     )  # fmt: skip
     train_seconds = time.perf_counter() - started
     shutil.copytree(work / "adapter" / "report", out / "train-split")

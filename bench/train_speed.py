@@ -1,13 +1,15 @@
 """Training speed: seconds per TREC-6 epoch and tokens/s, a plain recipe vs qcat's, side by side in one run.
 
 "plain" is the seed recipe's loop (batch 32, random order); "qcat-bN" is qcat's path with larger, length-grouped
-batches (`TrainConfig.group_by_length`); "qcat-bN-compiled" adds compiled decoder layers (`qcat train --compile`).
+batches (`TrainConfig.batching`; `--batching` adds the other orders as "qcat-bN-ORDER"); "qcat-bN-compiled" adds
+compiled decoder layers (`qcat train --compile`).
 All run qcat's own `fit()` (transformers' Trainer, LoRA on all linear layers, bf16 on CUDA) on a random-weight model
 of Qwen3-0.6B's exact shape (speed does not depend on weight values), or on `--base-model` (a hub id, local dir or
 .gguf file). Epoch time excludes evaluation; `seconds_per_epoch` is the median of the epochs after the first, which
 also pays for compiling (`first_epoch_seconds`).
 
     python bench/train_speed.py [--quick] [--device cuda] [--epochs 3] [--batch 128 256] [--compiled-batch 256 512]
+        [--batching length buckets random]
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def measure(
         torch.cuda.empty_cache()
     return {
         "batch_size": config.batch_size,
-        "group_by_length": config.group_by_length,
+        "batching": config.batching,
         "compiled": config.compile,
         "epochs": result["epochs_run"],
         "first_epoch_seconds": result["first_epoch_seconds"],
@@ -79,6 +81,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="per variant; plain runs one (it is the slow one)")
     parser.add_argument("--batch", type=int, nargs="*", default=[128], help="qcat batch sizes, eager")
     parser.add_argument("--compiled-batch", type=int, nargs="*", default=[], help="qcat batch sizes, compiled")
+    parser.add_argument("--batching", nargs="+", default=["length"], choices=["length", "buckets", "random"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     configure_logging(json=False, level="WARNING")
@@ -89,20 +92,23 @@ def main() -> None:
     held_out = load_examples(ROOT / "data" / "trec" / "test.jsonl")[:200]
     if args.quick:
         train, held_out = train[:64], held_out[:16]
-    plain = TrainConfig(epochs=1, batch_size=32, group_by_length=False, patience=args.epochs)
-    grouped = replace(plain, epochs=args.epochs, group_by_length=True)
+    plain = TrainConfig(epochs=1, batch_size=32, batching="random", patience=args.epochs)
     variants = {"plain": plain}
-    variants |= {f"qcat-b{size}": replace(grouped, batch_size=size) for size in args.batch}
-    variants |= {
-        f"qcat-b{size}-compiled": replace(grouped, batch_size=size, compile=True) for size in args.compiled_batch
-    }
+    for batching in args.batching:
+        qcat = replace(plain, epochs=args.epochs, batching=batching)
+        order = "" if batching == "length" else f"-{batching}"
+        variants |= {f"qcat-b{size}{order}": replace(qcat, batch_size=size) for size in args.batch}
+        variants |= {
+            f"qcat-b{size}-compiled{order}": replace(qcat, batch_size=size, compile=True)
+            for size in args.compiled_batch
+        }
     work = Path("/tmp") / f"qcat-train-speed-{time.time_ns()}"
     results = {}
     for label, config in variants.items():
         results[label] = measure(args.base_model, device, dtype, train, held_out, config, work / label)
         row = results[label]
         print(
-            f"{label:20} batch {row['batch_size']:>4} grouped={row['group_by_length']!s:5} "
+            f"{label:28} batch {row['batch_size']:>4} {row['batching']:7} "
             f"compiled={row['compiled']!s:5}: first epoch {row['first_epoch_seconds']:7.2f} s, then "
             f"{row['seconds_per_epoch']:7.2f} s/epoch {row['tokens_per_s']:10.0f} tokens/s",
             flush=True,

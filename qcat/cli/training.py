@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -51,6 +51,13 @@ def train(
     max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
     seed: SeedOption = 0,
     compile_layers: CompileOption = False,
+    batching: Annotated[
+        Literal["length", "buckets", "random"],
+        typer.Option(
+            help="Batches of similar lengths in a long-to-short sweep (transformers' grouping), the same batches in "
+            "random order, or random rows (most padding)."
+        ),
+    ] = "length",
     init_adapter: Annotated[
         Path | None, typer.Option(help="Continue training this adapter (same base model and labels).")
     ] = None,
@@ -84,6 +91,7 @@ def train(
             seed=seed,
             label_smoothing=label_smoothing,
             compile=compile_layers,
+            batching=batching,
             report_to=tuple(report_to or ()),
         ),
     )
