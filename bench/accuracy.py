@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--max-question-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="qcat train --compile")
-    parser.add_argument("--batching", default="length", choices=["length", "buckets", "random"])
+    parser.add_argument("--batching", default="length", choices=["length", "random"])
     parser.add_argument("--tag", default="", help="suffix of the results folder (e.g. the machine)")
     parser.add_argument("--work", type=Path, default=None, help="where the adapter is written (default: /tmp)")
     args = parser.parse_args()

@@ -9,7 +9,7 @@ of Qwen3-0.6B's exact shape (speed does not depend on weight values), or on `--b
 also pays for compiling (`first_epoch_seconds`).
 
     python bench/train_speed.py [--quick] [--device cuda] [--epochs 3] [--batch 128 256] [--compiled-batch 256 512]
-        [--batching length buckets random]
+        [--batching length random]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="per variant; plain runs one (it is the slow one)")
     parser.add_argument("--batch", type=int, nargs="*", default=[128], help="qcat batch sizes, eager")
     parser.add_argument("--compiled-batch", type=int, nargs="*", default=[], help="qcat batch sizes, compiled")
-    parser.add_argument("--batching", nargs="+", default=["length"], choices=["length", "buckets", "random"])
+    parser.add_argument("--batching", nargs="+", default=["length"], choices=["length", "random"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     configure_logging(json=False, level="WARNING")

@@ -52,11 +52,8 @@ def train(
     seed: SeedOption = 0,
     compile_layers: CompileOption = False,
     batching: Annotated[
-        Literal["length", "buckets", "random"],
-        typer.Option(
-            help="Batches of similar lengths in a long-to-short sweep (transformers' grouping), the same batches in "
-            "random order, or random rows (most padding)."
-        ),
+        Literal["length", "random"],
+        typer.Option(help="Batches of similar question lengths (little padding), or random rows (the plain recipe's)."),
     ] = "length",
     init_adapter: Annotated[
         Path | None, typer.Option(help="Continue training this adapter (same base model and labels).")

@@ -16,7 +16,7 @@ from qcat.settings import EngineSettings
 from schemas.prompt import prompt_format
 from schemas.taxonomy import Taxonomy
 from training.data import Example
-from training.trainer import Batching, ShuffledBuckets, TrainConfig, TrainingError, fit
+from training.trainer import Batching, TrainConfig, TrainingError, fit
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 SUBJECTS = [
@@ -92,7 +92,7 @@ def test_lora_learns_and_the_saved_adapter_reloads(tiny: LoadedModel, tmp_path: 
     )
 
 
-@pytest.mark.parametrize("batching", ["length", "buckets", "random"])
+@pytest.mark.parametrize("batching", ["length", "random"])
 def test_seed_makes_training_reproducible(
     fresh_tiny: Callable[[], LoadedModel], tmp_path: Path, batching: Batching
 ) -> None:
@@ -112,25 +112,6 @@ def test_seed_makes_training_reproducible(
     first, again, other = run(1, "a"), run(1, "b"), run(2, "c")
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
-
-
-def test_shuffled_buckets_keep_length_sorted_batches_in_random_order() -> None:
-    """Every row once per epoch; each whole batch is a run of one length-sorted megabatch (little padding); the
-    batches' order changes from draw to draw, so the last steps no longer always see the shortest rows."""
-    lengths = [random.Random(i).randint(5, 60) for i in range(1000)]
-    sampler = ShuffledBuckets(lengths, batch_size=32)  # megabatches of 7 batches (1000 // 128)
-    torch.manual_seed(0)
-    epochs = [list(sampler) for _ in range(3)]
-    for order in epochs:
-        assert sorted(order) == list(range(1000))
-        batches = [order[i : i + 32] for i in range(0, 1000, 32)]
-        assert len(batches[-1]) == 1000 % 32  # the short batch stays last: slices stay whole batches
-        spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches[:-1]) / 31
-        assert spread < 15  # random batches of 32 from 5..60 spread ~50
-        longest = [max(lengths[i] for i in b) for b in batches[:-1]]
-        sweeps = [longest[i : i + 7] for i in range(0, 31, 7)]  # transformers' order: each megabatch long to short
-        assert any(sweep != sorted(sweep, reverse=True) for sweep in sweeps)
-    assert epochs[0] != epochs[1]
 
 
 def test_non_finite_logits_stop_training_naming_the_inputs(
