@@ -13,6 +13,7 @@ from typing import Literal
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
 
 from qcat import __version__
 from qcat.errors import AdapterError
@@ -132,6 +133,14 @@ def new_lora(
     targets: tuple[str, ...] = LORA_TARGETS,
 ) -> PeftModel:
     """A trainable LoRA over `base.lm` with the zero-shot head as the starting point; peft saves the head too."""
+    layers = {name.rsplit(".", 1)[-1] for name, module in base.lm.named_modules() if isinstance(module, nn.Linear)}
+    layers -= {HEAD, "lm_head"}
+    unknown = sorted(set(targets) - layers)
+    if not targets or unknown:  # peft ignores a name that matches nothing, as long as another one matches
+        raise AdapterError(
+            f"LoRA target modules {unknown or '(none)'} are not linear layers of {base.name}; "
+            f"its linear layers are {sorted(layers)}"
+        )
     attach_label_head(base, taxonomy)
     config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), modules_to_save=[HEAD]

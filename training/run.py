@@ -16,7 +16,7 @@ import numpy as np
 import structlog
 import torch
 
-from qcat.adapter import AdapterManifest, continue_lora, new_lora, read_manifest, save_adapter
+from qcat.adapter import LORA_TARGETS, AdapterManifest, continue_lora, new_lora, read_manifest, save_adapter
 from qcat.engine import Engine
 from qcat.model import LoadedModel, load_configured_base
 from qcat.settings import EngineSettings
@@ -42,6 +42,7 @@ class TrainRequest:
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
+    targets: tuple[str, ...] = LORA_TARGETS
     config: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -94,7 +95,9 @@ def train(
     if request.init_adapter is not None:
         model, parent = continue_lora(base, request.init_adapter, taxonomy)
     else:
-        model = new_lora(base, taxonomy, rank=request.rank, alpha=request.alpha, dropout=request.dropout)
+        model = new_lora(
+            base, taxonomy, rank=request.rank, alpha=request.alpha, dropout=request.dropout, targets=request.targets
+        )
     engine = Engine(
         base,
         taxonomy,

@@ -46,6 +46,12 @@ def train(
     batch_size: BatchSizeOption = BATCH_SIZE,
     learning_rate: LearningRateOption = LEARNING_RATE,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA scaling numerator; default: twice the rank.")] = None,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA branch's input.")] = 0.05,
+    target_module: Annotated[
+        list[str] | None,
+        typer.Option(help="Linear layers to adapt (repeatable); default: every linear layer of a decoder block."),
+    ] = None,
     label_smoothing: LabelSmoothingOption = LABEL_SMOOTHING,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")] = 2,
     max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
@@ -66,6 +72,7 @@ def train(
     ] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on labeled questions, evaluate it and save it with its report."""
+    from qcat.adapter import LORA_TARGETS
     from training.run import TrainRequest
     from training.run import train as run_train
     from training.trainer import TrainConfig
@@ -79,7 +86,9 @@ def train(
         max_question_tokens=max_question_tokens,
         init_adapter=init_adapter,
         rank=rank,
-        alpha=2 * rank,
+        alpha=lora_alpha or 2 * rank,
+        dropout=lora_dropout,
+        targets=tuple(target_module) if target_module else LORA_TARGETS,
         config=TrainConfig(
             epochs=epochs,
             batch_size=batch_size,

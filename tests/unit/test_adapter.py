@@ -132,3 +132,17 @@ def test_a_bf16_base_model_trains_every_weight_in_float32() -> None:
     logits = label_logits(model.get_base_model(), torch.tensor([[1, 2, 3]]), torch.tensor([2]))
     assert logits.dtype == torch.float32
     assert logits.shape == (1, len(TAXONOMY.labels))
+
+
+def test_lora_adapts_exactly_the_named_layers(tiny: LoadedModel) -> None:
+    """A subset of layers gets LoRA weights and no other layer does."""
+    model = new_lora(tiny, TAXONOMY, rank=4, alpha=8, targets=("q_proj", "v_proj"))
+    adapted = {name.split(".")[-4] for name, _ in model.named_parameters() if name.endswith("lora_A.default.weight")}
+    assert adapted == {"q_proj", "v_proj"}
+
+
+@pytest.mark.parametrize("targets", [("q_proj", "qproj"), ("label_head",), ()])
+def test_unknown_lora_targets_are_refused_naming_the_layers(tiny: LoadedModel, targets: tuple[str, ...]) -> None:
+    """peft would silently skip a misspelt name while another one matches: refused, with the layers to choose from."""
+    with pytest.raises(AdapterError, match=r"not linear layers of tiny-qwen3.*'down_proj'"):
+        new_lora(tiny, TAXONOMY, targets=targets)

@@ -27,6 +27,24 @@ def write_learnable(path: Path) -> Path:
     return path
 
 
+def test_train_takes_the_lora_settings(tmp_path: Path) -> None:
+    """--lora-alpha, --lora-dropout and --target-module reach peft's saved config; a misspelt layer stops early."""
+    data = write_learnable(tmp_path / "learn.jsonl")
+    result = qcat(
+        "train", data, "--out", tmp_path / "adapter", "--epochs", 1, "--lora-alpha", 4, "--lora-dropout", 0.0,
+        "--target-module", "q_proj", "--target-module", "down_proj", *FAST_TRAINING,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (8, 4, 0.0)
+    assert sorted(config["target_modules"]) == ["down_proj", "q_proj"]
+    refused = qcat("train", data, "--out", tmp_path / "other", "--target-module", "q_prj", *FAST_TRAINING)
+    assert refused.exit_code != 0
+    output = " ".join(refused.output.split())  # the console wraps long lines
+    assert "q_prj" in output
+    assert "its linear layers are" in output
+
+
 def test_train_then_eval(tmp_path: Path) -> None:
     """train writes a loadable adapter with its report (and TensorBoard events when asked); eval reproduces it."""
     data = write_learnable(tmp_path / "learn.jsonl")
