@@ -62,7 +62,8 @@ def train(
         typer.Option(help="Batches of similar question lengths (little padding), or random rows (the plain recipe's)."),
     ] = "length",
     init_adapter: Annotated[
-        Path | None, typer.Option(help="Continue training this adapter (same base model and labels).")
+        Path | None,
+        typer.Option(help="Continue training this adapter (same base model and labels; its LoRA settings are kept)."),
     ] = None,
     device: DeviceOption = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float32.")] = None,
