@@ -23,6 +23,7 @@ from schemas.taxonomy import Taxonomy
 
 MANIFEST = "qcat-manifest.json"
 WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
 ADAPTER_FORMAT_VERSION = 1
 
 
@@ -45,6 +46,7 @@ class AdapterManifest(BaseModel):
     data_fingerprint: str | None = None
     eval_fingerprint: str | None = Field(default=None, description="The eval set the metrics were measured on.")
     parent_version: str | None = None
+    ingredients: list[str] = Field(default_factory=list, description="The adapters a soup averages (training/soup.py).")
     created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     qcat_version: str = __version__
 

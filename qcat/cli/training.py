@@ -133,6 +133,27 @@ def evaluate(
 
 
 @commands.command()
+def soup(
+    adapters: Annotated[list[Path], typer.Argument(help="Adapters trained by one recipe (e.g. different --seed).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the averaged adapter (must not exist).")],
+    eval_data: Annotated[
+        Path, typer.Option("--eval", help="Held-out questions none of them trained on: calibration and metrics.")
+    ],
+    base_model: BaseModelOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Average adapters into one (a model soup): one adapter's serving cost, several seeds' agreement."""
+    from training.soup import make_soup
+
+    settings = settings_from(EngineSettings, base_model=base_model, device=device)
+    try:
+        metrics = make_soup(adapters, eval_data, out, settings)
+    except QcatError as error:
+        raise fail(error) from error
+    console.print(f"soup saved to {out}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+
+
+@commands.command()
 def baseline(
     data: Annotated[Path, typer.Argument(help="Labeled questions to evaluate on.")],
     report: Annotated[Path, typer.Option("--report", help="Directory for report.md, metrics.json and plots.")],
