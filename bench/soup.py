@@ -1,0 +1,119 @@
+"""Adapter soup vs its ingredients: N seeds of one recipe, their average (`qcat soup`), all scored on one test set.
+
+    python bench/soup.py BASE_MODEL DATASET_DIR [--seeds 5] [--device cuda] [--tag T] -- [qcat train options]
+
+Splits DATASET_DIR/train.jsonl once (stratified 10% held out, seed 0) so that every seed trains on the same rows and
+none of them sees the held-out questions the soup is calibrated on; trains the N seeds at once (a LoRA step is bound
+by the host, so seeds share a GPU well), averages them with `qcat soup`, and evaluates every seed and the soup on
+test.jsonl with `qcat eval`. Also reports the seeds' majority vote (an ensemble N times as costly to serve), the
+bar a soup aims at. Writes bench/results/soup-<dataset>[-<tag>]/ with summary.json and each report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.data import load_examples, stratified_split  # noqa: E402
+
+
+def qcat(*args: object) -> list[str]:
+    return [sys.executable, "-m", "qcat", *(str(arg) for arg in args)]
+
+
+def write_jsonl(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows))
+    return path
+
+
+def predictions(report: Path, test: list[tuple[str, str]]) -> list[str]:
+    """Each test question's predicted label, from the report's misclassified list (the rest were right)."""
+    with (report / "misclassified.csv").open(newline="") as rows:
+        wrong = {row["text"]: row["predicted"] for row in csv.DictReader(rows)}
+    return [wrong.get(text, label) for text, label in test]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("base_model")
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--tag", default="")
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, train_options = parser.parse_args(argv[:cut]), argv[cut + 1 :]  # after --: for every `qcat train`
+
+    name = args.dataset.resolve().name
+    out = ROOT / "bench" / "results" / f"soup-{name}{'-' + args.tag if args.tag else ''}"
+    work = Path("/tmp") / f"qcat-soup-{name}-{time.time_ns()}"
+    work.mkdir(parents=True)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    model = ("--base-model", args.base_model, "--device", args.device)
+
+    train, held_out = stratified_split(load_examples(args.dataset / "train.jsonl"), eval_fraction=0.1, seed=0)
+    train_file = write_jsonl(work / "train.jsonl", [(e.text, e.label) for e in train])
+    held_out_file = write_jsonl(work / "held-out.jsonl", [(e.text, e.label) for e in held_out])
+    seeds = [work / f"seed{seed}" for seed in range(args.seeds)]
+    started = time.perf_counter()
+    train_command = ("train", train_file, "--eval", held_out_file, *model, *train_options)
+    jobs = [
+        subprocess.Popen(
+            qcat(*train_command, "--out", adapter, "--seed", seed),
+            cwd=ROOT,
+            stdout=(work / f"train-seed{seed}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for seed, adapter in enumerate(seeds)
+    ]
+    failed = [seed for seed, job in enumerate(jobs) if job.wait() != 0]
+    if failed:
+        sys.exit(f"training seeds {failed} failed: see {work}/train-seed*.log")
+    train_seconds = time.perf_counter() - started
+    subprocess.run(qcat("soup", *seeds, "--out", work / "soup", "--eval", held_out_file, *model), check=True, cwd=ROOT)
+
+    test = [(e.text, e.label) for e in load_examples(args.dataset / "test.jsonl")]
+    accuracy: dict[str, float] = {}
+    for adapter in [*seeds, work / "soup"]:
+        report = out / f"test-{adapter.name}"
+        subprocess.run(
+            qcat("eval", args.dataset / "test.jsonl", "--adapter", adapter, "--report", report, *model),
+            check=True,
+            cwd=ROOT,
+        )
+        accuracy[adapter.name] = json.loads((report / "metrics.json").read_text())["accuracy"]
+        shutil.copytree(adapter / "report", out / f"held-out-{adapter.name}")
+    votes = zip(*(predictions(out / f"test-{adapter.name}", test) for adapter in seeds), strict=True)
+    majority = [collections.Counter(vote).most_common(1)[0][0] for vote in votes]  # a tie goes to the lower seed
+    summary = {
+        "command": "python bench/soup.py " + " ".join(sys.argv[1:]),
+        "dataset": name,
+        "test_examples": len(test),
+        "seeds": {adapter.name: accuracy[adapter.name] for adapter in seeds},
+        "seeds_mean": statistics.mean(accuracy[adapter.name] for adapter in seeds),
+        "majority_vote": sum(p == label for p, (_, label) in zip(majority, test, strict=True)) / len(test),
+        "soup": accuracy["soup"],
+        "train_seconds_all_seeds": train_seconds,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {out}")
+    print(
+        f"seeds_mean={summary['seeds_mean']:.4f} majority_vote={summary['majority_vote']:.4f} "
+        f"soup={summary['soup']:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
