@@ -32,7 +32,7 @@ from training.evaluate import write_report
 from training.run import fingerprint_examples, fit_temperature, score
 
 SAME_MANIFEST = ("base_fingerprint", "taxonomy", "prompt_format_version", "prompt_style", "max_question_tokens")
-SAME_CONFIG = ("r", "lora_alpha", "target_modules", "modules_to_save", "use_rslora", "use_dora", "rank_pattern")
+SAME_CONFIG = ("r", "lora_alpha", "target_modules", "modules_to_save", "use_rslora", "use_dora")
 
 
 def soup_weights(directories: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -48,7 +48,7 @@ def soup_weights(directories: Sequence[Path]) -> tuple[dict[str, torch.Tensor], 
         for key in SAME_CONFIG:
             if not _same(config.get(key), configs[0].get(key)):
                 raise AdapterError(f"{directory} differs from {directories[0]} in LoRA {key}: cannot average them")
-    if configs[0].get("use_rslora") or configs[0].get("use_dora") or configs[0].get("rank_pattern"):
+    if any(configs[0].get(key) for key in ("use_rslora", "use_dora", "rank_pattern", "alpha_pattern")):
         raise AdapterError("only plain LoRA adapters (no rsLoRA, DoRA or per-layer ranks) can be averaged")
     states = [load_file(str(d / WEIGHTS)) for d in directories]
     n = len(states)
