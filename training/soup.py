@@ -37,19 +37,7 @@ SAME_CONFIG = ("r", "lora_alpha", "target_modules", "modules_to_save", "use_rslo
 
 def soup_weights(directories: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The averaged adapter's weights and peft config; the adapters must share base model, labels and LoRA shape."""
-    if len(directories) < 2:
-        raise AdapterError("a soup needs at least two adapters")
-    manifests = [read_manifest(d) for d in directories]
-    configs = [json.loads((d / CONFIG).read_text(encoding="utf-8")) for d in directories]
-    for directory, manifest, config in zip(directories[1:], manifests[1:], configs[1:], strict=True):
-        for key in SAME_MANIFEST:
-            if getattr(manifest, key) != getattr(manifests[0], key):
-                raise AdapterError(f"{directory} differs from {directories[0]} in {key}: cannot average them")
-        for key in SAME_CONFIG:
-            if not _same(config.get(key), configs[0].get(key)):
-                raise AdapterError(f"{directory} differs from {directories[0]} in LoRA {key}: cannot average them")
-    if any(configs[0].get(key) for key in ("use_rslora", "use_dora", "rank_pattern", "alpha_pattern")):
-        raise AdapterError("only plain LoRA adapters (no rsLoRA, DoRA or per-layer ranks) can be averaged")
+    config = _common_config(directories)
     states = [load_file(str(d / WEIGHTS)) for d in directories]
     n = len(states)
     weights: dict[str, torch.Tensor] = {}
@@ -63,8 +51,28 @@ def soup_weights(directories: Sequence[Path]) -> tuple[dict[str, torch.Tensor], 
             weights[key] = (torch.cat(tensors, dim=1) / n).contiguous()
         else:  # the label head (and any other module saved whole)
             weights[key] = torch.stack(tensors).mean(dim=0)
-    config = configs[0] | {"r": n * configs[0]["r"], "lora_alpha": n * configs[0]["lora_alpha"]}
-    return weights, config
+    return weights, config | {"r": n * config["r"], "lora_alpha": n * config["lora_alpha"]}
+
+
+def _common_config(directories: Sequence[Path]) -> dict[str, Any]:
+    """The peft config the adapters share, after checking they can be averaged at all."""
+    if len(directories) < 2:
+        raise AdapterError("a soup needs at least two adapters")
+    manifests = [read_manifest(d) for d in directories]
+    for directory in directories:
+        if not (directory / WEIGHTS).is_file() or not (directory / CONFIG).is_file():
+            raise AdapterError(f"{directory} lacks {WEIGHTS} or {CONFIG}: not a complete qcat adapter")
+    configs = [json.loads((d / CONFIG).read_text(encoding="utf-8")) for d in directories]
+    for directory, manifest, config in zip(directories[1:], manifests[1:], configs[1:], strict=True):
+        for key in SAME_MANIFEST:
+            if getattr(manifest, key) != getattr(manifests[0], key):
+                raise AdapterError(f"{directory} differs from {directories[0]} in {key}: cannot average them")
+        for key in SAME_CONFIG:
+            if not _same(config.get(key), configs[0].get(key)):
+                raise AdapterError(f"{directory} differs from {directories[0]} in LoRA {key}: cannot average them")
+    if any(configs[0].get(key) for key in ("use_rslora", "use_dora", "rank_pattern", "alpha_pattern")):
+        raise AdapterError("only plain LoRA adapters (no rsLoRA, DoRA or per-layer ranks) can be averaged")
+    return configs[0]
 
 
 def make_soup(directories: Sequence[Path], eval_data: Path, out: Path, settings: EngineSettings) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def test_soup_applies_the_mean_of_the_updates_and_heads(fresh_tiny: Callable[[],
 
 
 def test_mismatched_adapters_are_refused(fresh_tiny: Callable[[], LoadedModel], tmp_path: Path) -> None:
-    """Other labels, another LoRA rank, or a single adapter: nothing to average, and nothing is written."""
+    """Other labels, another LoRA rank, missing weights or a single adapter: refused, and nothing is written."""
     one = random_adapter(fresh_tiny(), tmp_path / "one", 1)
     other_labels = random_adapter(fresh_tiny(), tmp_path / "labels", 2, Taxonomy.from_names(["A", "B", "C"]))
     base = fresh_tiny()
@@ -91,6 +91,9 @@ def test_mismatched_adapters_are_refused(fresh_tiny: Callable[[], LoadedModel], 
         soup_weights([one, other_rank])
     with pytest.raises(AdapterError, match="at least two"):
         soup_weights([one])
+    (other_rank / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterError, match="not a complete qcat adapter"):
+        soup_weights([one, other_rank])
     data = write_learnable(tmp_path / "held-out.jsonl")
     with pytest.raises(AdapterError, match="taxonomy"):
         make_soup([one, other_labels], data, tmp_path / "soup", SETTINGS)
