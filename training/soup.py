@@ -62,7 +62,7 @@ def _common_config(directories: Sequence[Path]) -> dict[str, Any]:
     for directory in directories:
         if not (directory / WEIGHTS).is_file() or not (directory / CONFIG).is_file():
             raise AdapterError(f"{directory} lacks {WEIGHTS} or {CONFIG}: not a complete qcat adapter")
-    configs = [json.loads((d / CONFIG).read_text(encoding="utf-8")) for d in directories]
+    configs: list[dict[str, Any]] = [json.loads((d / CONFIG).read_text(encoding="utf-8")) for d in directories]
     for directory, manifest, config in zip(directories[1:], manifests[1:], configs[1:], strict=True):
         for key in SAME_MANIFEST:
             if getattr(manifest, key) != getattr(manifests[0], key):
