@@ -7,6 +7,9 @@ records all three and `load_adapter` refuses any mismatch with a message that sa
 from __future__ import annotations
 
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -155,15 +158,29 @@ def continue_lora(base: LoadedModel, directory: Path, taxonomy: Taxonomy) -> tup
     return _open_adapter(base, directory, taxonomy, trainable=True)
 
 
-def save_adapter(model: PeftModel, manifest: AdapterManifest, directory: Path) -> Path:
-    """Write weights (safetensors) and manifest to a temporary sibling, then rename: never a half-written adapter."""
+def new_version() -> str:
+    """A sortable, unique adapter version: creation time plus a random suffix."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+@contextmanager
+def staged_adapter(directory: Path) -> Iterator[Path]:
+    """A temporary sibling of `directory` to write an adapter into, renamed to `directory` when the block completes
+    (and removed if it fails): never a half-written adapter, never one overwritten."""
     directory = directory.resolve()
     if directory.exists():
         raise AdapterError(f"{directory} already exists; adapters are immutable, pick a new directory.")
     directory.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.") as staging:
         staged = Path(staging) / "adapter"
+        staged.mkdir()
+        yield staged
+        staged.rename(directory)
+
+
+def save_adapter(model: PeftModel, manifest: AdapterManifest, directory: Path) -> Path:
+    """Write weights (safetensors) and manifest through `staged_adapter`."""
+    with staged_adapter(directory) as staged:
         model.save_pretrained(str(staged), safe_serialization=True)
         manifest.write(staged)
-        staged.rename(directory)
-    return directory
+    return directory.resolve()

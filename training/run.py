@@ -6,9 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,15 @@ import numpy as np
 import structlog
 import torch
 
-from qcat.adapter import LORA_TARGETS, AdapterManifest, continue_lora, new_lora, read_manifest, save_adapter
+from qcat.adapter import (
+    LORA_TARGETS,
+    AdapterManifest,
+    continue_lora,
+    new_lora,
+    new_version,
+    read_manifest,
+    save_adapter,
+)
 from qcat.engine import Engine
 from qcat.model import LoadedModel, load_configured_base
 from qcat.settings import EngineSettings
@@ -58,6 +64,17 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     grid = np.exp(np.linspace(np.log(0.1), np.log(10.0), 61))
     losses = [float(torch.nn.functional.cross_entropy(logits / t, labels)) for t in grid]
     return float(grid[int(np.argmin(losses))])
+
+
+MANIFEST_METRICS = ("accuracy", "macro_f1", "expected_calibration_error")
+"""The report's figures an adapter manifest keeps (the registry's gate compares them)."""
+
+
+def calibrate_and_report(engine: Engine, held_out: list[Example], directory: Path, *, title: str) -> dict[str, Any]:
+    """Fit the engine's softmax temperature on `held_out`, then write its report there; returns the report's metrics."""
+    labels = torch.tensor([engine.taxonomy.index(e.label) for e in held_out])
+    engine.temperature = fit_temperature(engine.logits(engine.encode([e.text for e in held_out]).ids), labels)
+    return write_report(score(engine, held_out), engine.taxonomy, directory, title=title)
 
 
 def score(engine: Engine, examples: list[Example]) -> list[Scored]:
@@ -108,21 +125,15 @@ def train(
     work = request.out.parent / f".{request.out.name}.work"
     speed = fit(model, engine, train_rows, held_out, work, request.config)
     model.eval()
-    labels = torch.tensor([taxonomy.index(e.label) for e in held_out])
-    engine.temperature = fit_temperature(engine.logits(engine.encode([e.text for e in held_out]).ids), labels)
-    metrics = write_report(score(engine, held_out), taxonomy, work / "report", title=f"adapter on {request.data.name}")
+    metrics = calibrate_and_report(engine, held_out, work / "report", title=f"adapter on {request.data.name}")
     manifest = AdapterManifest(
-        version=f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
+        version=new_version(),
         taxonomy=taxonomy,
         base_model=base.name,
         base_fingerprint=base.fingerprint,
         max_question_tokens=request.max_question_tokens,
         temperature=engine.temperature,
-        metrics={
-            "accuracy": metrics["accuracy"],
-            "macro_f1": metrics["macro_f1"],
-            "expected_calibration_error": metrics["expected_calibration_error"],
-        },
+        metrics={key: metrics[key] for key in MANIFEST_METRICS},
         data_fingerprint=fingerprint_examples(train_rows),
         parent_version=parent.version if parent else None,
         eval_fingerprint=fingerprint_examples(held_out),

@@ -13,8 +13,6 @@ zero-shot rows in every seed and are averaged.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,13 +21,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from qcat.adapter import CONFIG, WEIGHTS, read_manifest
+from qcat.adapter import CONFIG, WEIGHTS, new_version, read_manifest, staged_adapter
 from qcat.engine import Engine
 from qcat.errors import AdapterError
 from qcat.settings import EngineSettings
 from training.data import load_examples, report
-from training.evaluate import write_report
-from training.run import fingerprint_examples, fit_temperature, score
+from training.run import MANIFEST_METRICS, calibrate_and_report, fingerprint_examples
 
 SAME_MANIFEST = ("base_fingerprint", "taxonomy", "prompt_format_version", "prompt_style", "max_question_tokens")
 SAME_CONFIG = ("r", "lora_alpha", "target_modules", "modules_to_save", "use_rslora", "use_dora")
@@ -78,47 +75,36 @@ def _common_config(directories: Sequence[Path]) -> dict[str, Any]:
 def make_soup(directories: Sequence[Path], eval_data: Path, out: Path, settings: EngineSettings) -> dict[str, Any]:
     """Average `directories` into a new adapter at `out`, calibrated and evaluated on `eval_data` like `qcat train`.
 
-    Returns the evaluation's metrics. The adapter is written beside `out` and renamed into place when complete.
+    Returns the evaluation's metrics. The adapter is staged beside `out` and renamed into place when complete.
     """
-    out = out.resolve()
-    if out.exists():
-        raise AdapterError(f"{out} already exists; adapters are immutable, pick a new directory.")
     weights, config = soup_weights(directories)
     manifests = [read_manifest(d) for d in directories]
     examples = load_examples(eval_data)
     report(examples, manifests[0].taxonomy).raise_on_errors()
-    work = out.parent / f".{out.name}.{uuid.uuid4().hex[:6]}"
-    work.mkdir(parents=True)
-    try:
-        save_file(weights, str(work / WEIGHTS))
-        (work / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
-        data = {m.data_fingerprint for m in manifests}
-        manifest = manifests[0].model_copy(
-            update={
-                "version": f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
-                "data_fingerprint": data.pop() if len(data) == 1 else None,
-                "parent_version": None,
-                "ingredients": [m.version for m in manifests],
-                "created_at": datetime.now(UTC),
-            }
-        )
-        manifest.write(work)
-        engine = Engine.load(settings.model_copy(update={"adapter": work}))
-        labels = torch.tensor([engine.taxonomy.index(e.label) for e in examples])
-        engine.temperature = fit_temperature(engine.logits(engine.encode([e.text for e in examples]).ids), labels)
+    data = {m.data_fingerprint for m in manifests}
+    manifest = manifests[0].model_copy(
+        update={
+            "version": new_version(),
+            "data_fingerprint": data.pop() if len(data) == 1 else None,
+            "parent_version": None,
+            "ingredients": [m.version for m in manifests],
+            "created_at": datetime.now(UTC),
+        }
+    )
+    with staged_adapter(out) as staged:
+        save_file(weights, str(staged / WEIGHTS))
+        (staged / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        manifest.write(staged)  # the engine loads the adapter through its manifest, before it is calibrated
+        engine = Engine.load(settings.model_copy(update={"adapter": staged}))
         title = f"soup of {len(manifests)} adapters on {eval_data.name}"
-        metrics = write_report(score(engine, examples), engine.taxonomy, work / "report", title=title)
+        metrics = calibrate_and_report(engine, examples, staged / "report", title=title)
         manifest.model_copy(
             update={
                 "temperature": engine.temperature,
-                "metrics": {key: metrics[key] for key in ("accuracy", "macro_f1", "expected_calibration_error")},
+                "metrics": {key: metrics[key] for key in MANIFEST_METRICS},
                 "eval_fingerprint": fingerprint_examples(examples),
             }
-        ).write(work)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        ).write(staged)
     return metrics
 
 
