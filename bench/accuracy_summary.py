@@ -2,9 +2,11 @@
 
     python bench/accuracy_summary.py
 
-Reads bench/results/accuracy-<dataset>-<tag>/summary.json (written by bench/accuracy.py). Runs whose tags differ only
-by a trailing `-s<seed>` are seeds of one recipe (a tag without it is that recipe's seed 0). With 500 TREC-6 test
-questions one run's standard error is ~0.7 points, so a recipe is judged by its seeds' mean, not its best seed.
+Reads bench/results/accuracy-<dataset>-<tag>/summary.json (written by bench/accuracy.py) and
+bench/results/soup-<dataset>-<tag>/summary.json (bench/soup.py: each soup and, as one more recipe, its seeds). Runs
+whose tags differ only by a trailing `-s<seed>` are seeds of one recipe (a tag without it is that recipe's seed 0).
+With 500 TREC-6 test questions one run's standard error is ~0.7 points, so a recipe is judged by its seeds' mean,
+not its best seed.
 Writes bench/results/accuracy-summary.json and accuracy-summary.png.
 """
 
@@ -35,6 +37,19 @@ def load_runs() -> dict[str, dict[str, list[dict[str, Any]]]]:
         runs[summary["dataset"]][recipe].append(
             {"folder": path.parent.name, "seed": int(seed.group(1)) if seed else 0, "accuracy": summary["accuracy"]}
         )
+    for path in sorted(RESULTS.glob("soup-*/summary.json")):  # bench/soup.py: N seeds of a recipe and their soup
+        summary = json.loads(path.read_text())
+        tag = path.parent.name.removeprefix(f"soup-{summary['dataset']}-")
+        recipe, first = SEED_SUFFIX.sub("", tag), min(int(name.removeprefix("seed")) for name in summary["seeds"])
+        soups = runs[summary["dataset"]][f"{recipe} soup of {len(summary['seeds'])}"]
+        soups.append({"folder": path.parent.name, "seed": first, "accuracy": summary["soup"]})
+        if "ingredients_from" in summary:  # a soup of seeds already counted with their own run
+            continue
+        for name, accuracy in summary["seeds"].items():
+            seed = int(name.removeprefix("seed"))
+            runs[summary["dataset"]][f"{recipe} soup ingredients"].append(
+                {"folder": path.parent.name, "seed": seed, "accuracy": accuracy}
+            )
     return runs
 
 
@@ -63,14 +78,15 @@ def plot(table: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
     for axis, dataset in zip(axes[0], datasets, strict=True):
         recipes = table[dataset]
-        for x, stats in enumerate(recipes.values()):
+        for x, (recipe, stats) in enumerate(recipes.items()):
             accuracies = [100 * run["accuracy"] for run in stats["runs"]]
-            axis.scatter([x] * len(accuracies), accuracies, color="tab:blue", alpha=0.6, s=24)
+            color = "tab:green" if " soup of " in recipe else "tab:blue"
+            axis.scatter([x] * len(accuracies), accuracies, color=color, alpha=0.6, s=24)
             axis.scatter([x], [100 * stats["mean"]], color="black", marker="_", s=400, label=None)
         for (name, value), style in zip(ANCHORS.get(dataset, {}).items(), ("--", ":"), strict=False):
             axis.axhline(100 * value, color="tab:red", linestyle=style, linewidth=1, label=f"{name} {100 * value:.2f}%")
         axis.set_xticks(range(len(recipes)), list(recipes), rotation=40, ha="right", fontsize=8)
-        axis.set_ylabel("test accuracy (%)  dots: seeds, bar: mean")
+        axis.set_ylabel("test accuracy (%)  dots: seeds (green: soups), bar: mean")
         axis.set_title(dataset)
         axis.legend(fontsize=8, loc="lower right")
         axis.grid(axis="y", alpha=0.3)

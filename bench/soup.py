@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("base_model")
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST+N-1 (the split stays seed 0)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tag", default="")
     argv = sys.argv[1:]
@@ -66,19 +67,19 @@ def main() -> None:
     train, held_out = stratified_split(load_examples(args.dataset / "train.jsonl"), eval_fraction=0.1, seed=0)
     train_file = write_jsonl(work / "train.jsonl", [(e.text, e.label) for e in train])
     held_out_file = write_jsonl(work / "held-out.jsonl", [(e.text, e.label) for e in held_out])
-    seeds = [work / f"seed{seed}" for seed in range(args.seeds)]
+    seeds = [work / f"seed{seed}" for seed in range(args.first_seed, args.first_seed + args.seeds)]
     started = time.perf_counter()
     train_command = ("train", train_file, "--eval", held_out_file, *model, *train_options)
     jobs = [
         subprocess.Popen(
-            qcat(*train_command, "--out", adapter, "--seed", seed),
+            qcat(*train_command, "--out", adapter, "--seed", adapter.name.removeprefix("seed")),
             cwd=ROOT,
-            stdout=(work / f"train-seed{seed}.log").open("w"),
+            stdout=(work / f"train-{adapter.name}.log").open("w"),
             stderr=subprocess.STDOUT,
         )
-        for seed, adapter in enumerate(seeds)
+        for adapter in seeds
     ]
-    failed = [seed for seed, job in enumerate(jobs) if job.wait() != 0]
+    failed = [adapter.name for adapter, job in zip(seeds, jobs, strict=True) if job.wait() != 0]
     if failed:
         sys.exit(f"training seeds {failed} failed: see {work}/train-seed*.log")
     train_seconds = time.perf_counter() - started
@@ -86,13 +87,25 @@ def main() -> None:
 
     test = [(e.text, e.label) for e in load_examples(args.dataset / "test.jsonl")]
     accuracy: dict[str, float] = {}
-    for adapter in [*seeds, work / "soup"]:
-        report = out / f"test-{adapter.name}"
-        subprocess.run(
-            qcat("eval", args.dataset / "test.jsonl", "--adapter", adapter, "--report", report, *model),
-            check=True,
+    evaluations = {  # at once, like the training: each mostly loads the model and waits on the host
+        adapter: subprocess.Popen(
+            qcat(
+                "eval",
+                args.dataset / "test.jsonl",
+                "--adapter",
+                adapter,
+                "--report",
+                out / f"test-{adapter.name}",
+                *model,
+            ),
             cwd=ROOT,
         )
+        for adapter in [*seeds, work / "soup"]
+    }
+    for adapter, job in evaluations.items():
+        if job.wait() != 0:
+            sys.exit(f"evaluating {adapter} failed")
+        report = out / f"test-{adapter.name}"
         accuracy[adapter.name] = json.loads((report / "metrics.json").read_text())["accuracy"]
         shutil.copytree(adapter / "report", out / f"held-out-{adapter.name}")
     votes = zip(*(predictions(out / f"test-{adapter.name}", test) for adapter in seeds), strict=True)
