@@ -163,13 +163,20 @@ def new_version() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
+def ensure_new(directory: Path) -> Path:
+    """`directory`, resolved, if nothing is there yet: adapters are never overwritten. Commands that train first
+    check this before they start, not only when they save."""
+    directory = directory.resolve()
+    if directory.exists():
+        raise AdapterError(f"{directory} already exists; adapters are immutable, pick a new directory.")
+    return directory
+
+
 @contextmanager
 def staged_adapter(directory: Path) -> Iterator[Path]:
     """A temporary sibling of `directory` to write an adapter into, renamed to `directory` when the block completes
     (and removed if it fails): never a half-written adapter, never one overwritten."""
-    directory = directory.resolve()
-    if directory.exists():
-        raise AdapterError(f"{directory} already exists; adapters are immutable, pick a new directory.")
+    directory = ensure_new(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.") as staging:
         staged = Path(staging) / "adapter"

@@ -60,6 +60,12 @@ def load_examples(path: Path) -> list[Example]:
     return examples
 
 
+def write_examples(examples: Sequence[Example], path: Path) -> Path:
+    """Write `examples` as JSONL (`load_examples` reads it back): a split or merged set that later steps share."""
+    path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in examples), encoding="utf-8")
+    return path
+
+
 def _example(row: dict[str, object], source: str) -> Example:
     text, label = row.get("text"), row.get("label")
     if not isinstance(text, str) or not isinstance(label, str):

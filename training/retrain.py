@@ -10,7 +10,6 @@ the current adapter's weights.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,9 @@ from qcat.registry import DEFAULT_TOLERANCE, Registry
 from qcat.settings import EngineSettings
 from schemas.events import CorrectionEvent
 from schemas.taxonomy import Taxonomy
-from training.data import DataError, Example, load_examples
+from training.data import DataError, Example, load_examples, write_examples
 from training.run import TrainRequest, score, train
+from training.soup import train_soup
 from training.trainer import TrainConfig
 
 log = structlog.get_logger(__name__)
@@ -46,6 +46,8 @@ class RetrainRequest:
     holdout_fraction: float = 0.2
     tolerance: float = DEFAULT_TOLERANCE
     config: TrainConfig = field(default_factory=TrainConfig)
+    seeds: int = 1
+    """More than one: the candidate is the soup of this many seeds (`training.soup.train_soup`)."""
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,6 @@ def merge(base: list[Example], corrections: list[CorrectionEvent], holdout_fract
     return Merged(rows, [Example(c.text, c.label, f"correction:{c.correction_id}") for c in holdout], conflicts)
 
 
-def _write(examples: list[Example], path: Path) -> Path:
-    path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in examples), encoding="utf-8")
-    return path
-
-
 def _accuracy(settings: EngineSettings, base: LoadedModel, adapter: Path, examples: list[Example]) -> float | None:
     if not examples:
         return None
@@ -110,18 +107,18 @@ def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]
         if unknown:
             raise DataError(f"corrections use labels outside the taxonomy: {sorted(unknown)}")
     base = load_configured_base(settings)  # once: training and both scorings work on private copies
-    candidate_dir, metrics = train(
-        TrainRequest(
-            data=_write(merged.train, request.work / "train.jsonl"),
-            out=request.work / "candidate",
-            taxonomy=taxonomy,
-            eval_data=request.eval_data,
-            init_adapter=current if request.from_current else None,
-            config=request.config,
-        ),
-        settings,
-        base=private_copy(base),
+    candidate = TrainRequest(
+        data=write_examples(merged.train, request.work / "train.jsonl"),
+        out=request.work / "candidate",
+        taxonomy=taxonomy,
+        eval_data=request.eval_data,
+        init_adapter=current if request.from_current else None,
+        config=request.config,
     )
+    if request.seeds > 1:
+        candidate_dir, metrics = train_soup(candidate, settings, request.seeds, base=base)
+    else:
+        candidate_dir, metrics = train(candidate, settings, base=private_copy(base))
     version = registry.add(candidate_dir).version
     summary: dict[str, Any] = {
         "version": version,

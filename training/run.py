@@ -18,6 +18,7 @@ from qcat.adapter import (
     LORA_TARGETS,
     AdapterManifest,
     continue_lora,
+    ensure_new,
     new_lora,
     new_version,
     read_manifest,
@@ -68,6 +69,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 MANIFEST_METRICS = ("accuracy", "macro_f1", "expected_calibration_error")
 """The report's figures an adapter manifest keeps (the registry's gate compares them)."""
+SPEED_METRICS = ("train_seconds_per_epoch", "train_tokens_per_s", "first_epoch_seconds")
+"""What `train` adds to the report's metrics about its own speed (`fit` explains each)."""
 
 
 def calibrate_and_report(engine: Engine, held_out: list[Example], directory: Path, *, title: str) -> dict[str, Any]:
@@ -89,6 +92,7 @@ def train(
 
     `base`, if given, is the settings' base model already loaded; it is trained in place.
     """
+    ensure_new(request.out)  # before hours of training, not at the save
     check_reporters(request.config.report_to)
     examples = load_examples(request.data)
     if request.taxonomy:
@@ -144,8 +148,7 @@ def train(
     if (work / "runs").exists():
         (work / "runs").rename(directory / "report" / "runs")
     shutil.rmtree(work, ignore_errors=True)  # checkpoints: the adapter directory now holds the best one
-    keys = ("train_seconds_per_epoch", "train_tokens_per_s", "first_epoch_seconds")
-    return directory, metrics | {key: speed[key] for key in keys}
+    return directory, metrics | {key: speed[key] for key in SPEED_METRICS}
 
 
 def evaluate_model(data: Path, report_dir: Path, settings: EngineSettings) -> dict[str, Any]:

@@ -13,20 +13,34 @@ zero-shot rows in every seed and are averaged.
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
 import torch
 from safetensors.torch import load_file, save_file
 
-from qcat.adapter import CONFIG, WEIGHTS, new_version, read_manifest, staged_adapter
+from qcat.adapter import CONFIG, WEIGHTS, ensure_new, new_version, read_manifest, staged_adapter
 from qcat.engine import Engine
 from qcat.errors import AdapterError
+from qcat.model import LoadedModel, load_configured_base, private_copy
 from qcat.settings import EngineSettings
-from training.data import load_examples, report
-from training.run import MANIFEST_METRICS, calibrate_and_report, fingerprint_examples
+from schemas.taxonomy import Taxonomy
+from training.data import load_examples, report, stratified_split, write_examples
+from training.run import (
+    MANIFEST_METRICS,
+    SPEED_METRICS,
+    TrainRequest,
+    calibrate_and_report,
+    fingerprint_examples,
+    train,
+)
+
+log = structlog.get_logger(__name__)
 
 SAME_MANIFEST = ("base_fingerprint", "taxonomy", "prompt_format_version", "prompt_style", "max_question_tokens")
 SAME_CONFIG = ("r", "lora_alpha", "target_modules", "modules_to_save", "use_rslora", "use_dora")
@@ -72,10 +86,17 @@ def _common_config(directories: Sequence[Path]) -> dict[str, Any]:
     return configs[0]
 
 
-def make_soup(directories: Sequence[Path], eval_data: Path, out: Path, settings: EngineSettings) -> dict[str, Any]:
+def make_soup(
+    directories: Sequence[Path],
+    eval_data: Path,
+    out: Path,
+    settings: EngineSettings,
+    base: LoadedModel | None = None,
+) -> dict[str, Any]:
     """Average `directories` into a new adapter at `out`, calibrated and evaluated on `eval_data` like `qcat train`.
 
     Returns the evaluation's metrics. The adapter is staged beside `out` and renamed into place when complete.
+    `base`, if given, is the settings' base model already loaded; the soup is merged into it.
     """
     weights, config = soup_weights(directories)
     manifests = [read_manifest(d) for d in directories]
@@ -95,7 +116,7 @@ def make_soup(directories: Sequence[Path], eval_data: Path, out: Path, settings:
         save_file(weights, str(staged / WEIGHTS))
         (staged / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
         manifest.write(staged)  # the engine loads the adapter through its manifest, before it is calibrated
-        engine = Engine.load(settings.model_copy(update={"adapter": staged}))
+        engine = Engine.load(settings.model_copy(update={"adapter": staged}), base=base)
         title = f"soup of {len(manifests)} adapters on {eval_data.name}"
         metrics = calibrate_and_report(engine, examples, staged / "report", title=title)
         manifest.model_copy(
@@ -106,6 +127,54 @@ def make_soup(directories: Sequence[Path], eval_data: Path, out: Path, settings:
             }
         ).write(staged)
     return metrics
+
+
+def train_soup(
+    request: TrainRequest, settings: EngineSettings, seeds: int, base: LoadedModel | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """`qcat train --seeds N`: train seeds seed .. seed+N-1 of one recipe on one split and average them into
+    request.out. On TREC-6 with the proxy, two five-seed soups scored 98.0% and 97.6% where their seeds averaged
+    97.04% (docs/training.md).
+
+    Every seed trains on the same rows and is selected on the same held-out set, which calibrates and scores the
+    soup: request.eval_data, or one stratified split drawn with the first seed. The seeds' adapters (each with its
+    report) and the split stay in `<out>.seeds/`. Returns the soup's held-out metrics plus each seed's accuracy.
+    `base`, if given, is the settings' base model already loaded; it is left as it is (each step works on a copy).
+    """
+    if seeds < 2:
+        raise AdapterError("a soup needs at least two seeds")
+    out = ensure_new(request.out)
+    folder = ensure_new(out.with_name(f"{out.name}.seeds"))
+    folder.mkdir(parents=True)
+    data, eval_data, taxonomy = request.data, request.eval_data, request.taxonomy
+    if eval_data is None:
+        examples = load_examples(data)
+        train_rows, held_out = stratified_split(examples, eval_fraction=request.eval_fraction, seed=request.config.seed)
+        data, eval_data = (
+            write_examples(train_rows, folder / "train.jsonl"),
+            write_examples(held_out, folder / "held-out.jsonl"),
+        )
+        if taxonomy is None and request.init_adapter is None:  # the labels of all rows, as a single run takes them
+            taxonomy = folder / "taxonomy.json"
+            taxonomy.write_text(
+                Taxonomy.from_names(sorted({e.label for e in examples})).model_dump_json(), encoding="utf-8"
+            )
+    base = base if base is not None else load_configured_base(settings)
+    ingredients: list[Path] = []
+    accuracy: dict[str, float] = {}
+    speed: list[dict[str, Any]] = []
+    for seed in range(request.config.seed, request.config.seed + seeds):
+        seeded = replace(request, data=data, eval_data=eval_data, taxonomy=taxonomy, out=folder / f"seed{seed}")
+        directory, metrics = train(
+            replace(seeded, config=replace(request.config, seed=seed)), settings, private_copy(base)
+        )
+        log.info("seed trained", seed=seed, accuracy=metrics["accuracy"], adapter=str(directory))
+        ingredients.append(directory)
+        accuracy[f"seed{seed}"] = metrics["accuracy"]
+        speed.append(metrics)
+    metrics = make_soup(ingredients, eval_data, out, settings, private_copy(base))
+    typical = {key: statistics.median(run[key] for run in speed) for key in SPEED_METRICS}
+    return out, metrics | typical | {"seeds": accuracy}
 
 
 def _same(a: Any, b: Any) -> bool:

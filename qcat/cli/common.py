@@ -25,6 +25,14 @@ EpochsOption = Annotated[int, typer.Option(help="Most epochs (early stopping may
 BatchSizeOption = Annotated[int, typer.Option(help="Training batch size.")]
 LearningRateOption = Annotated[float, typer.Option(help="AdamW learning rate.")]
 SeedOption = Annotated[int, typer.Option(help="Seed for initialisation, shuffling and (without --eval) the split.")]
+SeedsOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Train this many seeds (--seed, --seed+1, ...) on one split and keep their average (a soup): N times "
+        "the training, one adapter's serving cost, more accurate than one seed (docs/training.md).",
+    ),
+]
 CompileOption = Annotated[
     bool,
     typer.Option(

@@ -24,6 +24,7 @@ from qcat.cli.common import (
     LearningRateOption,
     RegistryOption,
     SeedOption,
+    SeedsOption,
     announce,
     console,
     fail,
@@ -56,6 +57,7 @@ def train(
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")] = 2,
     max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
     seed: SeedOption = 0,
+    seeds: SeedsOption = 1,
     compile_layers: CompileOption = False,
     batching: Annotated[
         Literal["length", "random"],
@@ -74,7 +76,7 @@ def train(
 ) -> None:
     """Fine-tune a LoRA adapter on labeled questions, evaluate it and save it with its report."""
     from qcat.adapter import LORA_TARGETS
-    from training.run import TrainRequest
+    from training.run import SPEED_METRICS, TrainRequest
     from training.run import train as run_train
     from training.trainer import TrainConfig
 
@@ -103,14 +105,20 @@ def train(
         ),
     )
     try:
-        directory, metrics = run_train(request, settings)
+        if seeds > 1:
+            from training.soup import train_soup
+
+            directory, metrics = train_soup(request, settings, seeds)
+        else:
+            directory, metrics = run_train(request, settings)
     except QcatError as error:
         raise fail(error) from error
+    kind = f"soup of {seeds} seeds" if seeds > 1 else "adapter"
     console.print(
-        f"adapter saved to {directory}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+        f"{kind} saved to {directory}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
     )
-    keys = ("accuracy", "macro_f1", "train_seconds_per_epoch", "first_epoch_seconds", "train_tokens_per_s")
-    print(json.dumps({"adapter": str(directory)} | {key: metrics[key] for key in keys}))
+    keys = ("accuracy", "macro_f1", *SPEED_METRICS, "seeds")
+    print(json.dumps({"adapter": str(directory)} | {key: metrics[key] for key in keys if key in metrics}))
 
 
 @commands.command(name="eval")
@@ -187,6 +195,7 @@ def retrain(
     batch_size: BatchSizeOption = BATCH_SIZE,
     learning_rate: LearningRateOption = LEARNING_RATE,
     seed: SeedOption = 0,
+    seeds: SeedsOption = 1,
     label_smoothing: LabelSmoothingOption = LABEL_SMOOTHING,
     compile_layers: CompileOption = False,
     tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = 0.005,
@@ -211,6 +220,7 @@ def retrain(
         work=work,
         tolerance=tolerance,
         from_current=from_current,
+        seeds=seeds,
         config=TrainConfig(
             epochs=epochs,
             batch_size=batch_size,

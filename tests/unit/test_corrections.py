@@ -83,6 +83,7 @@ def test_retrain_loads_the_base_model_once(tmp_path: Path, monkeypatch: pytest.M
     """Training and scoring the held-out corrections with the candidate and the current adapter use copies of one
     loaded base model (a GGUF file or a hub model takes seconds to load each time)."""
     import qcat.model
+    from qcat.adapter import read_manifest
     from qcat.registry import Registry
     from qcat.settings import EngineSettings
     from tests.unit.test_training import learnable
@@ -100,7 +101,7 @@ def test_retrain_loads_the_base_model_once(tmp_path: Path, monkeypatch: pytest.M
     build = qcat.model.build_tiny_qwen3  # what every load of tiny-qwen3 runs, whoever asks for it
     monkeypatch.setattr(qcat.model, "build_tiny_qwen3", lambda: loads.append("tiny-qwen3") or build())
 
-    def run(work: str) -> dict[str, object]:
+    def run(work: str, seeds: int = 1) -> dict[str, object]:
         loads.clear()
         request = RetrainRequest(
             data=data,
@@ -109,6 +110,7 @@ def test_retrain_loads_the_base_model_once(tmp_path: Path, monkeypatch: pytest.M
             registry=tmp_path / "registry",
             work=tmp_path / work,
             config=TrainConfig(epochs=1, batch_size=16),
+            seeds=seeds,
         )
         return retrain(request, settings)
 
@@ -117,3 +119,6 @@ def test_retrain_loads_the_base_model_once(tmp_path: Path, monkeypatch: pytest.M
     second = run("second")
     assert second["current_holdout_accuracy"] is not None  # candidate and current adapter both scored
     assert loads == ["tiny-qwen3"]
+    soup = run("soup", seeds=2)  # the candidate is the soup of two seeds, still from the one loaded base model
+    assert loads == ["tiny-qwen3"]
+    assert len(read_manifest(Registry(tmp_path / "registry").path(str(soup["version"]))).ingredients) == 2

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from click.testing import Result
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from qcat.adapter import read_manifest
 from qcat.cli import app
 from tests.unit.test_training import SUBJECTS, TEMPLATES
 
@@ -76,6 +79,37 @@ def test_train_then_eval(tmp_path: Path) -> None:
     evaluated = qcat("eval", data, "--report", tmp_path / "report", "--adapter", tmp_path / "adapter", *TINY)
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["examples"] == 120
+
+
+def test_train_seeds_saves_their_soup(tmp_path: Path) -> None:
+    """--seeds 2 trains two seeds on one split and saves their average at --out; the seeds stay beside it."""
+    data = write_learnable(tmp_path / "learn.jsonl")
+    out = tmp_path / "soup"
+    result = qcat("train", data, "--out", out, "--epochs", 1, "--seeds", 2, "--seed", 3, *FAST_TRAINING)
+    assert result.exit_code == 0, result.output
+    seeds = [tmp_path / "soup.seeds" / f"seed{seed}" for seed in (3, 4)]
+    manifests = [read_manifest(seed) for seed in seeds]
+    soup = read_manifest(out)
+    assert soup.ingredients == [manifest.version for manifest in manifests]
+    # one split for all: the same training rows and held-out set (a seed drawing its own split would differ)
+    assert {m.data_fingerprint for m in manifests} == {soup.data_fingerprint}
+    assert {m.eval_fingerprint for m in manifests} == {soup.eval_fingerprint}
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 2 * 8
+    first, second = (load_file(str(seed / "adapter_model.safetensors")) for seed in seeds)
+    assert any(not torch.equal(first[key], second[key]) for key in first if "lora_A" in key)  # two seeds, not one
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary["seeds"]) == {"seed3", "seed4"}
+    assert summary["accuracy"] == soup.metrics["accuracy"]
+
+
+def test_an_existing_out_is_refused_before_training(tmp_path: Path) -> None:
+    data = write_learnable(tmp_path / "learn.jsonl")
+    (tmp_path / "taken").mkdir()
+    for seeds in (1, 2):
+        result = qcat("train", data, "--out", tmp_path / "taken", "--seeds", seeds, *FAST_TRAINING)
+        assert result.exit_code == 2
+        assert "already exists" in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["learn.jsonl", "taken"]  # no work or seeds folder
 
 
 def test_bad_data_is_refused_with_reasons(tmp_path: Path) -> None:
