@@ -188,7 +188,9 @@ def label_logits(lm: nn.Module, input_ids: torch.Tensor, last_index: torch.Tenso
     hidden: torch.Tensor = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
     head: nn.Module = getattr(lm, HEAD)
-    logits: torch.Tensor = head(last.float()).float()  # under autocast the head's matmul runs in bf16
+    # float32 head: no autocast runs here (transformers leaves it to accelerate, which wraps PeftModel.forward, and
+    # this calls the decoder directly), so the head computes in float32; under autocast it would return bf16
+    logits: torch.Tensor = head(last.float()).float()
     return logits
 
 
