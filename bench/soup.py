@@ -25,16 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.data import load_examples, stratified_split  # noqa: E402
+from training.data import load_examples, stratified_split, write_examples  # noqa: E402
 
 
 def qcat(*args: object) -> list[str]:
     return [sys.executable, "-m", "qcat", *(str(arg) for arg in args)]
-
-
-def write_jsonl(path: Path, rows: list[tuple[str, str]]) -> Path:
-    path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows))
-    return path
 
 
 def predictions(report: Path, test: list[tuple[str, str]]) -> list[str]:
@@ -65,8 +60,8 @@ def main() -> None:
     model = ("--base-model", args.base_model, "--device", args.device)
 
     train, held_out = stratified_split(load_examples(args.dataset / "train.jsonl"), eval_fraction=0.1, seed=0)
-    train_file = write_jsonl(work / "train.jsonl", [(e.text, e.label) for e in train])
-    held_out_file = write_jsonl(work / "held-out.jsonl", [(e.text, e.label) for e in held_out])
+    train_file = write_examples(train, work / "train.jsonl")
+    held_out_file = write_examples(held_out, work / "held-out.jsonl")
     seeds = [work / f"seed{seed}" for seed in range(args.first_seed, args.first_seed + args.seeds)]
     started = time.perf_counter()
     train_command = ("train", train_file, "--eval", held_out_file, *model, *train_options)
