@@ -85,14 +85,9 @@ def score(engine: Engine, examples: list[Example]) -> list[Scored]:
     return [Scored(e.text, e.label, p.label, p.confidence) for e, p in zip(examples, predictions, strict=True)]
 
 
-def train(
-    request: TrainRequest, settings: EngineSettings, base: LoadedModel | None = None
-) -> tuple[Path, dict[str, Any]]:
-    """Report on the data, fine-tune, calibrate, evaluate and save the adapter (with its report) to request.out.
-
-    `base`, if given, is the settings' base model already loaded; it is trained in place.
-    """
-    ensure_new(request.out)  # before hours of training, not at the save
+def prepare_data(request: TrainRequest) -> tuple[Taxonomy, list[Example], list[Example]]:
+    """The labels, training rows and held-out rows `request` describes, checked (before any model loads): errors
+    stop here, warnings are logged."""
     check_reporters(request.config.report_to)
     examples = load_examples(request.data)
     if request.taxonomy:
@@ -109,7 +104,18 @@ def train(
     for warning in data_report.warnings:
         log.warning("data", warning=warning)
     data_report.raise_on_errors()
+    return taxonomy, train_rows, held_out
 
+
+def train(
+    request: TrainRequest, settings: EngineSettings, base: LoadedModel | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Report on the data, fine-tune, calibrate, evaluate and save the adapter (with its report) to request.out.
+
+    `base`, if given, is the settings' base model already loaded; it is trained in place.
+    """
+    ensure_new(request.out)  # before hours of training, not at the save
+    taxonomy, train_rows, held_out = prepare_data(request)
     torch.manual_seed(request.config.seed)
     base = base if base is not None else load_configured_base(settings)
     parent = None

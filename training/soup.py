@@ -13,6 +13,7 @@ zero-shot rows in every seed and are averaged.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from collections.abc import Sequence
 from dataclasses import replace
@@ -29,14 +30,14 @@ from qcat.engine import Engine
 from qcat.errors import AdapterError
 from qcat.model import LoadedModel, load_configured_base, private_copy
 from qcat.settings import EngineSettings
-from schemas.taxonomy import Taxonomy
-from training.data import load_examples, report, stratified_split, write_examples
+from training.data import load_examples, report, write_examples
 from training.run import (
     MANIFEST_METRICS,
     SPEED_METRICS,
     TrainRequest,
     calibrate_and_report,
     fingerprint_examples,
+    prepare_data,
     train,
 )
 
@@ -138,41 +139,36 @@ def train_soup(
 
     Every seed trains on the same rows and is selected on the same held-out set, which calibrates and scores the
     soup: request.eval_data, or one stratified split drawn with the first seed. The seeds' adapters (each with its
-    report) and the split stay in `<out>.seeds/`. Returns the soup's held-out metrics plus each seed's accuracy.
+    report) and the split stay in `<out>.seeds/` (removed if the run fails, so that it can simply be run again).
+    Returns the soup's held-out metrics plus each seed's accuracy.
     `base`, if given, is the settings' base model already loaded; it is left as it is (each step works on a copy).
     """
     if seeds < 2:
         raise AdapterError("a soup needs at least two seeds")
     out = ensure_new(request.out)
     folder = ensure_new(out.with_name(f"{out.name}.seeds"))
+    taxonomy, train_rows, held_out = prepare_data(request)  # bad data stops before any model loads
     folder.mkdir(parents=True)
-    data, eval_data, taxonomy = request.data, request.eval_data, request.taxonomy
-    if eval_data is None:
-        examples = load_examples(data)
-        train_rows, held_out = stratified_split(examples, eval_fraction=request.eval_fraction, seed=request.config.seed)
-        data, eval_data = (
-            write_examples(train_rows, folder / "train.jsonl"),
-            write_examples(held_out, folder / "held-out.jsonl"),
-        )
-        if taxonomy is None and request.init_adapter is None:  # the labels of all rows, as a single run takes them
-            taxonomy = folder / "taxonomy.json"
-            taxonomy.write_text(
-                Taxonomy.from_names(sorted({e.label for e in examples})).model_dump_json(), encoding="utf-8"
-            )
-    base = base if base is not None else load_configured_base(settings)
-    ingredients: list[Path] = []
-    accuracy: dict[str, float] = {}
-    speed: list[dict[str, Any]] = []
-    for seed in range(request.config.seed, request.config.seed + seeds):
-        seeded = replace(request, data=data, eval_data=eval_data, taxonomy=taxonomy, out=folder / f"seed{seed}")
-        directory, metrics = train(
-            replace(seeded, config=replace(request.config, seed=seed)), settings, private_copy(base)
-        )
-        log.info("seed trained", seed=seed, accuracy=metrics["accuracy"], adapter=str(directory))
-        ingredients.append(directory)
-        accuracy[f"seed{seed}"] = metrics["accuracy"]
-        speed.append(metrics)
-    metrics = make_soup(ingredients, eval_data, out, settings, private_copy(base))
+    try:
+        held_out_file, labels = folder / "held-out.jsonl", folder / "taxonomy.json"
+        labels.write_text(taxonomy.model_dump_json(), encoding="utf-8")
+        data = write_examples(train_rows, folder / "train.jsonl")
+        shared = replace(request, data=data, eval_data=write_examples(held_out, held_out_file), taxonomy=labels)
+        base = base if base is not None else load_configured_base(settings)
+        ingredients: list[Path] = []
+        accuracy: dict[str, float] = {}
+        speed: list[dict[str, Any]] = []
+        for seed in range(request.config.seed, request.config.seed + seeds):
+            seeded = replace(shared, out=folder / f"seed{seed}", config=replace(request.config, seed=seed))
+            directory, metrics = train(seeded, settings, private_copy(base))
+            log.info("seed trained", seed=seed, accuracy=metrics["accuracy"], adapter=str(directory))
+            ingredients.append(directory)
+            accuracy[f"seed{seed}"] = metrics["accuracy"]
+            speed.append(metrics)
+        metrics = make_soup(ingredients, held_out_file, out, settings, private_copy(base))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # nothing half-made left behind to block the next run
+        raise
     typical = {key: statistics.median(run[key] for run in speed) for key in SPEED_METRICS}
     return out, metrics | typical | {"seeds": accuracy}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import Result
 from safetensors.torch import load_file
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from qcat.adapter import read_manifest
 from qcat.cli import app
+from qcat.errors import QcatError
 from tests.unit.test_training import SUBJECTS, TEMPLATES
 
 runner = CliRunner()
@@ -110,6 +112,32 @@ def test_an_existing_out_is_refused_before_training(tmp_path: Path) -> None:
         assert result.exit_code == 2
         assert "already exists" in result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["learn.jsonl", "taken"]  # no work or seeds folder
+
+
+def test_seeds_stop_on_bad_data_before_loading_and_leave_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--seeds checks the data before the base model loads; a run that fails later removes its seeds folder."""
+    import training.soup
+    from qcat.model import build_tiny_qwen3
+
+    data = write_learnable(tmp_path / "learn.jsonl")
+    (tmp_path / "labels.txt").write_text("HUM\nLOC\n")
+    loads: list[str] = []
+    monkeypatch.setattr("qcat.model.build_tiny_qwen3", lambda: loads.append("tiny-qwen3") or build_tiny_qwen3())
+    refused = qcat("train", data, "--out", tmp_path / "a", "--seeds", 2, "--taxonomy", tmp_path / "labels.txt", *TINY)
+    assert refused.exit_code == 2
+    assert "outside the taxonomy" in refused.output
+    assert loads == []
+
+    def broken_soup(*args: object, **kwargs: object) -> None:
+        raise QcatError("the soup failed")
+
+    monkeypatch.setattr(training.soup, "make_soup", broken_soup)
+    failed = qcat("train", data, "--out", tmp_path / "b", "--epochs", 1, "--seeds", 2, *FAST_TRAINING)
+    assert failed.exit_code == 2
+    assert "the soup failed" in failed.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["labels.txt", "learn.jsonl"]
 
 
 def test_bad_data_is_refused_with_reasons(tmp_path: Path) -> None:
