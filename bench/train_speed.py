@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
@@ -34,7 +34,7 @@ from qcat.logs import configure_logging  # noqa: E402
 from qcat.model import LoadedModel, fingerprint, load_base_model  # noqa: E402
 from schemas.prompt import prompt_format  # noqa: E402
 from training.data import Example, load_examples  # noqa: E402
-from training.trainer import TrainConfig, fit  # noqa: E402
+from training.trainer import Batching, TrainConfig, fit  # noqa: E402
 
 
 def base_model(name: str | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="per variant; plain runs one (it is the slow one)")
     parser.add_argument("--batch", type=int, nargs="*", default=[128], help="qcat batch sizes, eager")
     parser.add_argument("--compiled-batch", type=int, nargs="*", default=[], help="qcat batch sizes, compiled")
-    parser.add_argument("--batching", nargs="+", default=["length"], choices=["length", "random"])
+    parser.add_argument("--batching", nargs="+", default=["length"], choices=get_args(Batching))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     configure_logging(json=False, level="WARNING")
