@@ -2,19 +2,21 @@
 
 "plain" is the seed recipe's loop (batch 32, random order); "qcat-bN" is qcat's path with larger, length-grouped
 batches (`TrainConfig.batching`; `--batching` adds the other orders as "qcat-bN-ORDER"); "qcat-bN-compiled" adds
-compiled decoder layers (`qcat train --compile`).
+compiled decoder layers (`qcat train --compile`); `--cuda-graphs off on` and `--autocast off on` add each variant with
+the decoder replayed as CUDA graphs ("-graphs", `qcat train --cuda-graphs`) and with bf16 autocast ("-autocast").
 All run qcat's own `fit()` (transformers' Trainer, LoRA on all linear layers, bf16 on CUDA) on a random-weight model
 of Qwen3-0.6B's exact shape (speed does not depend on weight values), or on `--base-model` (a hub id, local dir or
 .gguf file). Epoch time excludes evaluation; `seconds_per_epoch` is the median of the epochs after the first, which
 also pays for compiling (`first_epoch_seconds`).
 
     python bench/train_speed.py [--quick] [--device cuda] [--epochs 3] [--batch 128 256] [--compiled-batch 256 512]
-        [--batching length random]
+        [--batching length random] [--cuda-graphs off on] [--autocast off on]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -65,6 +67,8 @@ def measure(
         "batch_size": config.batch_size,
         "batching": config.batching,
         "compiled": config.compile,
+        "cuda_graphs": config.cuda_graphs,
+        "autocast": config.autocast,
         "epochs": result["epochs_run"],
         "first_epoch_seconds": result["first_epoch_seconds"],
         "seconds_per_epoch": result["train_seconds_per_epoch"],
@@ -82,6 +86,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="*", default=[128], help="qcat batch sizes, eager")
     parser.add_argument("--compiled-batch", type=int, nargs="*", default=[], help="qcat batch sizes, compiled")
     parser.add_argument("--batching", nargs="+", default=["length"], choices=get_args(Batching))
+    parser.add_argument("--cuda-graphs", nargs="+", default=["off"], choices=["off", "on"])
+    parser.add_argument("--autocast", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     configure_logging(json=False, level="WARNING")
@@ -94,22 +100,29 @@ def main() -> None:
         train, held_out = train[:64], held_out[:16]
     plain = TrainConfig(epochs=1, batch_size=32, batching="random", patience=args.epochs)
     variants = {"plain": plain}
-    for batching in args.batching:
-        qcat = replace(plain, epochs=args.epochs, batching=batching)
-        order = "" if batching == "length" else f"-{batching}"
-        variants |= {f"qcat-b{size}{order}": replace(qcat, batch_size=size) for size in args.batch}
-        variants |= {
-            f"qcat-b{size}-compiled{order}": replace(qcat, batch_size=size, compile=True)
-            for size in args.compiled_batch
-        }
+    sizes = [(size, False) for size in args.batch] + [(size, True) for size in args.compiled_batch]
+    for batching, graphs, autocast, (size, compiled) in itertools.product(
+        args.batching, args.cuda_graphs, args.autocast, sizes
+    ):
+        label = f"qcat-b{size}" + "-compiled" * compiled + "-graphs" * (graphs == "on")
+        label += "-autocast" * (autocast == "on") + ("" if batching == "length" else f"-{batching}")
+        variants[label] = replace(
+            plain,
+            epochs=args.epochs,
+            batch_size=size,
+            batching=batching,
+            compile=compiled,
+            cuda_graphs=graphs == "on",
+            autocast=autocast == "on",
+        )
     work = Path("/tmp") / f"qcat-train-speed-{time.time_ns()}"
     results = {}
     for label, config in variants.items():
         results[label] = measure(args.base_model, device, dtype, train, held_out, config, work / label)
         row = results[label]
         print(
-            f"{label:28} batch {row['batch_size']:>4} {row['batching']:7} "
-            f"compiled={row['compiled']!s:5}: first epoch {row['first_epoch_seconds']:7.2f} s, then "
+            f"{label:36} batch {row['batch_size']:>4} {row['batching']:7}: "
+            f"first epoch {row['first_epoch_seconds']:7.2f} s, then "
             f"{row['seconds_per_epoch']:7.2f} s/epoch {row['tokens_per_s']:10.0f} tokens/s",
             flush=True,
         )

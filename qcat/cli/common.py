@@ -41,6 +41,21 @@ CompileOption = Annotated[
         "pays off on long runs.",
     ),
 ]
+CudaGraphsOption = Annotated[
+    bool,
+    typer.Option(
+        "--cuda-graphs/--no-cuda-graphs",
+        help="Replay each full batch's decoder as CUDA graphs (CUDA only): removes the host's per-step overhead, "
+        "which bounds small batches; one capture per batch width (seconds), a few GB of GPU memory each.",
+    ),
+]
+AutocastOption = Annotated[
+    bool,
+    typer.Option(
+        "--autocast/--no-autocast",
+        help="bf16 autocast for the decoder and LoRA matmuls (CUDA only; LoRA's weights stay float32).",
+    ),
+]
 LabelSmoothingOption = Annotated[
     float,
     typer.Option(min=0.0, max=0.5, help="Move this much of each training target to the other labels (a regulariser)."),

@@ -15,9 +15,11 @@ from qcat.cli.common import (
     LEARNING_RATE,
     AdapterOption,
     AnnounceOption,
+    AutocastOption,
     BaseModelOption,
     BatchSizeOption,
     CompileOption,
+    CudaGraphsOption,
     DeviceOption,
     EpochsOption,
     LabelSmoothingOption,
@@ -59,6 +61,8 @@ def train(
     seed: SeedOption = 0,
     seeds: SeedsOption = 1,
     compile_layers: CompileOption = False,
+    cuda_graphs: CudaGraphsOption = False,
+    autocast: AutocastOption = False,
     batching: Annotated[
         Literal["length", "random"],
         typer.Option(help="Batches of similar question lengths (little padding), or random rows (the plain recipe's)."),
@@ -100,6 +104,8 @@ def train(
             seed=seed,
             label_smoothing=label_smoothing,
             compile=compile_layers,
+            cuda_graphs=cuda_graphs,
+            autocast=autocast,
             batching=batching,
             report_to=tuple(report_to or ()),
         ),
@@ -198,6 +204,8 @@ def retrain(
     seeds: SeedsOption = 1,
     label_smoothing: LabelSmoothingOption = LABEL_SMOOTHING,
     compile_layers: CompileOption = False,
+    cuda_graphs: CudaGraphsOption = False,
+    autocast: AutocastOption = False,
     tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = 0.005,
     from_current: Annotated[
         bool, typer.Option(help="Start from the current adapter's weights instead of from scratch.")
@@ -228,6 +236,8 @@ def retrain(
             seed=seed,
             label_smoothing=label_smoothing,
             compile=compile_layers,
+            cuda_graphs=cuda_graphs,
+            autocast=autocast,
         ),
     )
     try:

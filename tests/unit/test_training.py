@@ -177,3 +177,129 @@ def test_label_smoothing_shapes_the_training_loss_only(tiny: LoadedModel, tmp_pa
         assert float(loss) != pytest.approx(
             float(cross_entropy(outputs["logits"], inputs["labels"], label_smoothing=0.2 - smoothing))
         )
+
+
+def test_batches_padded_to_a_width_multiple_score_the_same(tiny: LoadedModel) -> None:
+    """CUDA graphs pad batch widths to a multiple (fewer shapes); right padding must not change any row's logits."""
+    from qcat.model import attach_label_head, label_logits
+    from training.trainer import LabelDataset, collate
+
+    train, _ = learnable()
+    attach_label_head(tiny, TAXONOMY)
+    engine = Engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    dataset = LabelDataset(engine, train[:8])
+    rows = [dataset[i] for i in range(len(dataset))]
+    exact, padded = collate(engine.pad_id)(rows), collate(engine.pad_id, 16)(rows)
+    assert padded["input_ids"].shape[1] % 16 == 0
+    assert padded["input_ids"].shape[1] > exact["input_ids"].shape[1]
+    assert torch.equal(padded["last_index"], exact["last_index"])
+    with torch.no_grad():
+        scores = [label_logits(tiny.lm, batch["input_ids"], batch["last_index"]) for batch in (exact, padded)]
+    torch.testing.assert_close(scores[1], scores[0])
+
+
+def test_graphed_decoder_captures_full_training_batches_once_per_width(
+    tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which calls `graphed_decoder` sends to a graph (full batches, training, with gradients: one capture per
+    width) and which stay eager; afterwards the decoder's own forward is back. CPU stand-in for the capture: the
+    CUDA test below checks the graphs' gradients."""
+    from qcat.model import label_logits
+    from training.trainer import graphed_decoder
+
+    captured: list[tuple[int, ...]] = []
+
+    def capture(module: torch.nn.Module, sample_args: tuple[torch.Tensor, ...]) -> torch.nn.Module:
+        captured.append(tuple(sample_args[0].shape))
+        return module
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
+    model = new_lora(tiny, TAXONOMY, rank=4, alpha=8)
+    lm = model.get_base_model()
+    model.train()
+    ids = torch.randint(5, 100, (4, 24))
+    last = torch.full((4,), 7)
+    with graphed_decoder(lm, batch_size=4):
+        eager = label_logits(lm, ids[:, :16], last)
+        for width in (16, 24, 16):
+            logits = label_logits(lm, ids[:, :width], last)
+        label_logits(lm, ids[:3, :16], last[:3])  # the epoch's last, smaller batch
+        with torch.no_grad():
+            label_logits(lm, ids[:, :8], last)  # evaluation
+        model.eval()
+        label_logits(lm, ids[:, :8], last)
+    assert captured == [(4, 16), (4, 24)]
+    assert "forward" not in vars(lm.get_decoder())
+    assert logits.shape == eager.shape == (4, 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda_graphs_give_the_eager_gradients(
+    fresh_tiny: Callable[[], LoadedModel], monkeypatch: pytest.MonkeyPatch, autocast: bool
+) -> None:
+    """Captured once, replayed on new inputs: every LoRA and head gradient equals the eager step's."""
+    from qcat.model import label_logits
+    from training.trainer import graphed_decoder
+
+    captures: list[int] = []
+    make_graphed = torch.cuda.make_graphed_callables
+
+    def counting(*args: object, **kwargs: object) -> object:
+        captures.append(1)
+        return make_graphed(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", counting)
+    base = fresh_tiny()
+    base.lm.to("cuda")  # type: ignore[arg-type]
+    model = new_lora(base, TAXONOMY, rank=4, alpha=8, dropout=0.0)
+    model.train()
+    lm = model.get_base_model()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randint(5, 500, (4, 16), generator=generator), torch.randint(0, 16, (4,), generator=generator))
+        for _ in range(3)
+    ]
+
+    def gradients(ids: torch.Tensor, last: torch.Tensor) -> list[torch.Tensor]:
+        for parameter in trainable:
+            parameter.grad = None
+        with torch.autocast("cuda", torch.bfloat16, enabled=autocast, cache_enabled=False):
+            logits = label_logits(lm, ids.cuda(), last.cuda())
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0], device="cuda")).backward()
+        return [parameter.grad.clone() for parameter in trainable]  # type: ignore[union-attr]
+
+    eager = [gradients(*batch) for batch in batches]
+    with graphed_decoder(lm, batch_size=4):
+        graphed = [gradients(*batch) for batch in batches]
+    assert captures == [1]
+    assert any(not torch.equal(a, b) for a, b in zip(eager[0], eager[1], strict=True))
+    for expected, got in zip(eager, graphed, strict=True):
+        for a, b in zip(expected, got, strict=True):
+            torch.testing.assert_close(b, a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_and_autocast_learn(fresh_tiny: Callable[[], LoadedModel], tmp_path: Path) -> None:
+    """`fit` with CUDA graphs and autocast reaches the eager learning bar (>= 90%, chance 33%)."""
+    train, held_out = learnable()
+    torch.manual_seed(0)
+    base = fresh_tiny()
+    base.lm.to("cuda")  # type: ignore[arg-type]
+    model = new_lora(base, TAXONOMY, rank=8, alpha=16)
+    engine = Engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    config = TrainConfig(epochs=8, batch_size=16, learning_rate=2e-3, patience=8, cuda_graphs=True, autocast=True)
+    result = fit(model, engine, train, held_out, tmp_path, config)
+    assert result["eval_accuracy"] >= 0.9, result
+    assert accuracy(engine, held_out) >= 0.9
+
+
+def test_cuda_graphs_and_autocast_refuse_a_cpu(tiny: LoadedModel, tmp_path: Path) -> None:
+    train, held_out = learnable()
+    model = new_lora(tiny, TAXONOMY, rank=4, alpha=8)
+    engine = Engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    for config in (TrainConfig(cuda_graphs=True), TrainConfig(autocast=True)):
+        with pytest.raises(TrainingError, match="need a CUDA device"):
+            fit(model, engine, train, held_out, tmp_path, config)
+    assert not (tmp_path / "metrics.csv").exists()
