@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -251,7 +252,11 @@ def graphed_decoder(lm: PreTrainedModel, batch_size: int) -> Iterator[None]:
 
     decoder.forward = forward
     try:
-        yield
+        with warnings.catch_warnings():
+            # make_graphed_callables warms up on a side stream; the later steps' gradients then reach the
+            # parameters from the default stream, which autograd handles with a stream sync and warns about
+            warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
+            yield
     finally:
         del decoder.forward  # the class's eager forward shows again
 
@@ -264,9 +269,18 @@ class _LastHidden(torch.nn.Module):
         super().__init__()
         self.decoder = decoder
         self.eager = eager
+        config = getattr(decoder, "config", None)
+        causal_only = getattr(config, "_attn_implementation", None) == "sdpa" and set(
+            getattr(config, "layer_types", None) or ()
+        ) == {"full_attention"}
+        # Rows are right-padded, so plain causal attention is exact (`label_logits`). Said explicitly, because while
+        # a stream captures, transformers builds a mask tensor instead (it cannot inspect the inputs then), which
+        # costs the fused causal kernels and makes compiled layers recompile inside the capture.
+        self.masks = {"full_attention": None} if causal_only else None
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        hidden: torch.Tensor = self.eager(input_ids=input_ids, use_cache=False).last_hidden_state
+        output = self.eager(input_ids=input_ids, attention_mask=self.masks, use_cache=False)
+        hidden: torch.Tensor = output.last_hidden_state
         return hidden
 
 

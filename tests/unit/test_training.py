@@ -238,7 +238,9 @@ def test_graphed_decoder_captures_full_training_batches_once_per_width(
 def test_cuda_graphs_give_the_eager_gradients(
     fresh_tiny: Callable[[], LoadedModel], monkeypatch: pytest.MonkeyPatch, autocast: bool
 ) -> None:
-    """Captured once, replayed on new inputs: every LoRA and head gradient equals the eager step's."""
+    """Captured once, replayed on new inputs: every LoRA and head gradient is the eager step's, to within a small
+    fraction of how much two batches' gradients differ (what a stale or missing replay would be off by); the GPU's
+    kernels round differently inside a capture, so not to the bit."""
     from qcat.model import label_logits
     from training.trainer import graphed_decoder
 
@@ -274,10 +276,13 @@ def test_cuda_graphs_give_the_eager_gradients(
     with graphed_decoder(lm, batch_size=4):
         graphed = [gradients(*batch) for batch in batches]
     assert captures == [1]
-    assert any(not torch.equal(a, b) for a, b in zip(eager[0], eager[1], strict=True))
+
+    def distance(one: list[torch.Tensor], other: list[torch.Tensor]) -> float:
+        return float(torch.stack([(a - b).norm() for a, b in zip(one, other, strict=True)]).norm())
+
+    between_batches = min(distance(eager[0], eager[1]), distance(eager[1], eager[2]))
     for expected, got in zip(eager, graphed, strict=True):
-        for a, b in zip(expected, got, strict=True):
-            torch.testing.assert_close(b, a)
+        assert distance(expected, got) <= 0.02 * between_batches, (distance(expected, got), between_batches)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
