@@ -80,11 +80,25 @@ def train(
 ) -> None:
     """Fine-tune a LoRA adapter on labeled questions, evaluate it and save it with its report."""
     from qcat.adapter import LORA_TARGETS
+    from qcat.model import resolve_device
     from training.run import SPEED_METRICS, TrainRequest
     from training.run import train as run_train
-    from training.trainer import TrainConfig
+    from training.trainer import TrainConfig, check_device
 
     settings = settings_from(EngineSettings, base_model=base_model, device=device, dtype=dtype)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        seed=seed,
+        label_smoothing=label_smoothing,
+        compile=compile_layers,
+        cuda_graphs=cuda_graphs,
+        autocast=autocast,
+        batching=batching,
+        report_to=tuple(report_to or ()),
+    )
     request = TrainRequest(
         data=data,
         out=out,
@@ -96,21 +110,10 @@ def train(
         alpha=lora_alpha or 2 * rank,
         dropout=lora_dropout,
         targets=tuple(target_module) if target_module else LORA_TARGETS,
-        config=TrainConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            patience=patience,
-            seed=seed,
-            label_smoothing=label_smoothing,
-            compile=compile_layers,
-            cuda_graphs=cuda_graphs,
-            autocast=autocast,
-            batching=batching,
-            report_to=tuple(report_to or ()),
-        ),
+        config=config,
     )
     try:
+        check_device(config, resolve_device(settings.device))
         if seeds > 1:
             from training.soup import train_soup
 
@@ -216,9 +219,12 @@ def retrain(
 
     Exit 0: promoted; 3: not better, the current adapter stays; anything else: an error. Last line: JSON summary.
     """
+    from qcat.model import resolve_device
     from training.retrain import RetrainRequest
     from training.retrain import retrain as run_retrain
-    from training.trainer import TrainConfig
+    from training.trainer import TrainConfig, check_device
+
+    settings = settings_from(EngineSettings, base_model=base_model, device=device)
 
     request = RetrainRequest(
         data=data,
@@ -241,7 +247,8 @@ def retrain(
         ),
     )
     try:
-        summary = run_retrain(request, settings_from(EngineSettings, base_model=base_model, device=device))
+        check_device(request.config, resolve_device(settings.device))
+        summary = run_retrain(request, settings)
         if summary["promoted"] and announce_it:
             from qcat.registry import Registry
 

@@ -140,6 +140,27 @@ def test_seeds_stop_on_bad_data_before_loading_and_leave_nothing(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["labels.txt", "learn.jsonl"]
 
 
+def test_cuda_only_options_are_refused_on_a_cpu_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--cuda-graphs and --autocast on a CPU stop `train` and `retrain` with what to do, before any model loads."""
+    from qcat.model import build_tiny_qwen3
+
+    data = write_learnable(tmp_path / "learn.jsonl")
+    loads: list[str] = []
+    monkeypatch.setattr("qcat.model.build_tiny_qwen3", lambda: loads.append("tiny-qwen3") or build_tiny_qwen3())
+    commands = [
+        ("train", data, "--out", tmp_path / "a", "--cuda-graphs"),
+        ("train", data, "--out", tmp_path / "a", "--autocast", "--seeds", 2),
+        ("retrain", "--data", data, "--corrections", tmp_path / "none", "--eval", data, "--registry",
+         tmp_path / "registry", "--work", tmp_path / "work", "--cuda-graphs"),
+    ]  # fmt: skip
+    for command in commands:
+        refused = qcat(*command, "--device", "cpu", *TINY)
+        assert refused.exit_code == 2, refused.output
+        assert "need a CUDA device" in " ".join(refused.output.split())
+    assert loads == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["learn.jsonl"]
+
+
 def test_bad_data_is_refused_with_reasons(tmp_path: Path) -> None:
     """Labels outside the given taxonomy stop training before any model is loaded, naming the rows."""
     data = write_learnable(tmp_path / "learn.jsonl")
