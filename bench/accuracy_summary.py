@@ -75,7 +75,10 @@ def plot(table: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = sorted(table)
-    figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    widths = [max(3, len(table[dataset])) for dataset in datasets]  # one column per recipe, readable labels
+    figure, axes = plt.subplots(
+        1, len(datasets), figsize=(3 + 0.45 * sum(widths), 5.5), squeeze=False, gridspec_kw={"width_ratios": widths}
+    )
     for axis, dataset in zip(axes[0], datasets, strict=True):
         recipes = table[dataset]
         for x, (recipe, stats) in enumerate(recipes.items()):
@@ -86,10 +89,11 @@ def plot(table: dict[str, Any], path: Path) -> None:
         for (name, value), style in zip(ANCHORS.get(dataset, {}).items(), ("--", ":"), strict=False):
             axis.axhline(100 * value, color="tab:red", linestyle=style, linewidth=1, label=f"{name} {100 * value:.2f}%")
         axis.set_xticks(range(len(recipes)), list(recipes), rotation=40, ha="right", fontsize=8)
-        axis.set_ylabel("test accuracy (%)  dots: seeds (green: soups), bar: mean")
+        axis.set_ylabel("test accuracy (%)")
         axis.set_title(dataset)
         axis.legend(fontsize=8, loc="lower right")
         axis.grid(axis="y", alpha=0.3)
+    figure.suptitle("dots: one run each (green: soups); black bar: the recipe's mean; red: anchors", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -236,8 +236,9 @@ def graphed_decoder(lm: PreTrainedModel, batch_size: int) -> Iterator[None]:
     ~1,600 kernel launches and the Python between them. A CUDA graph replays a step's recorded kernels with one
     launch each way. Graphs have fixed shapes: one is captured (torch.cuda.make_graphed_callables) per batch width
     the first time it appears, widths being padded to `GRAPH_WIDTH_MULTIPLE`; the epoch's last, smaller batch and
-    evaluation run eagerly. A graph replays the kernels the eager step would launch: the same arithmetic. Each graph
-    keeps its own activation memory (a few GB at batch 64 on Qwen3-0.6B).
+    evaluation run eagerly. A graph replays the kernels the eager step would launch: the same arithmetic, to rounding
+    (a capture may pick other GEMM algorithms). Each graph keeps its own activation memory (a few GB at batch 64 on
+    Qwen3-0.6B).
     """
     decoder: torch.nn.Module = lm.get_decoder()
     eager = decoder.forward
