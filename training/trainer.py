@@ -229,7 +229,7 @@ GRAPH_WIDTH_MULTIPLE = 8
 
 
 @contextmanager
-def graphed_decoder(lm: PreTrainedModel, batch_size: int) -> Iterator[None]:
+def graphed_decoder(lm: PreTrainedModel, batch_size: int, *, compiled: bool = False) -> Iterator[None]:
     """Run every full training batch's decoder forward and backward as CUDA graphs, then restore the eager decoder.
 
     At batch 64 the host bounds a LoRA step (profiled on an H200: the GPU busy 30 ms of a 108 ms compiled step):
@@ -241,6 +241,13 @@ def graphed_decoder(lm: PreTrainedModel, batch_size: int) -> Iterator[None]:
     Qwen3-0.6B).
     """
     decoder: torch.nn.Module = lm.get_decoder()
+    if compiled and causal_masks(decoder) is None:
+        config = getattr(decoder, "config", None)
+        raise TrainingError(
+            "--cuda-graphs with --compile needs SDPA attention and full attention in every layer (this model has "
+            f"{getattr(config, '_attn_implementation', None)!r}, {sorted(set(getattr(config, 'layer_types', ())))}): "
+            "its masks would recompile the layers inside the capture; drop --compile"
+        )
     eager = decoder.forward
     graphs: dict[tuple[int, ...], Any] = {}
 
@@ -271,19 +278,28 @@ class _LastHidden(torch.nn.Module):
         super().__init__()
         self.decoder = decoder
         self.eager = eager
-        config = getattr(decoder, "config", None)
-        causal_only = getattr(config, "_attn_implementation", None) == "sdpa" and set(
-            getattr(config, "layer_types", None) or ()
-        ) == {"full_attention"}
-        # Rows are right-padded, so plain causal attention is exact (`label_logits`). Said explicitly, because while
-        # a stream captures, transformers builds a mask tensor instead (it cannot inspect the inputs then), which
-        # costs the fused causal kernels and makes compiled layers recompile inside the capture.
-        self.masks = {"full_attention": None} if causal_only else None
+        self.masks = causal_masks(decoder)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         output = self.eager(input_ids=input_ids, attention_mask=self.masks, use_cache=False)
         hidden: torch.Tensor = output.last_hidden_state
         return hidden
+
+
+def causal_masks(decoder: torch.nn.Module) -> dict[str, None] | None:
+    """The decoder's attention masks when plain causal attention is exact, else None (let transformers build them).
+
+    Rows are right-padded, so causal attention needs no mask (`label_logits`). Said explicitly for CUDA graphs:
+    while a stream captures, transformers cannot inspect the inputs and builds a mask tensor instead, which costs
+    SDPA's fused causal kernels and makes compiled layers recompile inside the capture (which fails).
+    """
+    config = getattr(decoder, "config", None)
+    sdpa = getattr(config, "_attn_implementation", None) == "sdpa"
+    return (
+        {"full_attention": None}
+        if sdpa and set(getattr(config, "layer_types", None) or ()) == {"full_attention"}
+        else None
+    )
 
 
 def _when_training(compiled: Any, eager: Any) -> Any:
@@ -442,7 +458,7 @@ def fit(
     lm: PreTrainedModel = model.get_base_model()  # type: ignore[assignment]  # peft types it as Module
     with (
         compiled_layers(lm) if config.compile else nullcontext(),
-        graphed_decoder(lm, config.batch_size) if config.cuda_graphs else nullcontext(),
+        graphed_decoder(lm, config.batch_size, compiled=config.compile) if config.cuda_graphs else nullcontext(),
     ):
         trainer.train()
     result: dict[str, float] = trainer.evaluate()

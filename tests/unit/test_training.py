@@ -233,6 +233,22 @@ def test_graphed_decoder_captures_full_training_batches_once_per_width(
     assert logits.shape == eager.shape == (4, 3)
 
 
+def test_compiled_cuda_graphs_refuse_attention_masks_they_cannot_capture(tiny: LoadedModel) -> None:
+    """With SDPA and full attention the graphed decoder states causal attention itself; other attention would
+    build masks inside the capture and recompile the compiled layers there, so that combination stops early."""
+    from training.trainer import causal_masks, graphed_decoder
+
+    decoder = tiny.lm.get_decoder()
+    assert causal_masks(decoder) == {"full_attention": None}
+    tiny.lm.set_attn_implementation("eager")
+    assert causal_masks(decoder) is None
+    with pytest.raises(TrainingError, match="drop --compile"), graphed_decoder(tiny.lm, 4, compiled=True):
+        pass
+    with graphed_decoder(tiny.lm, 4):  # uncompiled, the masks are captured as they come
+        pass
+    assert "forward" not in vars(decoder)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("autocast", [False, True])
 def test_cuda_graphs_give_the_eager_gradients(
