@@ -431,6 +431,9 @@ def fit(
         logging_strategy="epoch",
         logging_nan_inf_filter=False,  # its per-step check syncs with the GPU; NonFiniteGuard stops on NaN instead
         optim="adamw_torch_fused" if cuda else "adamw_torch",
+        # accelerate copies each batch to the GPU with a blocking copy, which waits for all queued GPU work: the host
+        # and GPU then take turns every step. Pinned batches copied without blocking let the host run ahead.
+        accelerator_config={"non_blocking": cuda},
         use_cpu=engine.device.type == "cpu",
         bf16=cuda,
         disable_tqdm=False,
