@@ -241,11 +241,13 @@ def graphed_decoder(lm: PreTrainedModel, batch_size: int, *, compiled: bool = Fa
     Qwen3-0.6B).
     """
     decoder: torch.nn.Module = lm.get_decoder()
-    if compiled and causal_masks(decoder) is None:
+    masks = causal_masks(decoder)
+    if compiled and masks is None:
         config = getattr(decoder, "config", None)
+        kinds = sorted(set(getattr(config, "layer_types", None) or ()))
         raise TrainingError(
             "--cuda-graphs with --compile needs SDPA attention and full attention in every layer (this model has "
-            f"{getattr(config, '_attn_implementation', None)!r}, {sorted(set(getattr(config, 'layer_types', ())))}): "
+            f"{getattr(config, '_attn_implementation', None)!r}, {kinds}): "
             "its masks would recompile the layers inside the capture; drop --compile"
         )
     eager = decoder.forward
@@ -256,7 +258,7 @@ def graphed_decoder(lm: PreTrainedModel, batch_size: int, *, compiled: bool = Fa
             return eager(input_ids=input_ids, **kwargs)
         shape = tuple(input_ids.shape)
         if shape not in graphs:
-            graphs[shape] = torch.cuda.make_graphed_callables(_LastHidden(decoder, eager), (input_ids,))
+            graphs[shape] = torch.cuda.make_graphed_callables(_LastHidden(decoder, eager, masks), (input_ids,))
         return BaseModelOutputWithPast(last_hidden_state=graphs[shape](input_ids))
 
     decoder.forward = forward
@@ -274,11 +276,11 @@ class _LastHidden(torch.nn.Module):
     """The decoder as a module of one tensor in, one out: what make_graphed_callables captures (the decoder's
     parameters, LoRA's among them, become the graph's inputs, so their gradients come out of its backward)."""
 
-    def __init__(self, decoder: torch.nn.Module, eager: Any) -> None:
+    def __init__(self, decoder: torch.nn.Module, eager: Any, masks: dict[str, None] | None) -> None:
         super().__init__()
         self.decoder = decoder
         self.eager = eager
-        self.masks = causal_masks(decoder)
+        self.masks = masks  # `causal_masks`
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         output = self.eager(input_ids=input_ids, attention_mask=self.masks, use_cache=False)
