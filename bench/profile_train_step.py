@@ -1,7 +1,7 @@
 """Where a training step's time goes: torch.profiler over a few steps of qcat's own `fit()`, after compiling.
 
     python bench/profile_train_step.py [--device cuda] [--batch 64] [--no-compile] [--start 30] [--steps 10]
-        [--out bench/results/profile-train-step-h200-b64-compiled.txt]
+        [--cuda-graphs] [--autocast] [--out bench/results/profile-train-step-h200-b64-compiled.txt]
 
 Random weights of Qwen3-0.6B's shape on TREC-6 (as bench/train_speed.py). Prints the wall time per step (the profiler
 roughly doubles the host's share), then writes torch.profiler's tables, by host (self CPU) time and by GPU time, each
@@ -80,10 +80,13 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--start", type=int, default=30, help="profile from this step (after compiling)")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--cuda-graphs", action="store_true", help="qcat train --cuda-graphs")
+    parser.add_argument("--autocast", action="store_true", help="qcat train --autocast")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     compiled = not args.no_compile
     tag = f"{'h200' if args.device.startswith('cuda') else 'cpu'}-b{args.batch}{'-compiled' if compiled else ''}"
+    tag += "-graphs" * args.cuda_graphs + "-autocast" * args.autocast
     out = args.out or ROOT / "bench" / "results" / f"profile-train-step-{tag}.txt"
     command = "python bench/profile_train_step.py " + " ".join(sys.argv[1:])
     training.trainer.RichProgress = profiling(args.start, args.steps, out, command)  # type: ignore[misc]
@@ -94,7 +97,9 @@ def main() -> None:
     held_out = load_examples(ROOT / "data" / "trec" / "test.jsonl")[:200]
     base = base_model(None, device, dtype)
     engine = Engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=64, batch_size=256)
-    config = TrainConfig(epochs=1, batch_size=args.batch, compile=compiled)
+    config = TrainConfig(
+        epochs=1, batch_size=args.batch, compile=compiled, cuda_graphs=args.cuda_graphs, autocast=args.autocast
+    )
     fit(new_lora(base, TAXONOMY), engine, train, held_out, Path("/tmp") / f"qcat-profile-{time.time_ns()}", config)
     print(f"wrote {out}")
 

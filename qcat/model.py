@@ -188,10 +188,10 @@ def label_logits(lm: nn.Module, input_ids: torch.Tensor, last_index: torch.Tenso
     hidden: torch.Tensor = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
     head: nn.Module = getattr(lm, HEAD)
-    # float32 head: no autocast runs here unless training asks for it (`qcat train --autocast`; transformers leaves
-    # autocast to accelerate, which wraps PeftModel.forward, and this calls the decoder directly), so the head
-    # computes in float32; under autocast it computes in bf16 and `.float()` still returns float32 logits
-    logits: torch.Tensor = head(last.float()).float()
+    # the head computes in float32 always: serving runs no autocast, and `qcat train --autocast` must not turn the
+    # head's product (and the logits that pick the best epoch) into bf16; the decoder's matmuls may be bf16
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits: torch.Tensor = head(last.float()).float()
     return logits
 
 

@@ -134,6 +134,20 @@ def test_a_bf16_base_model_trains_every_weight_in_float32() -> None:
     assert logits.shape == (1, len(TAXONOMY.labels))
 
 
+def test_the_head_computes_in_float32_under_autocast(tiny: LoadedModel) -> None:
+    """`qcat train --autocast` puts the decoder's matmuls in bf16, not the head's: it scores as at serving time."""
+    model = new_lora(tiny, TAXONOMY, rank=4, alpha=8)
+    lm, ids, last = model.get_base_model(), torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]]), torch.tensor([3, 2])
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        logits = label_logits(lm, ids, last)
+        rows = lm.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state[torch.arange(2), last].float()
+        assert lm.label_head(rows).dtype == torch.bfloat16  # what the head would compute if autocast reached it
+    with torch.no_grad():
+        expected = lm.label_head(rows)
+    assert expected.dtype == torch.float32
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+
+
 def test_lora_adapts_exactly_the_named_layers(tiny: LoadedModel) -> None:
     """A subset of layers gets LoRA weights and no other layer does."""
     model = new_lora(tiny, TAXONOMY, rank=4, alpha=8, targets=("q_proj", "v_proj"))
