@@ -9,7 +9,7 @@ GPU (profiled on an H200: the GPU was busy ~50 ms of a ~190 ms step). Hence larg
 optimizer, no host-device synchronisation per step (`NonFiniteGuard` reads the previous step's verdict), no
 per-step walks over the ~2,400 peft modules (`LabelTrainer`), and optionally decoder layers compiled one region at a
 time (`compiled_layers`) and the decoder's training steps replayed as CUDA graphs (`graphed_decoder`): together they
-take a batch-64 TREC-6 epoch on Qwen3-0.6B's shape from ~19 s to 3.3 s (docs/training.md).
+take a batch-64 TREC-6 epoch on Qwen3-0.6B's shape from ~19 s to 2.4-2.8 s with `--autocast` (docs/training.md).
 """
 
 from __future__ import annotations

