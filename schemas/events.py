@@ -92,6 +92,7 @@ class DeadLetterReason(StrEnum):
     TEXT_TOO_LONG = "text_too_long"
     INFERENCE_ERROR = "inference_error"
     UNKNOWN_LABEL = "unknown_label"
+    UNPUBLISHABLE = "unpublishable"  # the broker refused its output: too large, a topic's policy, not authorized
 
 
 class DeadLetter(_Event):
@@ -103,6 +104,9 @@ class DeadLetter(_Event):
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
     payload_truncated: bool = Field(
         default=False, description="The payload was cut to fit a Kafka message; the original stays at topic/offset."
+    )
+    headers_dropped: bool = Field(
+        default=False, description="The record's headers were too large to carry; the original keeps them."
     )
     topic: str
     partition: int = Field(ge=0)

@@ -1,10 +1,10 @@
 """The Faust app: consume questions, micro-batch them (`take_events`), classify off the event loop, publish.
 
 At-least-once: each event holds an extra reference until every output of its batch is acknowledged by the broker
-(publishing retries until it is); only then is its offset acked to Faust's consumer and eligible for commit. Up to
-`BATCHES_IN_FLIGHT` batches publish in the background while the next one is classified; they may finish publishing
-in any order, but are acked in the order they were taken (`worker.acks`: Faust's commit can pass a one-offset gap).
-A redelivered event is categorized again under the same `event_id` (the message key), which consumers can dedupe on.
+(or, refused by it for good, dead-lettered or written to disk: `worker.publisher`); only then is its offset acked to
+Faust's consumer and eligible for commit. A few batches publish in the background while the next one is classified,
+and are acked in the order they were taken (`worker.acks`). A redelivered event is categorized again under the same
+`event_id` (the message key), which consumers can dedupe on.
 """
 
 from __future__ import annotations
@@ -23,20 +23,19 @@ from faust.auth import SASLCredentials, SSLCredentials
 from prometheus_client import generate_latest
 
 from qcat.corrections import CorrectionStore
-from worker.acks import AckOrder, Turn
+from worker.acks import BackgroundPublishing
 from worker.classifier import Classifier
 from worker.corrections import sort_corrections
 from worker.hot_swap import AdapterWatcher, Serving
 from worker.metrics import WorkerMetrics
 from worker.process import BatchResult, Record, process_batch
-from worker.publisher import BatchPublisher
+from worker.publisher import BatchPublisher, PublishAbortedError
+from worker.refused import RefusedRecords
 from worker.settings import WorkerSettings
 from worker.topics import Topics
 from worker.transport import use_fast_transport
 
 log = structlog.get_logger(__name__)
-BATCHES_IN_FLIGHT = 4
-"""Batches whose outputs may await broker acks while the next batch is classified (bounded: backpressure)."""
 
 
 def credentials(settings: WorkerSettings) -> Any:
@@ -49,18 +48,8 @@ def credentials(settings: WorkerSettings) -> Any:
     return SSLCredentials(context) if context is not None else None
 
 
-def create_app(
-    settings: WorkerSettings,
-    classifier: Classifier,
-    metrics: WorkerMetrics,
-    load: Callable[[Path], Classifier] | None = None,
-    inference: ThreadPoolExecutor | None = None,
-) -> faust.App:
-    """The worker's Faust app. `load` builds a classifier for an announced adapter (no hot swap without it);
-    `inference` is the one thread that classifies (the one that loaded the model, see worker/main.py)."""
-    topics = Topics.build(settings.topic_prefix, classifier.taxonomy)
-    serving = Serving(classifier)
-    app = faust.App(
+def _faust_app(settings: WorkerSettings) -> faust.App:
+    return faust.App(
         settings.app_id,
         broker=[f"kafka://{host.strip()}" for host in settings.brokers.split(",")],
         broker_credentials=credentials(settings),
@@ -79,6 +68,20 @@ def create_app(
         store="memory://",
         datadir=str(settings.data_dir),
     )
+
+
+def create_app(
+    settings: WorkerSettings,
+    classifier: Classifier,
+    metrics: WorkerMetrics,
+    load: Callable[[Path], Classifier] | None = None,
+    inference: ThreadPoolExecutor | None = None,
+) -> faust.App:
+    """The worker's Faust app. `load` builds a classifier for an announced adapter (no hot swap without it);
+    `inference` is the one thread that classifies (the one that loaded the model, see worker/main.py)."""
+    topics = Topics.build(settings.topic_prefix, classifier.taxonomy)
+    serving = Serving(classifier)
+    app = _faust_app(settings)
     use_fast_transport(app)  # before the first topic asks for it
     incoming = app.topic(topics.incoming, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     ready = asyncio.Event()
@@ -96,52 +99,44 @@ def create_app(
 
     _signal_ready(app, metrics, ready)
 
-    in_flight = asyncio.Semaphore(BATCHES_IN_FLIGHT)
-    publishing: set[asyncio.Task[None]] = set()
-
-    publisher = BatchPublisher(settings.kafka_client_options(), metrics)
-
-    order = AckOrder()
-
-    async def publish_then_ack(events: list[Any], result: BatchResult, turn: Turn) -> None:
-        acked = False
-        try:
-            await publisher.publish(result.outputs)
-            _observe(result, metrics, settings.log_text)
-            if await turn.wait():
-                for event in events:  # the final reference: now the offset may be committed
-                    event.message.ack(app.consumer)
-                acked = True
-        finally:
-            turn.finish(acked)
-            in_flight.release()
+    publisher = BatchPublisher(
+        settings.kafka_client_options(),
+        metrics,
+        dlq=topics.dlq,
+        refused=RefusedRecords(settings.refused_dir),
+        stall_timeout=settings.publish_stall_timeout,
+    )
+    background = BackgroundPublishing(
+        publisher, lambda: app.consumer, partial(_observe, metrics=metrics, log_text=settings.log_text), app.crash
+    )
 
     @app.agent(incoming)
     async def categorize(stream: Any) -> None:  # faust.StreamT's stubs lack take_events
         loop = asyncio.get_running_loop()
         try:
-            await consume(stream, loop)
+            async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+                for event in events:  # hold a reference: take_events' own ack must not let the offset be committed
+                    event.message.incref()
+                records = [_record(event) for event in events]
+                metrics.events_in.labels(topics.incoming).inc(len(records))
+                metrics.batch_size.observe(len(records))
+                # the classifier is chosen per batch: an adapter swap takes effect between batches
+                result: BatchResult = await loop.run_in_executor(executor, handle, records, serving.classifier)
+                await background.start(list(events), result)  # overlaps the next batch's inference
         finally:
-            await asyncio.gather(*publishing, return_exceptions=True)
-            await publisher.stop()
-
-    async def consume(stream: Any, loop: asyncio.AbstractEventLoop) -> None:
-        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
-            for event in events:  # hold a reference: take_events' own ack must not let the offset be committed
-                event.message.incref()
-            records = [_record(event) for event in events]
-            metrics.events_in.labels(topics.incoming).inc(len(records))
-            metrics.batch_size.observe(len(records))
-            # the classifier is chosen per batch: an adapter swap takes effect between batches
-            result: BatchResult = await loop.run_in_executor(executor, handle, records, serving.classifier)
-            await in_flight.acquire()  # publish in the background, overlapping the next batch's inference
-            task = asyncio.create_task(publish_then_ack(list(events), result, order.turn()))
-            publishing.add(task)
-            task.add_done_callback(publishing.discard)
+            await background.finish()
 
     _store_corrections(app, settings, topics, serving, metrics, publisher)
-    _add_pages(app, metrics, lambda: ready.is_set() and (watcher is None or watcher.watching.is_set()))
+    _add_pages(app, metrics, lambda: _readiness(ready, watcher, publisher))
     return app
+
+
+def _readiness(ready: asyncio.Event, watcher: AdapterWatcher | None, publisher: BatchPublisher) -> dict[str, bool]:
+    return {
+        "in_group": ready.is_set(),
+        "following_adapters": watcher is None or watcher.watching.is_set(),
+        "publishing": not publisher.stalled(),
+    }
 
 
 def _signal_ready(app: faust.App, metrics: WorkerMetrics, ready: asyncio.Event) -> None:
@@ -185,6 +180,8 @@ def _store_corrections(
     async def store_corrections(stream: Any) -> None:
         """Valid corrections to the store (fsynced), bad ones to the DLQ; offsets commit after both."""
         async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+            for event in events:  # as in categorize: take_events acks even when publishing is aborted
+                event.message.incref()
             metrics.events_in.labels(topics.corrections).inc(len(events))
             batch = sort_corrections(
                 [_record(event) for event in events],
@@ -197,11 +194,16 @@ def _store_corrections(
                 metrics.corrections.inc(stored)
                 log.info("corrections stored", new=stored, received=len(items), partition=partition)
             if batch.outputs:
-                await publisher.publish(batch.outputs)
-                _observe(batch, metrics, settings.log_text)
+                try:
+                    await publisher.publish(batch.outputs)
+                except PublishAbortedError:
+                    return  # stopping: not acked, so redelivered
+                _observe(batch, metrics=metrics, log_text=settings.log_text)
+            for event in events:
+                event.message.ack(app.consumer)
 
 
-def _add_pages(app: faust.App, metrics: WorkerMetrics, is_ready: Callable[[], bool]) -> None:
+def _add_pages(app: faust.App, metrics: WorkerMetrics, is_ready: Callable[[], dict[str, bool]]) -> None:
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         # aiohttp refuses a charset inside content_type; Prometheus reads plain text as exposition format 0.0.4.
@@ -213,9 +215,11 @@ def _add_pages(app: faust.App, metrics: WorkerMetrics, is_ready: Callable[[], bo
 
     @app.page("/readyz")
     async def readiness(web: Any, request: Any) -> Any:
-        """Ready: in the consumer group and, with hot swap on, following the adapter announcements."""
-        ready = is_ready()
-        return web.json({"ready": ready}, status=200 if ready else 503)
+        """Ready: in the consumer group, following the adapter announcements (with hot swap on), and no publish
+        stalled beyond `publish_stall_timeout`. Each check is in the answer, so a 503 says which failed."""
+        checks = is_ready()
+        ready = all(checks.values())
+        return web.json({"ready": ready, **checks}, status=200 if ready else 503)
 
 
 def _record(event: Any) -> Record:
@@ -226,16 +230,16 @@ def _record(event: Any) -> Record:
     return Record(message.key, message.value, message.topic, message.partition, message.offset, list(headers))
 
 
-def _observe(result: BatchResult, metrics: WorkerMetrics, log_text: bool) -> None:
+def _observe(result: BatchResult, *, metrics: WorkerMetrics, log_text: bool) -> None:
     for letter in result.dead_letters:
         metrics.dead_letters.labels(letter.reason.value).inc()
+        # not the error: it can quote the payload's field names; the DLQ record holds it
         log.warning(
             "dead letter",
             reason=letter.reason.value,
             topic=letter.topic,
             partition=letter.partition,
             offset=letter.offset,
-            error=letter.error[:200],
         )
     for label, count in Counter(event.label for event in result.categorized).items():
         metrics.labels.labels(label).inc(count)

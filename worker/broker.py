@@ -44,12 +44,16 @@ class EmbeddedBroker:
         *,
         host: str = "127.0.0.1",
         advertised: str | None = None,
+        schemas: Path | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        """`advertised` (host:port): where clients are told to connect, e.g. a TLS terminator in front."""
+        """`advertised` (host:port): where clients are told to connect, e.g. a TLS terminator in front. `schemas`: a
+        folder of `<topic>.json` JSON Schemas that the broker checks each produced record against (tests use it to
+        make the broker refuse records)."""
         self.host = host
         self.port = port or free_port()
         self.advertised = advertised or self.address
+        self.schemas = schemas
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -70,7 +74,11 @@ class EmbeddedBroker:
             "memory://tansu/",
             *self.extra_args,
         ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cwd = None
+        if self.schemas is not None:  # Tansu resolves file:// URLs against its working directory
+            cwd = self.schemas.resolve().parent
+            command += ["--schema-registry", f"file://./{self.schemas.name}"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -13,8 +13,9 @@ from schemas.events import CorrectionEvent, DeadLetter, DeadLetterReason, Questi
 from schemas.taxonomy import Taxonomy
 
 Event = TypeVar("Event", QuestionEvent, CorrectionEvent)
-MAX_DEAD_LETTER_PAYLOAD = 100_000
-"""Characters of the original payload kept in a dead letter: Kafka's default message limit is 1 MB."""
+MAX_DEAD_LETTER_BYTES = 256 * 1024
+"""A dead letter's JSON stays under this whatever its payload, far below Kafka's default 1 MiB record limit: JSON
+escaping alone can make a payload six times longer (a control character becomes `\\u00XX`)."""
 
 
 @dataclass(frozen=True)
@@ -66,19 +67,29 @@ def _summary(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors()[:10])
 
 
-def dead_letter(raw: bytes | None, rejected: Rejected, *, topic: str, partition: int, offset: int) -> DeadLetter:
+def dead_letter(
+    raw: bytes | None, rejected: Rejected, *, topic: str, partition: int, offset: int, headers_dropped: bool = False
+) -> DeadLetter:
+    """The record's dead letter, its payload cut (and flagged) until the letter's JSON fits `MAX_DEAD_LETTER_BYTES`."""
     data = raw or b""
     try:
         payload, encoding = data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         payload, encoding = base64.b64encode(data).decode("ascii"), "base64"
-    return DeadLetter(
-        reason=rejected.reason,
-        error=rejected.error[:4000],
-        payload=payload[:MAX_DEAD_LETTER_PAYLOAD],
-        payload_encoding=encoding,  # type: ignore[arg-type]
-        payload_truncated=len(payload) > MAX_DEAD_LETTER_PAYLOAD,
-        topic=topic,
-        partition=partition,
-        offset=offset,
-    )
+    keep = min(len(payload), MAX_DEAD_LETTER_BYTES)
+    while True:
+        letter = DeadLetter(
+            reason=rejected.reason,
+            error=rejected.error[:4000],
+            payload=payload[:keep],
+            payload_encoding=encoding,  # type: ignore[arg-type]
+            payload_truncated=keep < len(payload),
+            headers_dropped=headers_dropped,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )
+        size = len(letter.model_dump_json().encode())
+        if size <= MAX_DEAD_LETTER_BYTES:
+            return letter
+        keep = int(keep * MAX_DEAD_LETTER_BYTES / size * 0.9)  # escaping is uneven: aim a little lower

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import faust
 import mode.loop
@@ -82,5 +85,51 @@ def run_worker(settings: WorkerSettings) -> None:
 
     hot_swap = load if settings.classifier is None else None
     app = create_app(settings, classifier, WorkerMetrics(), load=hot_swap, inference=inference)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False, override_logging=False)
+    worker = QcatWorker(
+        app,
+        stop_timeout=settings.stop_timeout,
+        loglevel=settings.log_level.lower(),
+        redirect_stdouts=False,
+        override_logging=False,
+        quiet=True,
+    )
     worker.execute_from_commandline()
+
+
+STOP_DEADLINE_EXIT = 70
+"""Exit status when the worker outlived `stop_timeout` after a signal (EX_SOFTWARE)."""
+
+
+class QcatWorker(faust.Worker):
+    """Faust's worker with two changes: its terminal spinner is off (it wrote escape codes into the JSON log), and a
+    stop signal arms a deadline. Faust's own shutdown waits on the broker (commits, leaving the group) for up to its
+    request timeouts, longer than an orchestrator's grace period when the broker hangs; past `stop_timeout` the
+    process exits anyway. That is safe: offsets are committed only for published events, so the rest are
+    redelivered."""
+
+    def __init__(self, *args: Any, stop_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
+        self._stop_timeout = stop_timeout
+        self._deadline: threading.Timer | None = None
+
+    def _arm_deadline(self) -> None:
+        if self._deadline is None:
+            self._deadline = threading.Timer(self._stop_timeout, _exit_at_deadline, args=(self._stop_timeout,))
+            self._deadline.daemon = True
+            self._deadline.start()
+
+    def _on_sigterm(self) -> None:
+        self._arm_deadline()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._arm_deadline()
+        super()._on_sigint()
+
+
+def _exit_at_deadline(seconds: float) -> None:
+    structlog.get_logger(__name__).error(
+        "the worker did not stop in time; exiting now (unacknowledged events are redelivered)", stop_timeout_s=seconds
+    )
+    os._exit(STOP_DEADLINE_EXIT)

@@ -34,6 +34,15 @@ class WorkerMetrics:
             registry=r,
         )
         self.publish_retries = Counter("qcat_publish_retries", "Batches whose publishing was retried.", registry=r)
+        self.publish_stalled_seconds = Gauge(
+            "qcat_publish_stalled_seconds", "How long the oldest unfinished publish has waited (0: none).", registry=r
+        )
+        self.refused_records = Counter(
+            "qcat_refused_records",
+            "Records the broker refused for good, by topic and what became of them: dead_lettered, written_to_disk.",
+            ["topic", "outcome"],
+            registry=r,
+        )
         self.rebalances = Counter(
             "qcat_rebalances", "Partition assignments this worker received (1 = the initial join only).", registry=r
         )

@@ -19,6 +19,8 @@ from worker.topics import Topics
 
 Headers = list[tuple[str, bytes]]
 TOP_SCORES = 3
+MAX_DEAD_LETTER_HEADER_BYTES = 16 * 1024
+"""Headers larger than this stay with the original record, not its dead letter (flagged `headers_dropped`)."""
 log = structlog.get_logger(__name__)
 
 
@@ -40,6 +42,8 @@ class Output:
     key: bytes | None
     value: bytes
     headers: Headers
+    origin: Record | None = None
+    """The input it answers: if the broker refuses this output, the input is dead-lettered in its place."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,8 @@ def process_batch(
         key = event.event_id.encode()
         route = topics.routes[prediction.label] if prediction.confidence >= threshold else topics.review
         result.outputs += [
-            Output(topics.categorized, key, value, record.headers),
-            Output(route, key, value, record.headers),
+            Output(topics.categorized, key, value, record.headers, record),
+            Output(route, key, value, record.headers, record),
         ]
         result.categorized.append(labelled)
     return result
@@ -143,6 +147,21 @@ def _classify(classifier: Classifier, texts: list[str]) -> list[Prediction | Rej
 
 def add_dead_letter(result: BatchResult, dlq: str, record: Record, rejected: Rejected) -> None:
     """The record's dead letter, kept for metrics and logs, and queued for the DLQ topic `dlq`."""
-    letter = dead_letter(record.value, rejected, topic=record.topic, partition=record.partition, offset=record.offset)
+    letter, output = dead_letter_output(record, rejected, dlq)
     result.dead_letters.append(letter)
-    result.outputs.append(Output(dlq, record.key, letter.model_dump_json().encode(), record.headers))
+    result.outputs.append(output)
+
+
+def dead_letter_output(record: Record, rejected: Rejected, dlq: str) -> tuple[DeadLetter, Output]:
+    """A dead letter and its record for `dlq`, both bounded: the record's headers travel only if they are small."""
+    keep_headers = sum(len(name) + len(value or b"") for name, value in record.headers) <= MAX_DEAD_LETTER_HEADER_BYTES
+    letter = dead_letter(
+        record.value,
+        rejected,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        headers_dropped=not keep_headers,
+    )
+    headers = record.headers if keep_headers else []
+    return letter, Output(dlq, record.key, letter.model_dump_json().encode(), headers)

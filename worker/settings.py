@@ -45,6 +45,16 @@ class WorkerSettings(EngineSettings):
     corrections_dir: Path = Field(
         default=Path("qcat-data/corrections"), description="Where validated corrections are stored (JSON Lines)."
     )
+    refused_dir: Path = Field(
+        default=Path("qcat-data/refused"),
+        description="Where records the broker refuses for good, dead letters included, are kept (JSON Lines).",
+    )
+    stop_timeout: float = Field(
+        default=25.0, gt=0, description="Seconds from SIGTERM to exit, at the latest (Kubernetes waits 30 by default)."
+    )
+    publish_stall_timeout: float = Field(
+        default=60.0, gt=0, description="Readiness fails while a batch's outputs have waited this long for the broker."
+    )
     data_dir: Path = Field(
         default=Path(tempfile.gettempdir()) / "qcat-worker", description="Faust's local state (nothing durable)."
     )

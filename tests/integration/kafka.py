@@ -121,6 +121,7 @@ class WorkerProcess:
             "QCAT_WEB_PORT": str(self.web_port),
             "QCAT_DATA_DIR": str(tmp / "faust"),
             "QCAT_CORRECTIONS_DIR": str(tmp / "corrections"),
+            "QCAT_REFUSED_DIR": str(tmp / "refused"),
             "QCAT_SESSION_TIMEOUT": "10",
             "PYTHONUNBUFFERED": "1",
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.refusals import refused_records, stalled_publish
 from bench.reliability import bad_adapters, burst, crashes, outage, rebalances
 
 
@@ -37,3 +38,32 @@ def test_broken_adapters_are_refused_while_serving_goes_on(tmp_path: Path) -> No
     results = bad_adapters(tmp_path)
     assert len(results) == 5
     assert all(r["refused"] and r["still_serving"] for r in results.values()), results
+
+
+def test_records_the_broker_refuses_are_set_aside_and_the_stream_goes_on(tmp_path: Path) -> None:
+    """A refused output becomes its input's dead letter, a refused dead letter goes to disk (0600), every good event
+    sharing their record batches is categorized, readiness stays green, and SIGTERM ends the worker promptly."""
+    result = refused_records(tmp_path, events=300)
+    assert result["lost"] == 0, result
+    assert result["refused_outputs_dead_lettered"] == result["refused_outputs"] > 0, result
+    assert result["accepted_dead_letters"] == result["refused_dead_letters"], result
+    assert result["refused_dead_letters_on_disk"] == result["refused_dead_letters"] > 0, result
+    assert result["disk_file_modes"] == ["0o600"], result
+    assert result["metric_written_to_disk"] == result["refused_dead_letters"], result
+    assert result["metric_dead_lettered"] == result["refused_outputs"], result
+    assert result["ready_status"] == 200, result
+    assert result["stop_s"] < 20, result
+
+
+def test_a_stalled_publish_fails_readiness_and_a_stop_keeps_its_deadline(tmp_path: Path) -> None:
+    """A frozen broker turns /readyz to 503 (the publishing check) once a publish waits past its bound, with the
+    gauge and a log line; readiness recovers when the broker does, nothing is lost, and with the broker frozen again
+    SIGTERM still ends the worker by `stop_timeout`."""
+    result = stalled_publish(tmp_path, events=5000, stall_timeout=2, stop_timeout=5)
+    assert result["not_ready_after_s"] is not None, result
+    assert result["failed_check"] == ["publishing"], result
+    assert result["stalled_gauge_s"] >= 2, result
+    assert result["stall_logged"], result
+    assert result["ready_again_after_resume_s"] is not None, result
+    assert result["lost"] == 0, result
+    assert result["stop_s_with_broker_frozen"] < 10, result

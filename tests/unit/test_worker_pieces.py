@@ -7,16 +7,17 @@ import threading
 from collections.abc import Sequence
 
 import pytest
+from aiokafka import errors
 
 from qcat.engine import Prediction
 from qcat.settings import EngineSettings
 from schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
 from schemas.taxonomy import Taxonomy
 from worker.classifier import ConstantClassifier
-from worker.decode import MAX_DEAD_LETTER_PAYLOAD, Rejected, dead_letter, decode_question
+from worker.decode import MAX_DEAD_LETTER_BYTES, Rejected, dead_letter, decode_question
 from worker.main import start_inference
 from worker.process import Record, process_batch
-from worker.publisher import murmur2
+from worker.publisher import murmur2, refused_for_good
 from worker.settings import WorkerSettings
 from worker.topics import Topics
 
@@ -61,17 +62,18 @@ def test_bad_input_is_rejected_with_its_reason(raw: bytes | None, reason: DeadLe
     assert decoded.reason == reason
 
 
-def test_dead_letter_keeps_bounded_payload() -> None:
-    """Huge payloads are cut to fit a Kafka message and flagged; binary payloads are base64."""
-    letter = dead_letter(
-        b"x" * (MAX_DEAD_LETTER_PAYLOAD + 5),
-        Rejected(DeadLetterReason.TEXT_TOO_LONG, "long"),
-        topic="t",
-        partition=1,
-        offset=9,
-    )
+@pytest.mark.parametrize("unit", [b"x", b'"', b"\x01", "\u00e9".encode(), b"\\"])
+def test_a_dead_letter_stays_under_its_byte_bound_however_its_payload_escapes(unit: bytes) -> None:
+    """A 550 KB payload of characters that JSON escapes (up to six bytes each) is cut, and flagged, until the dead
+    letter's JSON fits `MAX_DEAD_LETTER_BYTES`, and keeps as much of the payload as fits."""
+    raw = unit * (550_000 // len(unit))
+    letter = dead_letter(raw, Rejected(DeadLetterReason.TEXT_TOO_LONG, "long"), topic="t", partition=1, offset=9)
+    size = len(letter.model_dump_json().encode())
     assert letter.payload_truncated
-    assert len(letter.payload) == MAX_DEAD_LETTER_PAYLOAD
+    assert 0.8 * MAX_DEAD_LETTER_BYTES < size <= MAX_DEAD_LETTER_BYTES
+    assert raw.decode().startswith(letter.payload)
+    small = dead_letter(b"x" * 1000, Rejected(DeadLetterReason.TEXT_TOO_LONG, "long"), topic="t", partition=1, offset=9)
+    assert (small.payload, small.payload_truncated) == ("x" * 1000, False)
     binary = dead_letter(b"\xff", Rejected(DeadLetterReason.UNDECODABLE, "bad"), topic="t", partition=0, offset=0)
     assert (binary.payload, binary.payload_encoding) == ("/w==", "base64")
 
@@ -169,3 +171,21 @@ def test_murmur2_is_kafkas_partition_hash(length: int) -> None:
 
     keys = [bytes(range(256))[:length], bytes(range(255, -1, -1))[:length], ("é" * length).encode()[:length]]
     assert [murmur2(key) for key in keys] == [reference(key) for key in keys]
+
+
+@pytest.mark.parametrize(
+    ("error", "for_good"),
+    [
+        (errors.MessageSizeTooLargeError(), True),
+        (errors.UnknownError(), True),  # what a broker answers when a topic's schema refuses a record
+        (errors.TopicAuthorizationFailedError(), True),
+        (errors.PolicyViolationError(), True),
+        (errors.KafkaConnectionError(), False),
+        (errors.KafkaTimeoutError(), False),
+        (errors.NotLeaderForPartitionError(), False),
+        (errors.BrokerNotAvailableError(), False),
+    ],
+)
+def test_refusals_for_good_are_told_apart_from_transient_failures(error: Exception, for_good: bool) -> None:
+    """Only an answer the broker would repeat (the record, the topic's rules, our rights) stops the retries."""
+    assert refused_for_good(error) is for_good
