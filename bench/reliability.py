@@ -6,18 +6,17 @@
 Scenarios (each starts its own embedded broker and `qcat worker` processes on the built-in model):
 crashes (SIGKILL at random points while a stream flows, restart each time), rebalances (3 workers in one group,
 members join and leave under load), burst (peak RSS while a backlog drains), broker outage (stop, wait, restart),
-bad adapters announced to a running worker, hostile input (hypothesis, via tests/unit/test_fuzz.py), and a scan of
+bad adapters and adapters from outside the registry announced to a running worker, records the broker refuses,
+a broker frozen mid-publish, hostile input (hypothesis, via tests/unit/test_fuzz.py), and a scan of
 logs and HTTP endpoints for the secret and the question text.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import threading
@@ -29,6 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.announcements import bad_adapters, outside_registry  # noqa: E402
+from bench.refusals import refused_records, stalled_publish  # noqa: E402
 from tests.integration.kafka import WorkerProcess, consume, produce, question, unique  # noqa: E402
 from worker.broker import EmbeddedBroker  # noqa: E402
 
@@ -204,89 +205,6 @@ def outage(tmp: Path, *, seconds: float) -> dict[str, Any]:
         broker.stop()
 
 
-def bad_adapters(tmp: Path) -> dict[str, Any]:
-    """Announce five broken adapters to a running worker: each is refused, the worker keeps serving v1."""
-    from qcat.registry import Registry
-    from schemas.events import AdapterAnnouncement
-    from worker.hot_swap import announce
-    from worker.settings import WorkerSettings
-
-    data = tmp / "learn.jsonl"
-    rows = [{"text": f"Who made thing {i}?", "label": "HUM"} for i in range(30)]
-    rows += [{"text": f"Where is place {i}?", "label": "LOC"} for i in range(30)]
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    registry = Registry(tmp / "registry")
-    qcat = [sys.executable, "-m", "qcat"]
-    subprocess.run(
-        [*qcat, "train", str(data), "--out", str(tmp / "v1"), "--base-model", "tiny-qwen3", "--epochs", "2",
-         "--dtype", "float32", "--batch-size", "16"],
-        check=True, cwd=ROOT, capture_output=True,
-    )  # fmt: skip
-    v1 = registry.add(tmp / "v1").version
-    registry.promote(v1)
-
-    def broken(name: str, damage: Callable[[Path], None]) -> str:
-        target = Path(registry.versions) / name
-        shutil.copytree(registry.path(v1), target)
-        manifest = json.loads((target / "qcat-manifest.json").read_text()) | {"version": name}
-        (target / "qcat-manifest.json").write_text(json.dumps(manifest))
-        damage(target)
-        return name
-
-    def edit_manifest(**changes: Any) -> Callable[[Path], None]:
-        def apply(target: Path) -> None:
-            manifest = json.loads((target / "qcat-manifest.json").read_text())
-            (target / "qcat-manifest.json").write_text(json.dumps(manifest | changes))
-
-        return apply
-
-    def pickled(target: Path) -> None:
-        (target / "adapter_model.safetensors").unlink()
-        (target / "adapter_model.bin").write_bytes(b"\x80\x04\x95 pickle")
-
-    cases = {
-        "corrupt_weights": lambda t: (t / "adapter_model.safetensors").write_bytes(b"garbage"),
-        "wrong_base_model": edit_manifest(base_fingerprint="0000000000000000"),
-        "label_mismatch": edit_manifest(taxonomy={"labels": [{"name": "X"}, {"name": "Y"}]}),
-        "pickle_instead_of_safetensors": pickled,
-        "half_written": lambda t: (t / "qcat-manifest.json").unlink(),
-    }
-    prefix = unique("r-adapters")
-    results: dict[str, Any] = {}
-    with EmbeddedBroker() as broker:
-        process = worker(broker.address, prefix, tmp, registry=registry.root, confidence_threshold=0).start()
-        settings = WorkerSettings(brokers=broker.address, topic_prefix=prefix)
-        try:
-            for index, (case, damage) in enumerate(cases.items(), start=1):
-                version = broken(case, damage)
-                message = AdapterAnnouncement(action="promote", version=version, path=str(registry.path(version)))
-                asyncio.run(announce(settings, f"{prefix}.adapters", message))
-                deadline = time.monotonic() + 60
-                while refusals(process) < index and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                produce(broker.address, f"{prefix}.incoming", [(case.encode(), question(case, "Where is x?"), [])])
-                served = outcome_versions(broker.address, prefix, case)
-                results[case] = {"refused": refusals(process) >= index, "still_serving": served == [v1]}
-        finally:
-            process.stop()
-    return results
-
-
-def refusals(process: WorkerProcess) -> float:
-    """Adapter announcements the worker did not serve (failed to load or refused)."""
-    return sum(
-        float(line.split()[-1])
-        for line in process.get("/metrics").splitlines()
-        if line.startswith("qcat_adapter_swaps_total{") and 'result="swapped"' not in line
-    )
-
-
-def outcome_versions(address: str, prefix: str, event_id: str) -> list[str | None]:
-    topic = f"{prefix}.categorized"
-    got = consume(address, [topic], lambda c: any(r.key == event_id.encode() for r in c.by_topic.get(topic, [])), 60)
-    return [json.loads(r.value)["adapter_version"] for r in got.by_topic.get(topic, []) if r.key == event_id.encode()]
-
-
 def fuzz(examples: int) -> dict[str, Any]:
     env = {**os.environ, "QCAT_FUZZ_EXAMPLES": str(examples)}
     started = time.monotonic()
@@ -305,6 +223,7 @@ def fuzz(examples: int) -> dict[str, Any]:
 def write_docs(report: dict[str, Any]) -> None:
     """Replace the figures table of docs/reliability.md (between its markers) with this run's."""
     c, g, o, a, f = (report[k] for k in ("crashes", "rebalances", "outage", "adapters", "fuzz"))
+    x, r, s = (report[k] for k in ("outside_registry", "refused_records", "stalled_publish"))
     rows = [
         (
             f"SIGKILL x{c['kills']} while {c['events']:,} events flow",
@@ -333,6 +252,25 @@ def write_docs(report: dict[str, Any]) -> None:
             "5 broken adapters announced to a running worker",
             f"{sum(r['refused'] and r['still_serving'] for r in a.values())} of 5 refused, current adapter kept",
             ", ".join(case for case, r in a.items() if r["refused"] and r["still_serving"]),
+        ),
+        (
+            f"{len(x)} adapters from outside the registry announced (working weights)",
+            f"{sum(v['refused'] and v['still_serving'] for v in x.values())} of {len(x)} refused, current adapter kept",
+            ", ".join(case for case, v in x.items() if v["refused"] and v["still_serving"]),
+        ),
+        (
+            f"broker refuses records for good ({r['refused_dead_letters']} dead letters, {r['refused_outputs']} "
+            f"outputs) amid {r['events']:,} events",
+            f"**{r['lost']} lost**; refused outputs dead-lettered: {r['refused_outputs_dead_lettered']}; refused "
+            f"dead letters on disk: {r['refused_dead_letters_on_disk']}",
+            f"/readyz {r['ready_status']}; files {', '.join(r['disk_file_modes'])}; SIGTERM exit in {r['stop_s']} s",
+        ),
+        (
+            f"broker frozen (SIGSTOP) mid-publish, stall bound {s['stall_timeout_s']} s",
+            f"/readyz 503 after {s['not_ready_after_s']} s (check: {', '.join(s['failed_check'])}); 200 again "
+            f"{s['ready_again_after_resume_s']} s after it resumes; **{s['lost']} lost**",
+            f"SIGTERM with the broker frozen: exit in {s['stop_s_with_broker_frozen']} s "
+            f"(stop_timeout {s['stop_timeout_s']} s)",
         ),
         (
             "hostile input (hypothesis)",
@@ -374,6 +312,9 @@ def main() -> None:
         "burst": lambda: burst(tmp, sizes=[5000] if quick else [5000, 50_000]),
         "outage": lambda: outage(tmp, seconds=5 if quick else 30),
         "adapters": lambda: bad_adapters(tmp),
+        "outside_registry": lambda: outside_registry(tmp / "outside-registry"),
+        "refused_records": lambda: refused_records(tmp, events=300 if quick else 3000),
+        "stalled_publish": lambda: stalled_publish(tmp, events=5000),
         "fuzz": lambda: fuzz(1000 if quick else 10_000),
     }
     for name, step in steps.items():

@@ -21,6 +21,7 @@ from torch import nn
 from qcat import __version__
 from qcat.errors import AdapterError
 from qcat.model import HEAD, LoadedModel, attach_label_head
+from schemas.events import VERSION_PATTERN
 from schemas.prompt import PROMPT_FORMAT_VERSION, PromptStyle
 from schemas.taxonomy import Taxonomy
 
@@ -37,7 +38,7 @@ class AdapterManifest(BaseModel):
 
     format: Literal["qcat-adapter"] = "qcat-adapter"
     format_version: int = ADAPTER_FORMAT_VERSION
-    version: str = Field(min_length=1)
+    version: str = Field(pattern=VERSION_PATTERN)
     taxonomy: Taxonomy
     base_model: str
     base_fingerprint: str

@@ -9,7 +9,9 @@ package, e.g. s3fs, gcsfs).
 
 A version is written under a hidden staging name and moved into place, so listings never show half an adapter.
 Adapters are loaded from local files: a store's versions are downloaded once into a local cache (versions are
-immutable, so a cached copy never goes stale).
+immutable, so a cached copy never goes stale). A version is a name (`schemas.events.VERSION_PATTERN`), and what
+`path` returns stays inside the registry: a version folder that is, or holds, a symbolic link is refused, so nobody
+who can only name a version can make a worker load files from elsewhere.
 
 `promote` refuses a candidate that scores worse than the current adapter on the same eval set (beyond a tolerance),
 or that was evaluated on a different eval set, unless forced.
@@ -21,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -33,6 +36,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from qcat.adapter import MANIFEST, AdapterManifest, parse_manifest, read_manifest
 from qcat.errors import AdapterError, QcatError
+from schemas.events import VERSION_PATTERN
 
 DEFAULT_METRIC = "accuracy"
 DEFAULT_TOLERANCE = 0.005
@@ -92,6 +96,7 @@ class Registry:
             raise AdapterError(f"{where} is not a qcat adapter: {MANIFEST} is missing") from error
 
     def _check_known(self, version: str) -> None:
+        _check_name(version)
         if not self.fs.isdir(f"{self.versions}/{version}"):
             known = [m.version for m in self.manifests()]
             raise RegistryError(f"no adapter version {version!r} in {self.url}; known: {known}")
@@ -101,7 +106,8 @@ class Registry:
         cached version is served without asking the store again: versions are immutable)."""
         if self.local:
             self._check_known(version)
-            return Path(self.versions) / version
+            return _without_links(Path(self.versions) / version)
+        _check_name(version)
         cached = self.cache / version
         if cached.is_dir():
             return cached
@@ -186,6 +192,21 @@ class Registry:
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in content.splitlines() if line.strip()]
+
+
+def _check_name(version: str) -> None:
+    if not re.fullmatch(VERSION_PATTERN, version):
+        raise RegistryError(f"{version[:200]!r} is not a version name (letters, digits, '.', '_', '-')")
+
+
+def _without_links(directory: Path) -> Path:
+    """`directory` if neither it nor anything in it is a symbolic link (one could point anywhere on the disk)."""
+    if directory.is_symlink():
+        raise RegistryError(f"{directory} is a symbolic link; registry versions are folders of their own")
+    links = [path for path in directory.rglob("*") if path.is_symlink()]
+    if links:
+        raise RegistryError(f"{directory} holds symbolic links ({', '.join(map(str, links[:5]))}); copy the files in")
+    return directory
 
 
 def _refusal(candidate: AdapterManifest, current: AdapterManifest, metric: str, tolerance: float) -> str | None:

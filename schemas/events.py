@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION: Literal[1] = 1
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+"""Adapter versions are names, never paths: each becomes one folder of the registry (`qcat.registry`)."""
 MAX_TEXT_CHARS = 10_000
 """Questions longer than this are refused at the edge (dead letter `text_too_long`), before tokenization."""
 
@@ -77,8 +79,11 @@ class AdapterAnnouncement(_Event):
     """On the control topic: the registry's current adapter changed; every worker loads it between batches."""
 
     action: Literal["promote", "rollback"]
-    version: str = Field(min_length=1, max_length=128)
-    path: str = Field(description="The adapter directory as the announcer sees it (workers prefer their registry).")
+    version: str = Field(pattern=VERSION_PATTERN)
+    path: str = Field(
+        description="The adapter directory as the announcer sees it; workers load it from their own registry, and "
+        "from this path only if configured to (QCAT_ANNOUNCED_PATHS)."
+    )
     announced_at: AwareDatetime = Field(default_factory=utcnow)
 
 

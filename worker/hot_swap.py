@@ -6,12 +6,16 @@ group (one partition, assigned, starting at its end: the registry's current vers
 uses the classifier it started with; the next one uses the new adapter. An adapter that fails to load, or whose labels
 differ from the serving taxonomy (routes are topics: changing them needs a restart), is refused: the worker keeps
 serving its current adapter, logs why and sets `qcat_adapter_behind`.
+
+An announcement only names a version: the worker loads it from its own registry (`QCAT_REGISTRY`), and by default
+only if it is the registry's current version, so writing to the control topic cannot make workers serve anything
+that was not promoted. `QCAT_SERVE_ADAPTERS=registered` accepts any registered version; `QCAT_ANNOUNCED_PATHS`
+allows loading the announced path when no registry holds the version.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,6 +83,9 @@ class AdapterWatcher:
         log.info("loading announced adapter", version=announcement.version, action=announcement.action)
         try:  # resolved in the thread too: from a registry in a bucket, that is a download
             loaded = await self._load_in_passing_thread(lambda: self.load(self._resolve(announcement)))
+        except RegistryError as error:  # not a version this worker may serve
+            self._refuse("refused", announcement, str(error))
+            return
         except Exception as error:  # noqa: BLE001 - whatever breaks the load, the worker keeps serving
             self._refuse("failed", announcement, f"{type(error).__name__}: {error}")
             return
@@ -101,12 +108,24 @@ class AdapterWatcher:
             loader.shutdown(wait=False)
 
     def _resolve(self, announcement: AdapterAnnouncement) -> Path:
-        """The version in this worker's registry (downloaded if the registry is a store), else the announced path."""
-        path = Path(announcement.path)
-        if self.settings.registry is not None:
-            with contextlib.suppress(RegistryError):
-                path = Registry(self.settings.registry).path(announcement.version)
-        log.info("announced adapter resolved", version=announcement.version, path=str(path))
+        """The version in this worker's registry (downloaded if the registry is a store) if the serving policy
+        allows it; else the announced path, where that is allowed (see the module)."""
+        settings, version = self.settings, announcement.version
+        try:
+            if settings.registry is None:
+                raise RegistryError("no registry to look the version up in (set QCAT_REGISTRY)")
+            registry = Registry(settings.registry)
+            if settings.serve_adapters == "promoted" and registry.current() != version:
+                raise RegistryError(
+                    f"{version} is not the registry's current version ({registry.current()}); workers serve only "
+                    "promoted versions (QCAT_SERVE_ADAPTERS=registered serves any registered one)"
+                )
+            path = registry.path(version)
+        except RegistryError:
+            if not settings.announced_paths:
+                raise
+            path = Path(announcement.path)
+        log.info("announced adapter resolved", version=version, path=str(path))
         return path
 
     def _refuse(self, result: str, announcement: AdapterAnnouncement, why: str) -> None:

@@ -42,6 +42,16 @@ class WorkerSettings(EngineSettings):
         description="Adapter registry (a directory, or an fsspec URL such as s3://bucket/qcat): its current version is "
         "served at start, announced versions resolve in it.",
     )
+    serve_adapters: Literal["promoted", "registered"] = Field(
+        default="promoted",
+        description="Announced versions a worker loads: `promoted` only the registry's current one (what promote or "
+        "rollback last pointed to); `registered` any version in the registry.",
+    )
+    announced_paths: bool = Field(
+        default=False,
+        description="Also load an announced adapter from the path in its announcement when no registry holds it. Off: "
+        "anyone who can write to the control topic could make workers serve weights of their choosing.",
+    )
     corrections_dir: Path = Field(
         default=Path("qcat-data/corrections"), description="Where validated corrections are stored (JSON Lines)."
     )

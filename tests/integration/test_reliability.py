@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.announcements import bad_adapters, outside_registry, registry_serving_v1
 from bench.refusals import refused_records, stalled_publish
-from bench.reliability import bad_adapters, burst, crashes, outage, rebalances
+from bench.reliability import burst, crashes, outage, rebalances
 
 
 def test_repeated_sigkill_loses_nothing_and_leaks_nothing(tmp_path: Path) -> None:
@@ -34,10 +35,17 @@ def test_the_worker_survives_a_broker_outage_and_resumes(tmp_path: Path) -> None
     assert result["resumed_after_restart"], result
 
 
-def test_broken_adapters_are_refused_while_serving_goes_on(tmp_path: Path) -> None:
-    results = bad_adapters(tmp_path)
-    assert len(results) == 5
-    assert all(r["refused"] and r["still_serving"] for r in results.values()), results
+def test_broken_adapters_and_adapters_from_outside_the_registry_are_refused(tmp_path: Path) -> None:
+    """Five broken versions are refused when loaded; four working adapters that did not come from the registry's
+    current version (a path as version, an unregistered version with a path, a registered one never promoted, a
+    version folder linking outside) are refused before loading; the worker serves v1 throughout."""
+    served = registry_serving_v1(tmp_path)
+    broken = bad_adapters(tmp_path, served)
+    assert len(broken) == 5
+    assert all(r["refused"] and r["still_serving"] for r in broken.values()), broken
+    outside = outside_registry(tmp_path / "outside", served)
+    assert len(outside) == 4
+    assert all(r["refused"] and r["still_serving"] for r in outside.values()), outside
 
 
 def test_records_the_broker_refuses_are_set_aside_and_the_stream_goes_on(tmp_path: Path) -> None:

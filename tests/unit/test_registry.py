@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from qcat.adapter import read_manifest
+from qcat.adapter import MANIFEST, read_manifest
+from qcat.errors import AdapterError
 from qcat.model import LoadedModel
 from qcat.registry import Registry, RegistryError
 from schemas.taxonomy import Taxonomy
@@ -113,7 +116,7 @@ def test_a_worker_resolves_an_announced_version_from_a_bucket(
     make: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An announcement resolves through the worker's registry URL to a local cached copy, loaded off the event loop;
-    a version the registry lacks falls back to the announced path, and a failed load leaves serving as it was."""
+    a version the registry lacks is refused without a load, and a failed load leaves serving as it was."""
     import asyncio
     import threading
 
@@ -126,6 +129,8 @@ def test_a_worker_resolves_an_announced_version_from_a_bucket(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     url = f"memory://qcat-watch-{tmp_path.name}"
     Registry(url).add(make("v1", 0.9))
+    Registry(url).add(make("v2", 0.9))
+    Registry(url).promote("v1")
     loads: list[tuple[Path, str]] = []
     resolving_threads: list[str] = []
     resolve = Registry.path
@@ -147,8 +152,17 @@ def test_a_worker_resolves_an_announced_version_from_a_bucket(
     before = serving.classifier
     missing = AdapterAnnouncement(action="promote", version="v9", path=str(tmp_path / "nowhere"))
     asyncio.run(watcher.handle(missing.model_dump_json().encode()))
+    assert loads == [], "an unknown version is refused before anything loads"
+    assert serving.classifier is before
+    failing = AdapterWatcher(WorkerSettings(registry=url), "t.adapters", serving, WorkerMetrics(), load)
+    monkeypatch.setattr(Registry, "current", lambda registry: "v2")
+    broken = AdapterAnnouncement(action="promote", version="v2", path="/not/used")
+    monkeypatch.setattr(Registry, "path", lambda registry, version: tmp_path / "nowhere")
+    asyncio.run(failing.handle(broken.model_dump_json().encode()))
     assert loads[-1][0] == tmp_path / "nowhere"
     assert serving.classifier is before, "a failed load keeps the current classifier"
+    monkeypatch.setattr(Registry, "path", spied_path)
+    monkeypatch.setattr(Registry, "current", lambda registry: "v1")
     announced = AdapterAnnouncement(action="promote", version="v1", path="/not/used")
     asyncio.run(watcher.handle(announced.model_dump_json().encode()))
     path, thread = loads[-1]
@@ -158,3 +172,76 @@ def test_a_worker_resolves_an_announced_version_from_a_bucket(
     assert resolving_threads, "resolved through the registry"
     assert all(name.startswith("qcat-adapter-loader") for name in resolving_threads), "a download never blocks the loop"
     assert serving.classifier is not before
+
+
+def test_versions_are_names_and_never_lead_out_of_the_registry(make: Callable[..., Path], tmp_path: Path) -> None:
+    """A version with a path in it, a version folder that is a symbolic link, and one holding a link are refused;
+    so is a manifest whose version is not a name."""
+    registry = Registry(tmp_path / "registry")
+    registry.add(make("v1", 0.9))
+    outside = tmp_path / "outside"
+    shutil.copytree(registry.path("v1"), outside / "evil")
+    for version in ("../../outside/evil", "/etc", "..", "v1/../v1", ""):
+        with pytest.raises(RegistryError, match="not a version name"):
+            registry.path(version)
+    (Path(registry.versions) / "linked").symlink_to(outside / "evil")
+    with pytest.raises(RegistryError, match="symbolic link"):
+        registry.path("linked")
+    shutil.copytree(registry.path("v1"), Path(registry.versions) / "holds-link")
+    weights = Path(registry.versions) / "holds-link" / "adapter_model.safetensors"
+    weights.unlink()
+    weights.symlink_to(outside / "evil" / "adapter_model.safetensors")
+    with pytest.raises(RegistryError, match="symbolic links"):
+        registry.path("holds-link")
+    manifest = json.loads((outside / "evil" / MANIFEST).read_text()) | {"version": "../evil"}
+    (outside / "evil" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(AdapterError, match="version"):
+        registry.add(outside / "evil")
+
+
+@pytest.mark.parametrize(
+    ("settings", "version", "loaded"),
+    [
+        ({}, "v1", "v1"),  # the registry's current version
+        ({}, "v2", None),  # registered, not promoted
+        ({"serve_adapters": "registered"}, "v2", "v2"),
+        ({}, "evil", None),  # unknown to the registry, with a path outside it
+        ({"announced_paths": True}, "evil", "outside"),
+        ({"registry": None}, "v1", None),  # no registry at all
+    ],
+)
+def test_announced_versions_load_only_as_the_serving_policy_allows(
+    make: Callable[..., Path], tmp_path: Path, settings: dict[str, object], version: str, loaded: str | None
+) -> None:
+    """By default a worker serves only the registry's current version; `serve_adapters=registered` widens that to any
+    registered version, and only `announced_paths` lets an announced path outside the registry load."""
+    import asyncio
+
+    from schemas.events import AdapterAnnouncement
+    from worker.classifier import ConstantClassifier
+    from worker.hot_swap import AdapterWatcher, Serving
+    from worker.metrics import WorkerMetrics
+    from worker.settings import WorkerSettings
+
+    registry = Registry(tmp_path / "registry")
+    registry.add(make("v1", 0.9))
+    registry.add(make("v2", 0.9))
+    registry.promote("v1")
+    outside = shutil.copytree(registry.path("v2"), tmp_path / "outside")
+    loads: list[Path] = []
+
+    def load(path: Path) -> ConstantClassifier:
+        loads.append(path)
+        return ConstantClassifier(TAXONOMY)
+
+    metrics = WorkerMetrics()
+    options = {"registry": str(registry.root)} | settings
+    watcher = AdapterWatcher(
+        WorkerSettings(**options), "t.adapters", Serving(ConstantClassifier(TAXONOMY)), metrics, load
+    )
+    announcement = AdapterAnnouncement(action="promote", version=version, path=str(outside))
+    asyncio.run(watcher.handle(announcement.model_dump_json().encode()))
+    expected = {None: [], "outside": [outside]}.get(loaded, [Path(registry.versions) / str(loaded)])
+    assert loads == expected
+    refused = metrics.registry.get_sample_value("qcat_adapter_swaps_total", {"result": "refused"})
+    assert (refused or 0) == (0 if loaded else 1)
