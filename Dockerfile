@@ -30,6 +30,8 @@ ENV PATH=/opt/qcat/bin:$PATH \
     QCAT_DATA_DIR=/tmp/qcat-worker \
     XDG_CACHE_HOME=/tmp/cache \
     QCAT_CORRECTIONS_DIR=/data/corrections \
+    QCAT_REFUSED_DIR=/data/refused \
+    QCAT_WEB_HOST=0.0.0.0 \
     QCAT_WEB_PORT=6066
 # /models: the Hugging Face cache (or a provisioned model directory); /data: corrections and the adapter registry;
 # /tmp (writable under a read-only root): the worker's state and the cache of adapters from a registry in a bucket
@@ -38,6 +40,6 @@ USER 10001
 WORKDIR /home/qcat
 EXPOSE 6066
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:6066/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['QCAT_WEB_PORT']}/healthz\", timeout=4)"]
 ENTRYPOINT ["qcat"]
 CMD ["worker"]

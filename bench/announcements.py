@@ -159,3 +159,40 @@ def outside_registry(tmp: Path, served: tuple[Registry, str] | None = None) -> d
         return announce_each(registry, v1, cases, tmp)
     finally:
         registry.promote(v1, force=True)
+
+
+def control_topic_recreated(tmp: Path, served: tuple[Registry, str] | None = None) -> dict[str, Any]:
+    """The broker restarts empty (memory storage) after the worker has read an announcement: the recreated control
+    topic starts again at offset 0, behind the worker's position, and the next announcement is never delivered. The
+    next promotion must still reach the worker: through its registry check (every 2 s here)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    registry, v1 = served or registry_serving_v1(tmp)
+    for version in ("v2", "v3"):
+        registry.add(copy_as(registry.path(v1), tmp / version, version))
+    prefix = unique("r-control")
+    broker = EmbeddedBroker()
+    broker.start()
+    process = WorkerProcess(
+        broker.address, prefix, tmp, registry=registry.root, confidence_threshold=0, registry_poll_interval=2
+    ).start()
+    try:
+        registry.promote("v2", force=True)
+        produce(broker.address, f"{prefix}.adapters", [(None, promotion("v2"), [])])
+        process.wait_for_metric('qcat_adapter_swaps_total{result="swapped"}', 1)
+        broker.stop()
+        broker.start()
+        registry.promote("v3", force=True)
+        produce(broker.address, f"{prefix}.adapters", [(None, promotion("v3"), [])])
+        deadline, versions = time.monotonic() + 120, []
+        while time.monotonic() < deadline and versions[-1:] != ["v3"]:
+            produce(broker.address, f"{prefix}.incoming", [(b"probe", question("probe", "Where is x?"), [])])
+            versions = served_versions(broker.address, prefix, "probe")
+        return {"served_after_restart": versions[-1:] == ["v3"], "versions_seen": sorted(set(map(str, versions)))}
+    finally:
+        process.stop()
+        broker.stop()
+        registry.promote(v1, force=True)
+
+
+def promotion(version: str) -> bytes:
+    return AdapterAnnouncement(action="promote", version=version, path="unused").model_dump_json().encode()

@@ -33,7 +33,8 @@ def readiness(process: WorkerProcess) -> tuple[int, dict[str, Any]]:
     try:
         return 200, json.loads(process.get("/readyz"))
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        with error:
+            return error.code, json.loads(error.read())
 
 
 def stop_seconds(process: WorkerProcess) -> float:

@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.announcements import bad_adapters, outside_registry  # noqa: E402
+from bench.announcements import bad_adapters, control_topic_recreated, outside_registry  # noqa: E402
 from bench.refusals import refused_records, stalled_publish  # noqa: E402
 from tests.integration.kafka import WorkerProcess, consume, produce, question, unique  # noqa: E402
 from worker.broker import EmbeddedBroker  # noqa: E402
@@ -224,6 +224,7 @@ def write_docs(report: dict[str, Any]) -> None:
     """Replace the figures table of docs/reliability.md (between its markers) with this run's."""
     c, g, o, a, f = (report[k] for k in ("crashes", "rebalances", "outage", "adapters", "fuzz"))
     x, r, s = (report[k] for k in ("outside_registry", "refused_records", "stalled_publish"))
+    t = report["control_topic_recreated"]
     rows = [
         (
             f"SIGKILL x{c['kills']} while {c['events']:,} events flow",
@@ -257,6 +258,11 @@ def write_docs(report: dict[str, Any]) -> None:
             f"{len(x)} adapters from outside the registry announced (working weights)",
             f"{sum(v['refused'] and v['still_serving'] for v in x.values())} of {len(x)} refused, current adapter kept",
             ", ".join(case for case, v in x.items() if v["refused"] and v["still_serving"]),
+        ),
+        (
+            "broker restarted empty after an announcement, then a promotion",
+            f"served: {t['served_after_restart']}",
+            "the recreated control topic is behind the worker's position; its registry check finds the promotion",
         ),
         (
             f"broker refuses records for good ({r['refused_dead_letters']} dead letters, {r['refused_outputs']} "
@@ -313,6 +319,7 @@ def main() -> None:
         "outage": lambda: outage(tmp, seconds=5 if quick else 30),
         "adapters": lambda: bad_adapters(tmp),
         "outside_registry": lambda: outside_registry(tmp / "outside-registry"),
+        "control_topic_recreated": lambda: control_topic_recreated(tmp / "control-topic"),
         "refused_records": lambda: refused_records(tmp, events=300 if quick else 3000),
         "stalled_publish": lambda: stalled_publish(tmp, events=5000),
         "fuzz": lambda: fuzz(1000 if quick else 10_000),

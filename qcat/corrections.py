@@ -2,8 +2,10 @@
 
 Each writer appends to its own file (`corrections-<writer>.jsonl`; the worker uses one per input partition, which
 one consumer owns at a time), so replicas never interleave writes. An append is flushed and fsynced before the
-input offset may commit; a redelivered correction (same `correction_id`) is not written twice. Readers take the
-latest correction per `event_id` (by `corrected_at`) across all files. JSON Lines: `qcat train`, pandas and jq read it.
+input offset may commit; a redelivered correction (same `correction_id`, same event and label) is not written twice,
+and a reused `correction_id` with another event or label is handed back as a conflict (the worker dead-letters it).
+Readers take the latest correction per `event_id` (by `corrected_at`) across all files. The files hold question
+text: 0600 in a 0700 directory. JSON Lines: `qcat train`, pandas and jq read it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ PATTERN = "corrections-*.jsonl"
 class CorrectionStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._seen: set[str] | None = None
+        self._seen: dict[str, tuple[str, str]] | None = None  # correction_id -> (event_id, label)
 
     def _files(self) -> list[Path]:
         return sorted(self.root.glob(PATTERN)) if self.root.is_dir() else []
@@ -36,29 +38,36 @@ class CorrectionStore:
                         except ValueError:
                             continue
 
-    def append(self, corrections: Iterable[CorrectionEvent], *, writer: str) -> int:
-        """Store the corrections not stored before; returns how many were new."""
+    def append(self, corrections: Iterable[CorrectionEvent], *, writer: str) -> tuple[int, list[CorrectionEvent]]:
+        """Store the corrections not stored before; return how many were new, and the conflicts (see the module)."""
         if self._seen is None:
-            self._seen = {event.correction_id for event in self._events()}
+            self._seen = {event.correction_id: (event.event_id, event.label) for event in self._events()}
         new: list[CorrectionEvent] = []
-        ids: set[str] = set()  # redeliveries may repeat within one batch too
+        conflicts: list[CorrectionEvent] = []
+        batch: dict[str, tuple[str, str]] = {}  # redeliveries may repeat within one batch too
         for event in corrections:
-            if event.correction_id not in self._seen and event.correction_id not in ids:
-                ids.add(event.correction_id)
+            content = (event.event_id, event.label)
+            known = self._seen.get(event.correction_id) or batch.get(event.correction_id)
+            if known is None:
+                batch[event.correction_id] = content
                 new.append(event)
-        if not new:
-            return 0
-        self.root.mkdir(parents=True, exist_ok=True)
+            elif known != content:
+                conflicts.append(event)
+        if new:
+            self._write(new, writer)
+            self._seen |= batch
+        return len(new), conflicts
+
+    def _write(self, corrections: list[CorrectionEvent], writer: str) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.root / f"corrections-{re.sub(r'[^A-Za-z0-9._-]', '_', writer)}.jsonl"
         torn = _ends_torn(path)
-        with path.open("a", encoding="utf-8") as out:
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8") as out:
             if torn:  # end the torn line so the next record starts on its own
                 out.write("\n")
-            out.write("".join(event.model_dump_json() + "\n" for event in new))
+            out.write("".join(event.model_dump_json() + "\n" for event in corrections))
             out.flush()
             os.fsync(out.fileno())
-        self._seen |= ids
-        return len(new)
 
     def latest(self) -> list[CorrectionEvent]:
         """One correction per event_id: the most recent."""

@@ -15,6 +15,12 @@ who can only name a version can make a worker load files from elsewhere.
 
 `promote` refuses a candidate that scores worse than the current adapter on the same eval set (beyond a tolerance),
 or that was evaluated on a different eval set, unless forced.
+
+Writers take turns: `add`, `promote` and `rollback` hold the registry's lock (`.lock`: a file lock on a local disk;
+on a store, a lease object created only if absent, which is atomic where the store supports conditional writes and
+taken over once stale). A promotion appends to the history before it moves `current.json`, so a crash between the
+two leaves the old version current and an unused history entry, never a current version the history cannot roll
+back from. A damaged `current.json` or history line is reported with its repair (docs/feedback-loop.md).
 """
 
 from __future__ import annotations
@@ -26,11 +32,14 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import filelock
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -40,6 +49,10 @@ from schemas.events import VERSION_PATTERN
 
 DEFAULT_METRIC = "accuracy"
 DEFAULT_TOLERANCE = 0.005
+LOCK_TIMEOUT = 30.0
+"""Seconds a writer waits for another one's promote, rollback or add to finish."""
+STALE_LEASE = 120.0
+"""A store's lease older than this was left by a writer that died; the next writer takes it over."""
 
 
 class RegistryError(QcatError):
@@ -73,20 +86,45 @@ class Registry:
         """Copy a trained adapter directory into the registry under its manifest's version."""
         manifest = read_manifest(adapter)
         target = f"{self.versions}/{manifest.version}"
+        taken = RegistryError(f"version {manifest.version} is already registered; versions are immutable")
         if self.fs.exists(target):
-            raise RegistryError(f"version {manifest.version} is already registered; versions are immutable")
+            raise taken
         staging = f"{self.versions}/.{manifest.version}.{uuid.uuid4().hex}"
         self.fs.makedirs(self.versions, exist_ok=True)
         self.fs.put(str(adapter), staging, recursive=True)
-        self.fs.mv(staging, target, recursive=True)
+        try:
+            with self._locked():
+                if self.fs.exists(target):  # registered while this copy was uploading
+                    raise taken
+                self.fs.mv(staging, target, recursive=True)
+        finally:
+            if self.fs.exists(staging):
+                self.fs.rm(staging, recursive=True)
         return manifest
 
-    def manifests(self) -> list[AdapterManifest]:
+    def exists(self) -> bool:
+        return bool(self.fs.isdir(self.root))
+
+    def names(self) -> list[str]:
+        """Registered version names (whether or not their manifests are valid)."""
         if not self.fs.isdir(self.versions):
             return []
         names = [name.rstrip("/").rsplit("/", 1)[-1] for name in self.fs.ls(self.versions, detail=False)]
-        manifests = [self._manifest(name) for name in names if not name.startswith(".")]
-        return sorted(manifests, key=lambda m: m.created_at)
+        return sorted(name for name in names if not name.startswith("."))
+
+    def scan(self) -> tuple[list[AdapterManifest], dict[str, str]]:
+        """The valid versions' manifests, oldest first, and why each other version is unusable: one damaged
+        version must not hide the rest."""
+        manifests, broken = [], {}
+        for name in self.names():
+            try:
+                manifests.append(self._manifest(name))
+            except AdapterError as error:
+                broken[name] = str(error)
+        return sorted(manifests, key=lambda m: m.created_at), broken
+
+    def manifests(self) -> list[AdapterManifest]:
+        return self.scan()[0]
 
     def _manifest(self, version: str) -> AdapterManifest:
         where = f"{self.versions}/{version}"
@@ -98,8 +136,7 @@ class Registry:
     def _check_known(self, version: str) -> None:
         _check_name(version)
         if not self.fs.isdir(f"{self.versions}/{version}"):
-            known = [m.version for m in self.manifests()]
-            raise RegistryError(f"no adapter version {version!r} in {self.url}; known: {known}")
+            raise RegistryError(f"no adapter version {version!r} in {self.url}; known: {self.names()}")
 
     def path(self, version: str) -> Path:
         """A local directory holding the version: the registry's own on a local disk, else a cached download (a
@@ -129,8 +166,16 @@ class Registry:
             pointer = self.fs.cat_file(f"{self.root}/current.json")
         except FileNotFoundError:
             return None
-        version: str = json.loads(pointer)["version"]
-        return version
+        try:
+            version = json.loads(pointer)["version"]
+            _check_name(version)
+        except (ValueError, KeyError, TypeError, RegistryError) as error:
+            raise RegistryError(
+                f"{self.url}/current.json is damaged ({type(error).__name__}); repair: delete it, then run `qcat "
+                "adapters promote VERSION --force` with the version that should serve (history.jsonl's last line "
+                "names the last one promoted)"
+            ) from error
+        return str(version)
 
     def current_path(self) -> Path | None:
         version = self.current()
@@ -139,6 +184,10 @@ class Registry:
     def promote(
         self, version: str, *, metric: str = DEFAULT_METRIC, tolerance: float = DEFAULT_TOLERANCE, force: bool = False
     ) -> Decision:
+        with self._locked():
+            return self._promote(version, metric=metric, tolerance=tolerance, force=force)
+
+    def _promote(self, version: str, *, metric: str, tolerance: float, force: bool) -> Decision:
         candidate = self.show(version)
         previous = self.current()
         if previous == version:
@@ -153,6 +202,10 @@ class Registry:
 
     def rollback(self) -> Decision:
         """Point back to the version that was current before the current one."""
+        with self._locked():
+            return self._rollback()
+
+    def _rollback(self) -> Decision:
         current = self.current()
         history = self._history()
         earlier = [
@@ -168,8 +221,8 @@ class Registry:
         return Decision(True, target, current, f"rolled back from {current}")
 
     def _point_to(self, version: str, *, action: str, previous: str | None, forced: bool) -> None:
+        """History first, then the pointer (see the module): a crash in between changes nothing that serves."""
         self.fs.makedirs(self.root, exist_ok=True)
-        self._replace("current.json", json.dumps({"version": version}).encode())
         entry = {
             "at": datetime.now(UTC).isoformat(),
             "action": action,
@@ -179,6 +232,7 @@ class Registry:
         }
         lines = [*self._history(), entry]  # rewritten whole: object stores cannot append
         self._replace("history.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode())
+        self._replace("current.json", json.dumps({"version": version}).encode())
 
     def _replace(self, name: str, content: bytes) -> None:
         """Write beside, then move into place: readers see the old file or the new one, never half of one."""
@@ -188,10 +242,59 @@ class Registry:
 
     def _history(self) -> list[dict[str, object]]:
         try:
-            content = self.fs.cat_file(f"{self.root}/history.jsonl").decode("utf-8")
+            content = self.fs.cat_file(f"{self.root}/history.jsonl").decode("utf-8", errors="replace")
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in content.splitlines() if line.strip()]
+        entries = []
+        for number, line in enumerate(content.splitlines(), start=1):
+            try:
+                entry = json.loads(line) if line.strip() else None
+            except ValueError:
+                entry = {}
+            if entry is None:
+                continue
+            if not isinstance(entry, dict) or not {"action", "version", "previous"} <= entry.keys():
+                raise RegistryError(
+                    f"{self.url}/history.jsonl line {number} is damaged (a torn write?); repair: delete that line "
+                    "and retry. Nothing was changed; only rollback reads the history."
+                )
+            entries.append(entry)
+        return entries
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time (see the module)."""
+        self.fs.makedirs(self.root, exist_ok=True)
+        if self.local:
+            try:
+                with filelock.FileLock(f"{self.root}/.lock", timeout=LOCK_TIMEOUT):
+                    yield
+            except filelock.Timeout as error:
+                raise RegistryError(f"{self.url} stayed locked by another writer for {LOCK_TIMEOUT:.0f} s") from error
+            return
+        lease, mine = f"{self.root}/.lock", uuid.uuid4().hex.encode()
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                self.fs.pipe_file(lease, mine, mode="create")
+                break
+            except FileExistsError:
+                with contextlib.suppress(FileNotFoundError, NotImplementedError):
+                    if time.time() - self.fs.modified(lease).timestamp() > STALE_LEASE:
+                        self.fs.rm(lease)  # its writer died
+                        continue
+                if time.monotonic() > deadline:
+                    raise RegistryError(
+                        f"{self.url} stayed locked by another writer for {LOCK_TIMEOUT:.0f} s; if none is running, "
+                        f"delete {lease}"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if self.fs.cat_file(lease) == mine:
+                    self.fs.rm(lease)
 
 
 def _check_name(version: str) -> None:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from schemas.taxonomy import MAX_LABEL_CHARS, Taxonomy
+
 SCHEMA_VERSION: Literal[1] = 1
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 """Adapter versions are names, never paths: each becomes one folder of the registry (`qcat.registry`)."""
@@ -68,11 +70,15 @@ class CorrectionEvent(_Event):
     correction_id: str = Field(min_length=1, max_length=128)
     event_id: str = Field(min_length=1, max_length=128)
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    predicted_label: str | None = None
-    label: str = Field(min_length=1)
+    predicted_label: str | None = Field(default=None, max_length=MAX_LABEL_CHARS)
+    label: str = Field(min_length=1, max_length=MAX_LABEL_CHARS)
     source: str = Field(min_length=1, max_length=128, description="Who corrected it: a router, a reviewer.")
-    adapter_version: str | None = Field(default=None, description="The adapter that made the corrected prediction.")
-    corrected_at: AwareDatetime = Field(default_factory=utcnow)
+    adapter_version: str | None = Field(
+        default=None, max_length=128, description="The adapter that made the corrected prediction."
+    )
+    corrected_at: AwareDatetime = Field(
+        default_factory=utcnow, description="When it was corrected; the latest correction of an event wins."
+    )
 
 
 class AdapterAnnouncement(_Event):
@@ -98,6 +104,7 @@ class DeadLetterReason(StrEnum):
     INFERENCE_ERROR = "inference_error"
     UNKNOWN_LABEL = "unknown_label"
     UNPUBLISHABLE = "unpublishable"  # the broker refused its output: too large, a topic's policy, not authorized
+    CONFLICTING_CORRECTION = "conflicting_correction"  # a correction_id already stored with other content
 
 
 class DeadLetter(_Event):
@@ -130,7 +137,5 @@ CONTRACTS: dict[str, type[BaseModel]] = {
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schema of each contract, for consumers written in other languages."""
-    from schemas.taxonomy import Taxonomy
-
     models: dict[str, type[BaseModel]] = {**CONTRACTS, "Taxonomy": Taxonomy}
     return {name: model.model_json_schema(mode="serialization") for name, model in models.items()}

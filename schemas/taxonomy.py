@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_LABELS = 512
 """Each label becomes a routing topic and a row of the classification head; beyond this it is a mistake."""
+MAX_LABEL_CHARS = 128
 
 
 class Label(BaseModel):
@@ -17,7 +18,7 @@ class Label(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=MAX_LABEL_CHARS)
     description: str = Field(default="", max_length=1000)
 
     @field_validator("name")

@@ -25,7 +25,7 @@ from prometheus_client import generate_latest
 from qcat.corrections import CorrectionStore
 from worker.acks import BackgroundPublishing
 from worker.classifier import Classifier
-from worker.corrections import sort_corrections
+from worker.corrections import sort_corrections, store_batch
 from worker.hot_swap import AdapterWatcher, Serving
 from worker.metrics import WorkerMetrics
 from worker.process import BatchResult, Record, process_batch
@@ -63,7 +63,9 @@ def _faust_app(settings: WorkerSettings) -> faust.App:
         stream_buffer_maxsize=max(4 * settings.max_batch, 256),  # backpressure: fetching pauses beyond this
         producer_linger_ms=5,
         web_port=settings.web_port,
-        web_bind="0.0.0.0",
+        web_bind=settings.web_host,
+        web_router_enabled=False,  # Faust's /router/ and /table/ pages show host names and table contents
+        web_tables_enabled=False,
         autodiscover=False,
         store="memory://",
         datadir=str(settings.data_dir),
@@ -189,10 +191,10 @@ def _store_corrections(
                 max_text_chars=settings.max_text_chars,
                 dlq=topics.dlq,
             )
-            for partition, items in batch.valid.items():
-                stored = store.append(items, writer=f"{topics.corrections}-{partition}")
+            store_batch(batch, store, writer_prefix=topics.corrections, dlq=topics.dlq)
+            for partition, stored in batch.stored.items():
                 metrics.corrections.inc(stored)
-                log.info("corrections stored", new=stored, received=len(items), partition=partition)
+                log.info("corrections stored", new=stored, received=len(batch.valid[partition]), partition=partition)
             if batch.outputs:
                 try:
                     await publisher.publish(batch.outputs)

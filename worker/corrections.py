@@ -1,12 +1,14 @@
-"""One batch of correction records: the valid ones grouped by input partition (each partition's writer file in the
-store), the rest as dead letters. Pure, like `process_batch`."""
+"""One batch of correction records: the valid ones stored (each input partition has its writer file in the store),
+the rest, and corrections that reuse a stored `correction_id` for another event or label, as dead letters. Pure but
+for the store, like `process_batch`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from schemas.events import CorrectionEvent
+from qcat.corrections import CorrectionStore
+from schemas.events import CorrectionEvent, DeadLetterReason
 from schemas.taxonomy import Taxonomy
 from worker.decode import Rejected, decode_correction
 from worker.process import BatchResult, Record, add_dead_letter
@@ -14,7 +16,9 @@ from worker.process import BatchResult, Record, add_dead_letter
 
 @dataclass
 class CorrectionBatch(BatchResult):
-    valid: dict[int, list[CorrectionEvent]] = field(default_factory=dict)
+    valid: dict[int, list[tuple[Record, CorrectionEvent]]] = field(default_factory=dict)
+    stored: dict[int, int] = field(default_factory=dict)
+    """New corrections stored, by input partition."""
 
 
 def sort_corrections(
@@ -26,5 +30,16 @@ def sort_corrections(
         if isinstance(decoded, Rejected):
             add_dead_letter(batch, dlq, record, decoded)
         else:
-            batch.valid.setdefault(record.partition, []).append(decoded)
+            batch.valid.setdefault(record.partition, []).append((record, decoded))
     return batch
+
+
+def store_batch(batch: CorrectionBatch, store: CorrectionStore, *, writer_prefix: str, dlq: str) -> None:
+    """Append each partition's valid corrections to its writer file; dead-letter the conflicts."""
+    for partition, items in batch.valid.items():
+        stored, conflicts = store.append([event for _, event in items], writer=f"{writer_prefix}-{partition}")
+        batch.stored[partition] = stored
+        records = {id(event): record for record, event in items}
+        for event in conflicts:
+            why = f"correction_id {event.correction_id!r} is already stored for another event or label"
+            add_dead_letter(batch, dlq, records[id(event)], Rejected(DeadLetterReason.CONFLICTING_CORRECTION, why))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from pydantic import ValidationError
@@ -13,6 +14,8 @@ from schemas.events import CorrectionEvent, DeadLetter, DeadLetterReason, Questi
 from schemas.taxonomy import Taxonomy
 
 Event = TypeVar("Event", QuestionEvent, CorrectionEvent)
+MAX_CLOCK_SKEW = timedelta(hours=1)
+"""How far in the future a correction's `corrected_at` may be (clocks differ); later ones are dead-lettered."""
 MAX_DEAD_LETTER_BYTES = 256 * 1024
 """A dead letter's JSON stays under this whatever its payload, far below Kafka's default 1 MiB record limit: JSON
 escaping alone can make a payload six times longer (a control character becomes `\\u00XX`)."""
@@ -30,8 +33,12 @@ def decode_question(raw: bytes | None, *, max_text_chars: int) -> QuestionEvent 
 
 def decode_correction(raw: bytes | None, *, taxonomy: Taxonomy, max_text_chars: int) -> CorrectionEvent | Rejected:
     decoded = _decode(raw, CorrectionEvent, max_text_chars)
-    if isinstance(decoded, CorrectionEvent) and decoded.label not in taxonomy.names:
+    if not isinstance(decoded, CorrectionEvent):
+        return decoded
+    if decoded.label not in taxonomy.names:
         return Rejected(DeadLetterReason.UNKNOWN_LABEL, f"label {decoded.label!r} is not in the serving taxonomy")
+    if decoded.corrected_at > datetime.now(UTC) + MAX_CLOCK_SKEW:  # it would outrank every later correction
+        return Rejected(DeadLetterReason.SCHEMA_VIOLATION, f"corrected_at {decoded.corrected_at} is in the future")
     return decoded
 
 

@@ -54,10 +54,44 @@ class AdapterWatcher:
     ) -> None:
         self.settings, self.topic, self.serving, self.metrics, self.load = settings, topic, serving, metrics, load
         self.watching = asyncio.Event()
+        self._one_at_a_time = asyncio.Lock()
 
     async def run(self) -> None:
+        if self.settings.registry is not None:
+            follow = asyncio.create_task(self._follow_registry(Registry(self.settings.registry)))
+        try:
+            await self._follow_announcements()
+        finally:
+            if self.settings.registry is not None:
+                follow.cancel()
+
+    async def _follow_registry(self, registry: Registry) -> None:
+        """Announcements make swaps prompt; this makes them certain. An announcement can be lost (a broker that
+        restarted empty recreates the control topic behind this worker's position), so every
+        `registry_poll_interval` seconds a change of the registry's current version is served as if announced."""
+        loop = asyncio.get_running_loop()
+        seen = self.serving.classifier.adapter_version
+        while True:
+            await asyncio.sleep(self.settings.registry_poll_interval)
+            try:
+                current = await loop.run_in_executor(None, registry.current)
+            except RegistryError as error:
+                log.error("cannot read the registry's current version", error=str(error)[:300])
+                continue
+            if current is not None and current != seen:
+                seen = current
+                await self.serve(AdapterAnnouncement(action="promote", version=current, path=registry.url))
+
+    async def _follow_announcements(self) -> None:
         await ensure_control_topic(self.settings, self.topic)
-        consumer = AIOKafkaConsumer(**self.settings.kafka_client_options(), group_id=None, enable_auto_commit=False)
+        # A position the topic no longer has means it was recreated (a broker that lost its storage) or retention
+        # passed it: in both cases everything from the earliest offset on is unread, so resume there.
+        consumer = AIOKafkaConsumer(
+            **self.settings.kafka_client_options(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
         await consumer.start()
         try:
             partition = TopicPartition(self.topic, 0)
@@ -77,6 +111,14 @@ class AdapterWatcher:
             self.metrics.adapter_swaps.labels("invalid").inc()
             log.error("invalid adapter announcement ignored", error=str(error)[:300])
             return
+        await self.serve(announcement)
+
+    async def serve(self, announcement: AdapterAnnouncement) -> None:
+        """Load the announced version, if this worker may serve it, and switch to it between batches."""
+        async with self._one_at_a_time:
+            await self._serve(announcement)
+
+    async def _serve(self, announcement: AdapterAnnouncement) -> None:
         current = self.serving.classifier
         if announcement.version == current.adapter_version:
             return

@@ -72,6 +72,10 @@ def use_event_loop(name: str) -> None:
 
 def run_worker(settings: WorkerSettings) -> None:
     configure_logging(json=settings.log_json, level=settings.log_level)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise QcatError(f"cannot create QCAT_DATA_DIR {settings.data_dir}: {error}") from error
     use_event_loop(settings.event_loop)
     asyncio.run(check_kafka(settings))
     if settings.adapter is None and settings.registry is not None:

@@ -42,6 +42,11 @@ class WorkerSettings(EngineSettings):
         description="Adapter registry (a directory, or an fsspec URL such as s3://bucket/qcat): its current version is "
         "served at start, announced versions resolve in it.",
     )
+    registry_poll_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between checks of the registry's current version (missed announcements).",
+    )
     serve_adapters: Literal["promoted", "registered"] = Field(
         default="promoted",
         description="Announced versions a worker loads: `promoted` only the registry's current one (what promote or "
@@ -76,6 +81,11 @@ class WorkerSettings(EngineSettings):
         default="uvloop", description="uvloop runs Faust's per-message path ~20% faster (bench/pipeline.py)."
     )
     web_port: int = Field(default=6066, ge=0, le=65535, description="Metrics and health endpoints.")
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="Address the metrics and health endpoints listen on: 0.0.0.0 in a container (the image sets it) "
+        "so that probes and Prometheus reach them.",
+    )
     session_timeout: float = Field(default=30.0, gt=0, description="Kafka consumer session timeout, seconds.")
     log_json: bool = True
     log_text: bool = Field(default=False, description="Include question text in logs (off: privacy).")

@@ -38,10 +38,18 @@ def adapters_list(
     """Versions, oldest first, with their metrics; the current one is marked."""
     from qcat.registry import Registry
 
-    store = Registry(registry)
-    current = store.current()
+    try:
+        store = Registry(registry)
+        if not store.exists():
+            raise QcatError(f"no registry at {registry}: check the path, or `qcat adapters add` creates one")
+        current = store.current()
+        manifests, broken = store.scan()
+    except QcatError as error:
+        raise fail(error) from error
+    for version, why in broken.items():
+        console.print(f"[yellow]warning:[/] version {version} is unusable: {why}")
     if as_json:
-        for manifest in store.manifests():
+        for manifest in manifests:
             print(
                 json.dumps(
                     {
@@ -56,7 +64,7 @@ def adapters_list(
     table = Table(title=str(registry))
     for column in ("", "version", "created", "accuracy", "macro-F1", "eval set"):
         table.add_column(column)
-    for manifest in store.manifests():
+    for manifest in manifests:
         table.add_row(
             "*" if manifest.version == current else "",
             manifest.version,

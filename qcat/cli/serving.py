@@ -97,9 +97,10 @@ def worker(
 def broker(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9092) -> None:
     """Run the embedded Kafka-compatible broker (Tansu, in memory) on loopback until Ctrl-C."""
     from worker.broker import EmbeddedBroker
+    from worker.processes import stop_on_sigterm
 
     try:
-        with EmbeddedBroker(port) as running:
+        with stop_on_sigterm(), EmbeddedBroker(port) as running:
             console.print(f"broker listening on {running.address} (in-memory; Ctrl-C stops it)")
             assert running.process is not None
             running.process.wait()
@@ -124,11 +125,15 @@ def demo(
 ) -> None:
     """Run broker + worker locally, stream sample questions through them and show where each one is routed."""
     from worker.demo import run_demo
+    from worker.processes import stop_on_sigterm
 
     try:
-        code = run_demo(
-            count=count, rate=rate, adapter=adapter, base_model=base_model, registry=registry, console=Console()
-        )
+        with stop_on_sigterm():
+            code = run_demo(
+                count=count, rate=rate, adapter=adapter, base_model=base_model, registry=registry, console=Console()
+            )
+    except KeyboardInterrupt:
+        code = 130  # stopped; the broker and worker it started are stopped too
     except QcatError as error:
         raise fail(error) from error
     raise typer.Exit(code=code)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.announcements import bad_adapters, outside_registry, registry_serving_v1
+from bench.announcements import bad_adapters, control_topic_recreated, outside_registry, registry_serving_v1
 from bench.refusals import refused_records, stalled_publish
 from bench.reliability import burst, crashes, outage, rebalances
 
@@ -46,6 +46,13 @@ def test_broken_adapters_and_adapters_from_outside_the_registry_are_refused(tmp_
     outside = outside_registry(tmp_path / "outside", served)
     assert len(outside) == 4
     assert all(r["refused"] and r["still_serving"] for r in outside.values()), outside
+
+
+def test_a_promotion_reaches_a_worker_whose_control_topic_was_recreated(tmp_path: Path) -> None:
+    """After the broker restarts empty, the recreated control topic is behind the worker's position; the next
+    promotion is served anyway (the worker's registry check)."""
+    result = control_topic_recreated(tmp_path)
+    assert result["served_after_restart"], result
 
 
 def test_records_the_broker_refuses_are_set_aside_and_the_stream_goes_on(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The worker over mutual TLS and SASL/SCRAM against the embedded broker.
+"""The worker over mutual TLS and SASL/SCRAM against the embedded broker, and what its web server exposes.
 
 TLS: Tansu 0.6.0 cannot terminate TLS (its --cert and --key flags exclude each other), so a TLS terminator made of
 Python's ssl sits in front of it (tests/integration/tls.py) and the broker advertises the terminator: every
@@ -10,10 +10,13 @@ refusal: wrong credentials stop the worker at start with a clear message that ne
 
 from __future__ import annotations
 
+import json
 import ssl
 import subprocess
+import urllib.error
 from pathlib import Path
 
+import pytest
 import trustme
 
 from tests.integration.kafka import WorkerProcess, consume, produce, question, run_qcat, unique
@@ -99,3 +102,22 @@ def test_wrong_sasl_credentials_stop_the_worker_with_a_clear_error(tmp_path: Pat
         anonymous = run_worker(WorkerProcess(broker.address, unique("t-anon"), tmp_path).env)
         assert anonymous.returncode == 2
         assert "cannot connect to Kafka" in anonymous.stderr
+
+
+def test_the_web_endpoints_listen_on_loopback_and_expose_only_qcat_s_pages(broker: str, tmp_path: Path) -> None:
+    """By default the web server binds 127.0.0.1 (containers set QCAT_WEB_HOST=0.0.0.0); Faust's /router/ (host
+    names) and /table/ pages are off; qcat's pages answer."""
+    worker = WorkerProcess(broker, unique("t-web"), tmp_path).start()
+    try:
+        listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        port = f"{worker.web_port:04X}"
+        local = {line.split()[1] for line in listening if line.split()[1].endswith(f":{port}")}
+        assert local == {f"0100007F:{port}"}, local
+        for page in ("/router/", "/table/"):
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                worker.get(page)
+            missing.value.close()
+            assert missing.value.code == 404
+        assert json.loads(worker.get("/readyz"))["ready"] is True
+    finally:
+        worker.stop()

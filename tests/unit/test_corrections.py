@@ -13,7 +13,7 @@ from schemas.events import CorrectionEvent
 from schemas.taxonomy import Taxonomy
 from training.data import Example
 from training.retrain import held_out, merge
-from worker.corrections import sort_corrections
+from worker.corrections import sort_corrections, store_batch
 from worker.process import Record
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -31,16 +31,31 @@ def correction(cid: str, event_id: str, label: str, minutes: int = 0, text: str 
 
 
 def test_redelivered_corrections_are_stored_once_and_the_latest_wins(tmp_path: Path) -> None:
-    store = CorrectionStore(tmp_path)
-    assert store.append([correction("c1", "e1", "HUM"), correction("c2", "e2", "LOC")], writer="p0") == 2
-    assert store.append([correction("c1", "e1", "HUM")], writer="p0") == 0  # redelivered
-    assert store.append([correction("c4", "e4", "HUM")] * 2, writer="p0") == 1  # twice in one batch
-    assert CorrectionStore(tmp_path).append([correction("c1", "e1", "HUM")], writer="p1") == 0  # after a restart
-    assert store.append([correction("c3", "e1", "NUM", minutes=5)], writer="p1") == 1
-    latest = {c.event_id: c.label for c in CorrectionStore(tmp_path).latest()}
+    """Redeliveries (same id, event and label) are stored once, across batches and restarts; the latest
+    correction of an event wins; the files are private (0600 in a 0700 folder)."""
+    root = tmp_path / "corrections"
+    store = CorrectionStore(root)
+    assert store.append([correction("c1", "e1", "HUM"), correction("c2", "e2", "LOC")], writer="p0") == (2, [])
+    assert store.append([correction("c1", "e1", "HUM")], writer="p0") == (0, [])  # redelivered
+    assert store.append([correction("c4", "e4", "HUM")] * 2, writer="p0") == (1, [])  # twice in one batch
+    assert CorrectionStore(root).append([correction("c1", "e1", "HUM")], writer="p1") == (0, [])  # after a restart
+    assert store.append([correction("c3", "e1", "NUM", minutes=5)], writer="p1") == (1, [])
+    latest = {c.event_id: c.label for c in CorrectionStore(root).latest()}
     assert latest == {"e1": "NUM", "e2": "LOC", "e4": "HUM"}
-    lines = sum(len(path.read_text().splitlines()) for path in tmp_path.glob("corrections-*.jsonl"))
+    lines = sum(len(path.read_text().splitlines()) for path in root.glob("corrections-*.jsonl"))
     assert lines == 4
+    assert root.stat().st_mode & 0o777 == 0o700
+    assert {path.stat().st_mode & 0o777 for path in root.glob("*.jsonl")} == {0o600}
+
+
+def test_a_reused_correction_id_with_other_content_is_a_conflict(tmp_path: Path) -> None:
+    """A correction_id already stored for another label or event is handed back as a conflict, not dropped; the
+    first stays."""
+    store = CorrectionStore(tmp_path)
+    store.append([correction("c1", "e1", "HUM")], writer="p0")
+    relabelled, moved = correction("c1", "e1", "LOC"), correction("c1", "e9", "HUM")
+    assert store.append([relabelled, moved, correction("c2", "e2", "NUM")], writer="p0") == (1, [relabelled, moved])
+    assert {c.event_id: c.label for c in CorrectionStore(tmp_path).latest()} == {"e1": "HUM", "e2": "NUM"}
 
 
 def test_a_torn_last_line_is_skipped_and_rewritten(tmp_path: Path) -> None:
@@ -51,7 +66,7 @@ def test_a_torn_last_line_is_skipped_and_rewritten(tmp_path: Path) -> None:
         out.write(correction("c2", "e2", "LOC").model_dump_json()[:30])
     fresh = CorrectionStore(tmp_path)
     assert [c.correction_id for c in fresh.latest()] == ["c1"]
-    assert fresh.append([correction("c2", "e2", "LOC")], writer="p0") == 1  # the redelivery is stored whole
+    assert fresh.append([correction("c2", "e2", "LOC")], writer="p0") == (1, [])  # the redelivery is stored whole
     assert {c.correction_id for c in CorrectionStore(tmp_path).latest()} == {"c1", "c2"}
 
 
@@ -68,14 +83,34 @@ def test_merge_overrides_base_rows_and_keeps_the_holdout_out_of_training() -> No
     assert len(merged.train) == 41 - len(held)
 
 
-def test_bad_corrections_become_dead_letters_with_reasons() -> None:
+def test_bad_corrections_become_dead_letters_with_reasons(tmp_path: Path) -> None:
+    """Unknown labels, invalid JSON, a corrected_at in the future (it would outrank every later correction) and a
+    conflicting reuse of a stored correction_id each become a dead letter with its reason."""
     taxonomy = Taxonomy.from_names(["HUM", "LOC", "NUM"])
+    store = CorrectionStore(tmp_path)
+    store.append([correction("c9", "e9", "HUM")], writer="t-1")
     good = correction("c1", "e1", "NUM").model_dump_json().encode()
     unknown = correction("c2", "e2", "BOGUS").model_dump_json().encode()
-    records = [Record(b"e1", good, "t", 0, 1), Record(b"e2", unknown, "t", 1, 2), Record(b"x", b"{no", "t", 1, 3)]
+    future = correction("c3", "e3", "HUM").model_copy(update={"corrected_at": datetime(9999, 12, 31, tzinfo=UTC)})
+    conflict = correction("c9", "e9", "LOC").model_dump_json().encode()
+    records = [
+        Record(b"e1", good, "t", 0, 1),
+        Record(b"e2", unknown, "t", 1, 2),
+        Record(b"x", b"{no", "t", 1, 3),
+        Record(b"e3", future.model_dump_json().encode(), "t", 1, 4),
+        Record(b"e9", conflict, "t", 1, 5),
+    ]
     batch = sort_corrections(records, taxonomy=taxonomy, max_text_chars=100, dlq="t.dlq")
-    assert [c.correction_id for c in batch.valid[0]] == ["c1"]
-    assert [letter.reason.value for letter in batch.dead_letters] == ["unknown_label", "invalid_json"]
+    store_batch(batch, store, writer_prefix="t", dlq="t.dlq")
+    assert [event.correction_id for _, event in batch.valid[0]] == ["c1"]
+    assert batch.stored == {0: 1, 1: 0}
+    reasons = [(letter.offset, letter.reason.value) for letter in batch.dead_letters]
+    assert reasons == [
+        (2, "unknown_label"),
+        (3, "invalid_json"),
+        (4, "schema_violation"),
+        (5, "conflicting_correction"),
+    ]
     assert {output.topic for output in batch.outputs} == {"t.dlq"}
 
 

@@ -23,6 +23,7 @@ from qcat.model import LoadedModel, attach_label_head
 from schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
 from schemas.prompt import prompt_format
 from schemas.taxonomy import Taxonomy
+from worker.decode import MAX_DEAD_LETTER_BYTES
 from worker.process import Record, process_batch
 from worker.topics import Topics
 
@@ -86,7 +87,7 @@ def check(records: list[Record], outputs: list[Any]) -> None:
         assert event.label in TAXONOMY.names
     for letter in letters:
         assert letter.reason in DeadLetterReason
-        assert len(letter.payload) <= 100_000
+    assert all(len(o.value) <= MAX_DEAD_LETTER_BYTES for o in outputs if o.topic == TOPICS.dlq)
 
 
 @settings(

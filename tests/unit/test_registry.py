@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,3 +248,83 @@ def test_announced_versions_load_only_as_the_serving_policy_allows(
     assert loads == expected
     refused = metrics.registry.get_sample_value("qcat_adapter_swaps_total", {"result": "refused"})
     assert (refused or 0) == (0 if loaded else 1)
+
+
+def _promote_at_the_barrier(root: str, version: str, barrier: Any) -> bool:
+    barrier.wait()
+    return Registry(root).promote(version, force=True).promoted
+
+
+def test_concurrent_promotions_keep_history_and_pointer_consistent(make: Callable[..., Path], tmp_path: Path) -> None:
+    """Two processes promoting at the same instant, ten times over: every promotion is in the history, current.json
+    names the last one, and each rollback finds what was current before."""
+    registry = Registry(tmp_path / "registry")
+    names = [f"v{i}" for i in range(20)]
+    for name in names:
+        registry.add(make(name, 0.9))
+    context = multiprocessing.get_context("fork")
+    with context.Manager() as manager, ProcessPoolExecutor(2, mp_context=context) as pool:
+        for pair in range(10):
+            barrier = manager.Barrier(2)
+            futures = [
+                pool.submit(_promote_at_the_barrier, registry.url, name, barrier) for name in names[2 * pair :][:2]
+            ]
+            assert all(future.result(timeout=60) for future in futures)
+    history = registry._history()
+    assert len(history) == 20
+    assert registry.current() == history[-1]["version"]
+    assert [entry["previous"] for entry in history[1:]] == [entry["version"] for entry in history[:-1]]
+    assert registry.rollback().version == history[-2]["version"]
+
+
+def test_a_crash_between_history_and_pointer_leaves_the_registry_usable(
+    make: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promotion that dies after writing its history entry but before moving current.json changes nothing that
+    serves: the old version stays current, and rollback and later promotions work."""
+    registry = Registry(tmp_path / "registry")
+    for name in ("v1", "v2", "v3"):
+        registry.add(make(name, 0.9))
+    registry.promote("v1")
+    registry.promote("v2")
+    replace = Registry._replace
+
+    def dies_at_the_pointer(self: Registry, name: str, content: bytes) -> None:
+        if name == "current.json":
+            raise OSError("killed")
+        replace(self, name, content)
+
+    monkeypatch.setattr(Registry, "_replace", dies_at_the_pointer)
+    with pytest.raises(OSError, match="killed"):
+        registry.promote("v3")
+    monkeypatch.setattr(Registry, "_replace", replace)
+    assert registry.current() == "v2"
+    assert registry.rollback().version == "v1"
+    assert registry.promote("v3", force=True).promoted
+
+
+def test_damaged_registry_files_give_one_error_with_the_repair(make: Callable[..., Path], tmp_path: Path) -> None:
+    """A torn history line stops promote before anything changes; a truncated current.json is reported with how to
+    repair it; an invalid manifest hides neither the other versions nor the right error for an unknown one."""
+    root = tmp_path / "registry"
+    registry = Registry(root)
+    for name in ("v1", "v2"):
+        registry.add(make(name, 0.9))
+    registry.promote("v1")
+    history = (root / "history.jsonl").read_text()
+    (root / "history.jsonl").write_text(history + '{"at": "2026-')
+    with pytest.raises(RegistryError, match=r"history.jsonl line 2 is damaged.*delete that line"):
+        registry.promote("v2", force=True)
+    assert registry.current() == "v1"
+    (root / "history.jsonl").write_text(history)
+    (root / "current.json").write_text('{"vers')
+    with pytest.raises(RegistryError, match=r"current.json is damaged.*delete it"):
+        registry.current()
+    (root / "current.json").unlink()
+    assert registry.promote("v1", force=True).promoted
+    (root / "versions" / "v2" / MANIFEST).write_text("{")
+    manifests, broken = registry.scan()
+    assert [m.version for m in manifests] == ["v1"]
+    assert list(broken) == ["v2"]
+    with pytest.raises(RegistryError, match=r"no adapter version 'no-such'"):
+        registry.promote("no-such")
