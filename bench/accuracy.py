@@ -4,8 +4,9 @@
 
 DATASET_DIR holds train.jsonl and test.jsonl (`text`, `label`). Runs `qcat train` on train.jsonl (early stopping on
 a stratified 10% split of it), `qcat eval` of the adapter on test.jsonl and `qcat baseline` (the base model
-zero-shot) on test.jsonl, then copies the reports (not the weights) to bench/results/accuracy-<dataset>-<tag>/
-with summary.json. Last line: `accuracy=X macro_f1=Y baseline_accuracy=Z seconds_per_epoch=S`.
+zero-shot) on test.jsonl; summary.json and the adapter's manifest go to bench/results/accuracy-<dataset>-<tag>/,
+the full reports (plots, misclassified rows) to bench/reports/ (not committed: results stay small).
+Last line: `accuracy=X macro_f1=Y baseline_accuracy=Z seconds_per_epoch=S`.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def main() -> None:
     out = ROOT / "bench" / "results" / f"accuracy-{name}{'-' + args.tag if args.tag else ''}"
     work = args.work or Path("/tmp") / f"qcat-accuracy-{name}-{time.time_ns()}"
     work.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    reports = ROOT / "bench" / "reports" / out.name
+    for folder in (out, reports):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
     model = ("--base-model", args.base_model)
     started = time.perf_counter()
     qcat(
@@ -67,18 +70,18 @@ def main() -> None:
         *(["--compile"] if args.compile else []), "--batching", args.batching,
     )  # fmt: skip
     train_seconds = time.perf_counter() - started
-    shutil.copytree(work / "adapter" / "report", out / "train-split")
+    shutil.copytree(work / "adapter" / "report", reports / "train-split")
     manifest: dict[str, Any] = json.loads((work / "adapter" / "qcat-manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     labels = work / "labels.txt"
     labels.write_text("\n".join(label["name"] for label in manifest["taxonomy"]["labels"]) + "\n")
     model = (*model, "--device", args.device)
-    qcat("eval", args.dataset / "test.jsonl", "--adapter", work / "adapter", "--report", out / "test", *model)
-    qcat("baseline", args.dataset / "test.jsonl", "--taxonomy", labels, "--report", out / "baseline", *model)
+    qcat("eval", args.dataset / "test.jsonl", "--adapter", work / "adapter", "--report", reports / "test", *model)
+    qcat("baseline", args.dataset / "test.jsonl", "--taxonomy", labels, "--report", reports / "baseline", *model)
 
-    test = json.loads((out / "test" / "metrics.json").read_text())
-    baseline = json.loads((out / "baseline" / "metrics.json").read_text())
-    with (out / "train-split" / "training.csv").open(newline="") as rows:
+    test = json.loads((reports / "test" / "metrics.json").read_text())
+    baseline = json.loads((reports / "baseline" / "metrics.json").read_text())
+    with (reports / "train-split" / "training.csv").open(newline="") as rows:
         epochs = list(csv.DictReader(rows))
     summary = {
         "command": "python bench/accuracy.py " + " ".join(sys.argv[1:]),

@@ -6,7 +6,8 @@ Splits DATASET_DIR/train.jsonl once (stratified 10% held out, seed 0) so that ev
 none of them sees the held-out questions the soup is calibrated on; trains the N seeds at once (a LoRA step is bound
 by the host, so seeds share a GPU well), averages them with `qcat soup`, and evaluates every seed and the soup on
 test.jsonl with `qcat eval`. Also reports the seeds' majority vote (an ensemble N times as costly to serve), the
-bar a soup aims at. Writes bench/results/soup-<dataset>[-<tag>]/ with summary.json and each report.
+bar a soup aims at. Writes bench/results/soup-<dataset>[-<tag>]/summary.json, and each report to bench/reports/
+(not committed).
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def main() -> None:
     out = ROOT / "bench" / "results" / f"soup-{name}{'-' + args.tag if args.tag else ''}"
     work = Path("/tmp") / f"qcat-soup-{name}-{time.time_ns()}"
     work.mkdir(parents=True)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    reports = ROOT / "bench" / "reports" / out.name  # not committed: results stay small
+    for folder in (out, reports):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
     model = ("--base-model", args.base_model, "--device", args.device)
 
     train, held_out = stratified_split(load_examples(args.dataset / "train.jsonl"), eval_fraction=0.1, seed=0)
@@ -90,7 +93,7 @@ def main() -> None:
                 "--adapter",
                 adapter,
                 "--report",
-                out / f"test-{adapter.name}",
+                reports / f"test-{adapter.name}",
                 *model,
             ),
             cwd=ROOT,
@@ -100,10 +103,10 @@ def main() -> None:
     for adapter, job in evaluations.items():
         if job.wait() != 0:
             sys.exit(f"evaluating {adapter} failed")
-        report = out / f"test-{adapter.name}"
+        report = reports / f"test-{adapter.name}"
         accuracy[adapter.name] = json.loads((report / "metrics.json").read_text())["accuracy"]
-        shutil.copytree(adapter / "report", out / f"held-out-{adapter.name}")
-    votes = zip(*(predictions(out / f"test-{adapter.name}", test) for adapter in seeds), strict=True)
+        shutil.copytree(adapter / "report", reports / f"held-out-{adapter.name}")
+    votes = zip(*(predictions(reports / f"test-{adapter.name}", test) for adapter in seeds), strict=True)
     majority = [collections.Counter(vote).most_common(1)[0][0] for vote in votes]  # a tie goes to the lower seed
     summary = {
         "command": "python bench/soup.py " + " ".join(sys.argv[1:]),

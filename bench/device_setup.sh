@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run first in every GPU-machine call (source it: it exports PYTHONPATH): installs the carried wheels (.whl, from
+# bench/device_wheels.sh) under /tmp/site and qcat itself from this tree, without touching the image's packages.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/site .
+export PYTHONPATH=/tmp/site
