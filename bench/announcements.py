@@ -20,9 +20,9 @@ from typing import Any
 
 from qcat.adapter import MANIFEST
 from qcat.registry import Registry
-from schemas.events import AdapterAnnouncement
+from qcat.schemas.events import AdapterAnnouncement
+from qcat.worker.broker import EmbeddedBroker
 from tests.integration.kafka import ROOT, WorkerProcess, consume, produce, question, unique
-from worker.broker import EmbeddedBroker
 
 
 def registry_serving_v1(tmp: Path) -> tuple[Registry, str]:

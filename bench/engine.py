@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 from qcat.engine import Engine  # noqa: E402
 from qcat.logs import configure_logging  # noqa: E402
 from qcat.model import LoadedModel, attach_label_head, fingerprint  # noqa: E402
+from qcat.schemas.prompt import PromptStyle, prompt_format, verbalize  # noqa: E402
+from qcat.schemas.taxonomy import Taxonomy  # noqa: E402
 from qcat.tiny import fit_tokenizer  # noqa: E402
-from schemas.prompt import PromptStyle, prompt_format, verbalize  # noqa: E402
-from schemas.taxonomy import Taxonomy  # noqa: E402
 
 TAXONOMY = Taxonomy.model_validate_json((ROOT / "qcat" / "assets" / "trec6.json").read_text(), strict=False)
 

@@ -20,12 +20,12 @@ from datetime import UTC, datetime
 import faust
 
 from qcat.engine import DEFAULT_TAXONOMY
-from schemas.events import SCHEMA_VERSION, CategorizedEvent, LabelScore, QuestionEvent
-from schemas.taxonomy import Taxonomy
-from worker.classifier import ConstantClassifier
-from worker.main import use_event_loop
-from worker.topics import Topics
-from worker.transport import use_fast_transport
+from qcat.schemas.events import SCHEMA_VERSION, CategorizedEvent, LabelScore, QuestionEvent
+from qcat.schemas.taxonomy import Taxonomy
+from qcat.worker.classifier import ConstantClassifier
+from qcat.worker.main import use_event_loop
+from qcat.worker.topics import Topics
+from qcat.worker.transport import use_fast_transport
 
 
 class Question(faust.Record, serializer="json"):

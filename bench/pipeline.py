@@ -44,8 +44,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.broker import FAST_JOIN_SESSION_TIMEOUT, EmbeddedBroker, free_port  # noqa: E402
-from worker.processes import terminate, wait_ready  # noqa: E402
+from qcat.worker.broker import FAST_JOIN_SESSION_TIMEOUT, EmbeddedBroker, free_port  # noqa: E402
+from qcat.worker.processes import terminate, wait_ready  # noqa: E402
 
 RUN_NUMBERS = itertools.count()
 QUESTIONS = [json.loads(line)["text"] for line in (ROOT / "data" / "trec" / "test.jsonl").open()]
@@ -260,7 +260,7 @@ def main() -> None:
         loop = {"QCAT_EVENT_LOOP": args.event_loop}  # every variant, the naive agent included, on the same loop
         noop = {
             **loop,
-            "QCAT_CLASSIFIER": "worker.classifier:constant_classifier",
+            "QCAT_CLASSIFIER": "qcat.worker.classifier:constant_classifier",
             "QCAT_MAX_BATCH": batch,
             "QCAT_MAX_WAIT": "0.05",
         }

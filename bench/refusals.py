@@ -14,8 +14,8 @@ import urllib.error
 from pathlib import Path
 from typing import Any
 
+from qcat.worker.broker import EmbeddedBroker
 from tests.integration.kafka import WorkerProcess, consume, produce, question, unique
-from worker.broker import EmbeddedBroker
 
 # Tansu checks each record produced to <topic> against <topic>.json, {"key": ..., "value": ...} as JSON
 REFUSE_INVALID_JSON_LETTERS = {"properties": {"value": {"properties": {"reason": {"not": {"const": "invalid_json"}}}}}}

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.announcements import bad_adapters, control_topic_recreated, outside_registry  # noqa: E402
 from bench.refusals import refused_records, stalled_publish  # noqa: E402
+from qcat.worker.broker import EmbeddedBroker  # noqa: E402
 from tests.integration.kafka import WorkerProcess, consume, produce, question, unique  # noqa: E402
-from worker.broker import EmbeddedBroker  # noqa: E402
 
 SECRET = "s3cret-that-must-not-leak"
 FIGURES_START, FIGURES_END = "<!-- figures:start -->", "<!-- figures:end -->"

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.data import load_examples, stratified_split, write_examples  # noqa: E402
+from qcat.training.data import load_examples, stratified_split, write_examples  # noqa: E402
 
 
 def qcat(*args: object) -> list[str]:

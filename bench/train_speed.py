@@ -34,9 +34,9 @@ from qcat.adapter import new_lora  # noqa: E402
 from qcat.engine import Engine  # noqa: E402
 from qcat.logs import configure_logging  # noqa: E402
 from qcat.model import LoadedModel, fingerprint, load_base_model  # noqa: E402
-from schemas.prompt import prompt_format  # noqa: E402
-from training.data import Example, load_examples  # noqa: E402
-from training.trainer import Batching, TrainConfig, fit  # noqa: E402
+from qcat.schemas.prompt import prompt_format  # noqa: E402
+from qcat.training.data import Example, load_examples  # noqa: E402
+from qcat.training.trainer import Batching, TrainConfig, fit  # noqa: E402
 
 
 def base_model(name: str | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:

@@ -21,9 +21,9 @@ from torch import nn
 from qcat import __version__
 from qcat.errors import AdapterError
 from qcat.model import HEAD, LoadedModel, attach_label_head
-from schemas.events import VERSION_PATTERN
-from schemas.prompt import PROMPT_FORMAT_VERSION, PromptStyle
-from schemas.taxonomy import Taxonomy
+from qcat.schemas.events import VERSION_PATTERN
+from qcat.schemas.prompt import PROMPT_FORMAT_VERSION, PromptStyle
+from qcat.schemas.taxonomy import Taxonomy
 
 MANIFEST = "qcat-manifest.json"
 WEIGHTS = "adapter_model.safetensors"

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from schemas.events import CorrectionEvent
+from qcat.schemas.events import CorrectionEvent
 
 PATTERN = "corrections-*.jsonl"
 

@@ -25,9 +25,9 @@ from qcat.model import (
     load_configured_base,
     right_pad,
 )
+from qcat.schemas.prompt import PromptFormat, clean_question, prompt_format
+from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from schemas.prompt import PromptFormat, clean_question, prompt_format
-from schemas.taxonomy import Taxonomy
 
 DEFAULT_TAXONOMY = Path(__file__).parent / "assets" / "trec6.json"
 log = structlog.get_logger(__name__)

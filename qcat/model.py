@@ -24,10 +24,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from qcat.cpu import configure_cpu
 from qcat.errors import ModelLoadError
+from qcat.schemas.prompt import verbalize
+from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
 from qcat.tiny import TINY_NAME, build_tiny_qwen3
-from schemas.prompt import verbalize
-from schemas.taxonomy import Taxonomy
 
 HEAD = "label_head"
 log = structlog.get_logger(__name__)

@@ -45,7 +45,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from qcat.adapter import MANIFEST, AdapterManifest, parse_manifest, read_manifest
 from qcat.errors import AdapterError, QcatError
-from schemas.events import VERSION_PATTERN
+from qcat.schemas.events import VERSION_PATTERN
 
 DEFAULT_METRIC = "accuracy"
 DEFAULT_TOLERANCE = 0.005

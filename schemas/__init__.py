@@ -1,6 +1,6 @@
 """qcat's contracts: events on the wire, the taxonomy, and the prompt format. Pure pydantic, no torch or faust."""
 
-from schemas.events import (
+from qcat.schemas.events import (
     CONTRACTS,
     MAX_TEXT_CHARS,
     SCHEMA_VERSION,
@@ -13,8 +13,8 @@ from schemas.events import (
     QuestionEvent,
     json_schemas,
 )
-from schemas.prompt import PROMPT_FORMAT_VERSION, PromptFormat, PromptStyle, prompt_format
-from schemas.taxonomy import MAX_LABELS, Label, Taxonomy
+from qcat.schemas.prompt import PROMPT_FORMAT_VERSION, PromptFormat, PromptStyle, prompt_format
+from qcat.schemas.taxonomy import MAX_LABELS, Label, Taxonomy
 
 __all__ = [
     "CONTRACTS",

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from schemas.taxonomy import MAX_LABEL_CHARS, Taxonomy
+from qcat.schemas.taxonomy import MAX_LABEL_CHARS, Taxonomy
 
 SCHEMA_VERSION: Literal[1] = 1
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"

@@ -1,11 +1,11 @@
-"""Write the contracts' JSON Schema files (`python -m schemas.export`); a test keeps them in sync."""
+"""Write the contracts' JSON Schema files (`python -m qcat.schemas.export`); a test keeps them in sync."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from schemas.events import json_schemas
+from qcat.schemas.events import json_schemas
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 

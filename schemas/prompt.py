@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas.taxonomy import Taxonomy
+from qcat.schemas.taxonomy import Taxonomy
 
 PROMPT_FORMAT_VERSION = 1
 PromptStyle = Literal["instruct", "compact"]

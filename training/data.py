@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qcat.errors import QcatError
-from schemas.taxonomy import Taxonomy
+from qcat.schemas.taxonomy import Taxonomy
 
 MAX_SHOWN = 5
 IMBALANCE_RATIO = 10.0

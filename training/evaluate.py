@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.taxonomy import Taxonomy
+from qcat.schemas.taxonomy import Taxonomy
 
 CALIBRATION_BINS = 10
 

@@ -22,13 +22,13 @@ from qcat.corrections import CorrectionStore
 from qcat.engine import Engine
 from qcat.model import LoadedModel, load_configured_base, private_copy
 from qcat.registry import DEFAULT_TOLERANCE, Registry
+from qcat.schemas.events import CorrectionEvent
+from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from schemas.events import CorrectionEvent
-from schemas.taxonomy import Taxonomy
-from training.data import DataError, Example, load_examples, write_examples
-from training.run import TrainRequest, score, train
-from training.soup import train_soup
-from training.trainer import TrainConfig
+from qcat.training.data import DataError, Example, load_examples, write_examples
+from qcat.training.run import TrainRequest, score, train
+from qcat.training.soup import train_soup
+from qcat.training.trainer import TrainConfig
 
 log = structlog.get_logger(__name__)
 

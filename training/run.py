@@ -26,12 +26,12 @@ from qcat.adapter import (
 )
 from qcat.engine import Engine
 from qcat.model import LoadedModel, load_configured_base
+from qcat.schemas.prompt import prompt_format
+from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from schemas.prompt import prompt_format
-from schemas.taxonomy import Taxonomy
-from training.data import Example, load_examples, report, stratified_split
-from training.evaluate import Scored, write_report
-from training.trainer import TrainConfig, check_reporters, fit
+from qcat.training.data import Example, load_examples, report, stratified_split
+from qcat.training.evaluate import Scored, write_report
+from qcat.training.trainer import TrainConfig, check_reporters, fit
 
 log = structlog.get_logger(__name__)
 

@@ -30,8 +30,8 @@ from qcat.engine import Engine
 from qcat.errors import AdapterError
 from qcat.model import LoadedModel, load_configured_base, private_copy
 from qcat.settings import EngineSettings
-from training.data import load_examples, report, write_examples
-from training.run import (
+from qcat.training.data import load_examples, report, write_examples
+from qcat.training.run import (
     MANIFEST_METRICS,
     SPEED_METRICS,
     TrainRequest,

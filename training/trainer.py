@@ -39,8 +39,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from qcat.engine import Engine
 from qcat.errors import QcatError
 from qcat.model import label_logits, right_pad
-from training.data import Example
-from training.progress import RichProgress
+from qcat.training.data import Example
+from qcat.training.progress import RichProgress
 
 
 class TrainingError(QcatError):

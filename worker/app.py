@@ -23,17 +23,17 @@ from faust.auth import SASLCredentials, SSLCredentials
 from prometheus_client import generate_latest
 
 from qcat.corrections import CorrectionStore
-from worker.acks import BackgroundPublishing
-from worker.classifier import Classifier
-from worker.corrections import sort_corrections, store_batch
-from worker.hot_swap import AdapterWatcher, Serving
-from worker.metrics import WorkerMetrics
-from worker.process import BatchResult, Record, process_batch
-from worker.publisher import BatchPublisher, PublishAbortedError
-from worker.refused import RefusedRecords
-from worker.settings import WorkerSettings
-from worker.topics import Topics
-from worker.transport import use_fast_transport
+from qcat.worker.acks import BackgroundPublishing
+from qcat.worker.classifier import Classifier
+from qcat.worker.corrections import sort_corrections, store_batch
+from qcat.worker.hot_swap import AdapterWatcher, Serving
+from qcat.worker.metrics import WorkerMetrics
+from qcat.worker.process import BatchResult, Record, process_batch
+from qcat.worker.publisher import BatchPublisher, PublishAbortedError
+from qcat.worker.refused import RefusedRecords
+from qcat.worker.settings import WorkerSettings
+from qcat.worker.topics import Topics
+from qcat.worker.transport import use_fast_transport
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from qcat.errors import QcatError
-from worker.processes import terminate
+from qcat.worker.processes import terminate
 
 # The embedded broker holds a new consumer group's first join for half the session timeout (15 s at the default 30):
 # workers started against it (the demo, the benchmarks) use this one, so they join in ~3 s.

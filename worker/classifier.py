@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from qcat.engine import DEFAULT_TAXONOMY, Prediction
+from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from schemas.taxonomy import Taxonomy
 
 
 class Classifier(Protocol):
@@ -48,5 +48,5 @@ class ConstantClassifier:
 
 
 def constant_classifier(settings: EngineSettings) -> ConstantClassifier:
-    """`QCAT_CLASSIFIER=worker.classifier:constant_classifier`: the pipeline with no model (benchmarks)."""
+    """`QCAT_CLASSIFIER=qcat.worker.classifier:constant_classifier`: the pipeline with no model (benchmarks)."""
     return ConstantClassifier(Taxonomy.from_file(settings.taxonomy or DEFAULT_TAXONOMY))

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from qcat.corrections import CorrectionStore
-from schemas.events import CorrectionEvent, DeadLetterReason
-from schemas.taxonomy import Taxonomy
-from worker.decode import Rejected, decode_correction
-from worker.process import BatchResult, Record, add_dead_letter
+from qcat.schemas.events import CorrectionEvent, DeadLetterReason
+from qcat.schemas.taxonomy import Taxonomy
+from qcat.worker.decode import Rejected, decode_correction
+from qcat.worker.process import BatchResult, Record, add_dead_letter
 
 
 @dataclass

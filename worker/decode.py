@@ -10,8 +10,8 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from schemas.events import CorrectionEvent, DeadLetter, DeadLetterReason, QuestionEvent
-from schemas.taxonomy import Taxonomy
+from qcat.schemas.events import CorrectionEvent, DeadLetter, DeadLetterReason, QuestionEvent
+from qcat.schemas.taxonomy import Taxonomy
 
 Event = TypeVar("Event", QuestionEvent, CorrectionEvent)
 MAX_CLOCK_SKEW = timedelta(hours=1)

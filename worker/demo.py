@@ -22,9 +22,9 @@ from rich.table import Table
 
 from qcat.settings import DEFAULT_BASE_MODEL
 from qcat.tiny import TINY_NAME
-from worker.broker import FAST_JOIN_SESSION_TIMEOUT, EmbeddedBroker, free_port
-from worker.processes import terminate, wait_ready
-from worker.send import read_questions
+from qcat.worker.broker import FAST_JOIN_SESSION_TIMEOUT, EmbeddedBroker, free_port
+from qcat.worker.processes import terminate, wait_ready
+from qcat.worker.send import read_questions
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "trec" / "test.jsonl"
 PREFIX = "demo"

@@ -28,10 +28,10 @@ from pydantic import ValidationError
 
 from qcat.errors import QcatError
 from qcat.registry import Registry, RegistryError
-from schemas.events import AdapterAnnouncement
-from worker.classifier import Classifier
-from worker.metrics import WorkerMetrics
-from worker.settings import WorkerSettings
+from qcat.schemas.events import AdapterAnnouncement
+from qcat.worker.classifier import Classifier
+from qcat.worker.metrics import WorkerMetrics
+from qcat.worker.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
 

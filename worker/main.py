@@ -18,11 +18,11 @@ from qcat.engine import Engine
 from qcat.errors import QcatError
 from qcat.logs import configure_logging
 from qcat.registry import Registry
-from worker.app import create_app
-from worker.classifier import Classifier
-from worker.metrics import WorkerMetrics
-from worker.preflight import check_kafka
-from worker.settings import WorkerSettings
+from qcat.worker.app import create_app
+from qcat.worker.classifier import Classifier
+from qcat.worker.metrics import WorkerMetrics
+from qcat.worker.preflight import check_kafka
+from qcat.worker.settings import WorkerSettings
 
 
 def load_classifier(settings: WorkerSettings) -> Classifier:

@@ -13,7 +13,7 @@ import ssl
 from aiokafka.admin import AIOKafkaAdminClient
 
 from qcat.errors import QcatError
-from worker.settings import WorkerSettings
+from qcat.worker.settings import WorkerSettings
 
 TIMEOUT_S = 20.0
 

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 import structlog
 
 from qcat.engine import Prediction
-from schemas.events import SCHEMA_VERSION, DeadLetter, DeadLetterReason, QuestionEvent
-from worker.classifier import Classifier
-from worker.decode import Rejected, dead_letter, decode_question
-from worker.topics import Topics
+from qcat.schemas.events import SCHEMA_VERSION, DeadLetter, DeadLetterReason, QuestionEvent
+from qcat.worker.classifier import Classifier
+from qcat.worker.decode import Rejected, dead_letter, decode_question
+from qcat.worker.topics import Topics
 
 Headers = list[tuple[str, bytes]]
 TOP_SCORES = 3

@@ -27,11 +27,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import BrokerNotAvailableError, BrokerResponseError, ReplicaNotAvailableError
 
 from qcat.errors import QcatError
-from schemas.events import DeadLetterReason
-from worker.decode import Rejected
-from worker.metrics import WorkerMetrics
-from worker.process import Output, dead_letter_output
-from worker.refused import RefusedRecords
+from qcat.schemas.events import DeadLetterReason
+from qcat.worker.decode import Rejected
+from qcat.worker.metrics import WorkerMetrics
+from qcat.worker.process import Output, dead_letter_output
+from qcat.worker.refused import RefusedRecords
 
 log = structlog.get_logger(__name__)
 MAX_BACKOFF = 10.0

@@ -16,7 +16,7 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
-from worker.process import Output
+from qcat.worker.process import Output
 
 
 def _text(data: bytes | None) -> dict[str, str | None]:

@@ -12,8 +12,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from qcat.errors import QcatError
-from schemas.events import QuestionEvent
-from worker.settings import WorkerSettings
+from qcat.schemas.events import QuestionEvent
+from qcat.worker.settings import WorkerSettings
 
 
 def read_questions(path: Path) -> list[str]:

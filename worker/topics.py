@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from schemas.taxonomy import Taxonomy
+from qcat.schemas.taxonomy import Taxonomy
 
 ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
 MAX_TOPIC_LENGTH = 249

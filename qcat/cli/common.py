@@ -91,9 +91,9 @@ def announce(action: Literal["promote", "rollback"], version: str, path: Path) -
     """Publish the registry change on the control topic; workers swap to it between batches."""
     import asyncio
 
-    from schemas.events import AdapterAnnouncement
-    from worker.hot_swap import announce as publish
-    from worker.settings import WorkerSettings
+    from qcat.schemas.events import AdapterAnnouncement
+    from qcat.worker.hot_swap import announce as publish
+    from qcat.worker.settings import WorkerSettings
 
     settings = WorkerSettings()
     message = AdapterAnnouncement(action=action, version=version, path=str(path.resolve()))

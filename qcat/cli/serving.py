@@ -74,8 +74,8 @@ def worker(
     ] = None,
 ) -> None:
     """Run the streaming worker (all settings: QCAT_* environment variables, see docs/worker.md)."""
-    from worker.main import run_worker
-    from worker.settings import WorkerSettings
+    from qcat.worker.main import run_worker
+    from qcat.worker.settings import WorkerSettings
 
     settings = settings_from(
         WorkerSettings,
@@ -96,8 +96,8 @@ def worker(
 @commands.command()
 def broker(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9092) -> None:
     """Run the embedded Kafka-compatible broker (Tansu, in memory) on loopback until Ctrl-C."""
-    from worker.broker import EmbeddedBroker
-    from worker.processes import stop_on_sigterm
+    from qcat.worker.broker import EmbeddedBroker
+    from qcat.worker.processes import stop_on_sigterm
 
     try:
         with stop_on_sigterm(), EmbeddedBroker(port) as running:
@@ -124,8 +124,8 @@ def demo(
     ] = None,
 ) -> None:
     """Run broker + worker locally, stream sample questions through them and show where each one is routed."""
-    from worker.demo import run_demo
-    from worker.processes import stop_on_sigterm
+    from qcat.worker.demo import run_demo
+    from qcat.worker.processes import stop_on_sigterm
 
     try:
         with stop_on_sigterm():
@@ -148,9 +148,9 @@ def send(
     """Produce sample QuestionEvents to <prefix>.incoming (connection from QCAT_BROKERS and friends)."""
     import asyncio
 
-    from worker.send import read_questions
-    from worker.send import send as produce
-    from worker.settings import WorkerSettings
+    from qcat.worker.send import read_questions
+    from qcat.worker.send import send as produce
+    from qcat.worker.settings import WorkerSettings
 
     settings = WorkerSettings()
     try:

@@ -81,9 +81,9 @@ def train(
     """Fine-tune a LoRA adapter on labeled questions, evaluate it and save it with its report."""
     from qcat.adapter import LORA_TARGETS
     from qcat.model import resolve_device
-    from training.run import SPEED_METRICS, TrainRequest
-    from training.run import train as run_train
-    from training.trainer import TrainConfig, check_device
+    from qcat.training.run import SPEED_METRICS, TrainRequest
+    from qcat.training.run import train as run_train
+    from qcat.training.trainer import TrainConfig, check_device
 
     settings = settings_from(EngineSettings, base_model=base_model, device=device, dtype=dtype)
     config = TrainConfig(
@@ -115,7 +115,7 @@ def train(
     try:
         check_device(config, resolve_device(settings.device))
         if seeds > 1:
-            from training.soup import train_soup
+            from qcat.training.soup import train_soup
 
             directory, metrics = train_soup(request, settings, seeds)
         else:
@@ -139,7 +139,7 @@ def evaluate(
     device: DeviceOption = None,
 ) -> None:
     """Evaluate an adapter (or, without --adapter, the base model zero-shot) and write a report."""
-    from training.run import evaluate_model
+    from qcat.training.run import evaluate_model
 
     settings = settings_from(EngineSettings, base_model=base_model, adapter=adapter, device=device)
     try:
@@ -160,7 +160,7 @@ def soup(
     device: DeviceOption = None,
 ) -> None:
     """Average adapters into one (a model soup): one adapter's serving cost, several seeds' agreement."""
-    from training.soup import make_soup
+    from qcat.training.soup import make_soup
 
     settings = settings_from(EngineSettings, base_model=base_model, device=device)
     try:
@@ -179,7 +179,7 @@ def baseline(
     device: DeviceOption = None,
 ) -> None:
     """Evaluate the base model zero-shot (the instruction prompt listing the categories): the bar to beat."""
-    from training.run import evaluate_model
+    from qcat.training.run import evaluate_model
 
     try:
         settings = settings_from(EngineSettings, base_model=base_model, taxonomy=taxonomy, device=device)
@@ -220,9 +220,9 @@ def retrain(
     Exit 0: promoted; 3: not better, the current adapter stays; anything else: an error. Last line: JSON summary.
     """
     from qcat.model import resolve_device
-    from training.retrain import RetrainRequest
-    from training.retrain import retrain as run_retrain
-    from training.trainer import TrainConfig, check_device
+    from qcat.training.retrain import RetrainRequest
+    from qcat.training.retrain import retrain as run_retrain
+    from qcat.training.trainer import TrainConfig, check_device
 
     settings = settings_from(EngineSettings, base_model=base_model, device=device)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from qcat.adapter import AdapterManifest, new_lora, save_adapter
 from qcat.model import LoadedModel
-from schemas.taxonomy import Taxonomy
+from qcat.schemas.taxonomy import Taxonomy
 
 
 def untrained_adapter(base: LoadedModel, taxonomy: Taxonomy, version: str, directory: Path, **manifest: object) -> Path:

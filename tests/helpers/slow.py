@@ -7,8 +7,8 @@ import time
 from collections.abc import Sequence
 
 from qcat.engine import Prediction
-from worker.classifier import ConstantClassifier, constant_classifier
-from worker.settings import WorkerSettings
+from qcat.worker.classifier import ConstantClassifier, constant_classifier
+from qcat.worker.settings import WorkerSettings
 
 DELAY_SECONDS = 8.0
 MODEL_PACED_SECONDS = 1.0

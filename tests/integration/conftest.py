@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.broker import EmbeddedBroker
+from qcat.worker.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from worker.broker import free_port
-from worker.processes import terminate, wait_ready
+from qcat.worker.broker import free_port
+from qcat.worker.processes import terminate, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 

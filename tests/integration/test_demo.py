@@ -8,7 +8,7 @@ from pathlib import Path
 
 from qcat.model import LoadedModel
 from qcat.registry import Registry
-from schemas.taxonomy import Taxonomy
+from qcat.schemas.taxonomy import Taxonomy
 from tests.helpers.adapters import untrained_adapter
 from tests.integration.kafka import run_qcat
 

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from qcat.worker.broker import free_port
 from tests.integration.kafka import ROOT, WorkerProcess, run_qcat, unique
-from worker.broker import free_port
 
 
 def descendants(pid: int) -> set[int]:

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+from qcat.worker.broker import EmbeddedBroker, free_port
 from tests.integration.kafka import WorkerProcess, consume, produce, question, run_qcat, unique
 from tests.integration.tls import TlsTerminator, write_client_files
-from worker.broker import EmbeddedBroker, free_port
 
 
 def run_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

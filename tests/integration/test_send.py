@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from schemas.events import QuestionEvent
+from qcat.schemas.events import QuestionEvent
 from tests.integration.kafka import consume, run_qcat, unique
 
 

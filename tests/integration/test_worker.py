@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from qcat.worker.topics import topic_safe
 from tests.integration.kafka import WorkerProcess, categorized_ids, consume, produce, question, unique
-from worker.topics import topic_safe
 
 TREC6 = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 THRESHOLD = 0.18  # the random tiny model's confidences straddle this, so both routes and review get traffic

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker.acks import AckOrder
+from qcat.worker.acks import AckOrder
 
 
 async def run_batches(publish_seconds: list[float], abandoned: int | None = None) -> list[int]:

@@ -14,9 +14,9 @@ from qcat.adapter import MANIFEST, WEIGHTS, AdapterManifest, load_adapter, new_l
 from qcat.engine import Engine
 from qcat.errors import AdapterError
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_base_model
+from qcat.schemas.prompt import prompt_format
+from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from schemas.prompt import prompt_format
-from schemas.taxonomy import Taxonomy
 
 TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
 QUESTIONS = ["Who was Galileo ?", "What does NASA stand for ?", "How far is it from Denver to Aspen ?"]

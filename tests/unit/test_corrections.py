@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from qcat.corrections import CorrectionStore
-from schemas.events import CorrectionEvent
-from schemas.taxonomy import Taxonomy
-from training.data import Example
-from training.retrain import held_out, merge
-from worker.corrections import sort_corrections, store_batch
-from worker.process import Record
+from qcat.schemas.events import CorrectionEvent
+from qcat.schemas.taxonomy import Taxonomy
+from qcat.training.data import Example
+from qcat.training.retrain import held_out, merge
+from qcat.worker.corrections import sort_corrections, store_batch
+from qcat.worker.process import Record
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -121,9 +121,9 @@ def test_retrain_loads_the_base_model_once(tmp_path: Path, monkeypatch: pytest.M
     from qcat.adapter import read_manifest
     from qcat.registry import Registry
     from qcat.settings import EngineSettings
+    from qcat.training.retrain import RetrainRequest, retrain
+    from qcat.training.trainer import TrainConfig
     from tests.unit.test_training import learnable
-    from training.retrain import RetrainRequest, retrain
-    from training.trainer import TrainConfig
 
     train, held_out = learnable()
     data, fixed_eval = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"

@@ -8,8 +8,8 @@ import torch
 from qcat.engine import Engine
 from qcat.errors import InferenceError
 from qcat.model import HEAD, LoadedModel, attach_label_head
-from schemas.prompt import prompt_format, verbalize
-from schemas.taxonomy import Taxonomy
+from qcat.schemas.prompt import prompt_format, verbalize
+from qcat.schemas.taxonomy import Taxonomy
 
 TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
 QUESTIONS = [

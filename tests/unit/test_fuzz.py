@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 
 from qcat.engine import Engine
 from qcat.model import LoadedModel, attach_label_head
-from schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
-from schemas.prompt import prompt_format
-from schemas.taxonomy import Taxonomy
-from worker.decode import MAX_DEAD_LETTER_BYTES
-from worker.process import Record, process_batch
-from worker.topics import Topics
+from qcat.schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
+from qcat.schemas.prompt import prompt_format
+from qcat.schemas.taxonomy import Taxonomy
+from qcat.worker.decode import MAX_DEAD_LETTER_BYTES
+from qcat.worker.process import Record, process_batch
+from qcat.worker.topics import Topics
 
 EXAMPLES = int(os.environ.get("QCAT_FUZZ_EXAMPLES", "10000"))
 TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])

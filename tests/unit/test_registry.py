@@ -16,7 +16,7 @@ from qcat.adapter import MANIFEST, read_manifest
 from qcat.errors import AdapterError
 from qcat.model import LoadedModel
 from qcat.registry import Registry, RegistryError
-from schemas.taxonomy import Taxonomy
+from qcat.schemas.taxonomy import Taxonomy
 from tests.helpers.adapters import untrained_adapter
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
@@ -123,11 +123,11 @@ def test_a_worker_resolves_an_announced_version_from_a_bucket(
     import asyncio
     import threading
 
-    from schemas.events import AdapterAnnouncement
-    from worker.classifier import ConstantClassifier
-    from worker.hot_swap import AdapterWatcher, Serving
-    from worker.metrics import WorkerMetrics
-    from worker.settings import WorkerSettings
+    from qcat.schemas.events import AdapterAnnouncement
+    from qcat.worker.classifier import ConstantClassifier
+    from qcat.worker.hot_swap import AdapterWatcher, Serving
+    from qcat.worker.metrics import WorkerMetrics
+    from qcat.worker.settings import WorkerSettings
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     url = f"memory://qcat-watch-{tmp_path.name}"
@@ -220,11 +220,11 @@ def test_announced_versions_load_only_as_the_serving_policy_allows(
     registered version, and only `announced_paths` lets an announced path outside the registry load."""
     import asyncio
 
-    from schemas.events import AdapterAnnouncement
-    from worker.classifier import ConstantClassifier
-    from worker.hot_swap import AdapterWatcher, Serving
-    from worker.metrics import WorkerMetrics
-    from worker.settings import WorkerSettings
+    from qcat.schemas.events import AdapterAnnouncement
+    from qcat.worker.classifier import ConstantClassifier
+    from qcat.worker.hot_swap import AdapterWatcher, Serving
+    from qcat.worker.metrics import WorkerMetrics
+    from qcat.worker.settings import WorkerSettings
 
     registry = Registry(tmp_path / "registry")
     registry.add(make("v1", 0.9))

@@ -9,9 +9,9 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-import schemas
-from schemas import CategorizedEvent, DeadLetter, DeadLetterReason, LabelScore, QuestionEvent, Taxonomy
-from schemas.export import SCHEMA_DIR, render
+import qcat.schemas
+from qcat.schemas import CategorizedEvent, DeadLetter, DeadLetterReason, LabelScore, QuestionEvent, Taxonomy
+from qcat.schemas.export import SCHEMA_DIR, render
 
 
 def test_question_event_parses_wire_json() -> None:
@@ -86,16 +86,21 @@ def test_taxonomy_index() -> None:
 
 
 def test_json_schema_files_are_in_sync() -> None:
-    """The committed JSON Schema files equal what the models generate (run `python -m schemas.export`)."""
+    """The committed JSON Schema files equal what the models generate (run `python -m qcat.schemas.export`)."""
     for name, text in render().items():
         assert (SCHEMA_DIR / name).read_text(encoding="utf-8") == text, f"{name} is stale"
     assert {path.name for path in SCHEMA_DIR.glob("*.schema.json")} == set(render())
 
 
 def test_all_is_exact() -> None:
-    """`schemas.__all__` lists exactly the public names the package exports."""
-    public = {name for name in vars(schemas) if not name.startswith("_")} - {"events", "export", "prompt", "taxonomy"}
-    assert set(schemas.__all__) == public
+    """`qcat.schemas.__all__` lists exactly the public names the package exports."""
+    public = {name for name in vars(qcat.schemas) if not name.startswith("_")} - {
+        "events",
+        "export",
+        "prompt",
+        "taxonomy",
+    }
+    assert set(qcat.schemas.__all__) == public
 
 
 def test_schemas_import_no_torch_or_faust() -> None:

@@ -14,10 +14,10 @@ from qcat.adapter import AdapterManifest, load_adapter, new_lora, read_manifest,
 from qcat.engine import Engine
 from qcat.errors import AdapterError
 from qcat.model import LoadedModel, attach_label_head, label_logits
+from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from schemas.taxonomy import Taxonomy
+from qcat.training.soup import make_soup, soup_weights
 from tests.unit.test_training_cli import qcat, write_learnable
-from training.soup import make_soup, soup_weights
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 SETTINGS = EngineSettings(base_model="tiny-qwen3", device="cpu", dtype="float32")

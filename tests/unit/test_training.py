@@ -12,11 +12,11 @@ import torch
 from qcat.adapter import AdapterManifest, new_lora, save_adapter
 from qcat.engine import Engine
 from qcat.model import LoadedModel
+from qcat.schemas.prompt import prompt_format
+from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from schemas.prompt import prompt_format
-from schemas.taxonomy import Taxonomy
-from training.data import Example
-from training.trainer import Batching, TrainConfig, TrainingError, fit
+from qcat.training.data import Example
+from qcat.training.trainer import Batching, TrainConfig, TrainingError, fit
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 SUBJECTS = [
@@ -157,7 +157,7 @@ def test_label_smoothing_shapes_the_training_loss_only(tiny: LoadedModel, tmp_pa
     """Training steps use the smoothed cross-entropy; evaluation reports the plain one, comparable across settings."""
     from transformers import TrainingArguments
 
-    from training.trainer import LabelDataset, LabelTrainer, NonFiniteGuard, collate
+    from qcat.training.trainer import LabelDataset, LabelTrainer, NonFiniteGuard, collate
 
     train, _ = learnable()
     model = new_lora(tiny, TAXONOMY, rank=4, alpha=8)
@@ -182,7 +182,7 @@ def test_label_smoothing_shapes_the_training_loss_only(tiny: LoadedModel, tmp_pa
 def test_batches_padded_to_a_width_multiple_score_the_same(tiny: LoadedModel) -> None:
     """CUDA graphs pad batch widths to a multiple (fewer shapes); right padding must not change any row's logits."""
     from qcat.model import attach_label_head, label_logits
-    from training.trainer import LabelDataset, collate
+    from qcat.training.trainer import LabelDataset, collate
 
     train, _ = learnable()
     attach_label_head(tiny, TAXONOMY)
@@ -205,7 +205,7 @@ def test_graphed_decoder_captures_full_training_batches_once_per_width(
     width) and which stay eager; afterwards the decoder's own forward is back. CPU stand-in for the capture: the
     CUDA test below checks the graphs' gradients."""
     from qcat.model import label_logits
-    from training.trainer import graphed_decoder
+    from qcat.training.trainer import graphed_decoder
 
     captured: list[tuple[int, ...]] = []
 
@@ -236,7 +236,7 @@ def test_graphed_decoder_captures_full_training_batches_once_per_width(
 def test_compiled_cuda_graphs_refuse_attention_masks_they_cannot_capture(tiny: LoadedModel) -> None:
     """With SDPA and full attention the graphed decoder states causal attention itself; other attention would
     build masks inside the capture and recompile the compiled layers there, so that combination stops early."""
-    from training.trainer import causal_masks, graphed_decoder
+    from qcat.training.trainer import causal_masks, graphed_decoder
 
     decoder = tiny.lm.get_decoder()
     assert causal_masks(decoder) == {"full_attention": None}
@@ -258,7 +258,7 @@ def test_cuda_graphs_give_the_eager_gradients(
     fraction of how much two batches' gradients differ (what a stale or missing replay would be off by); the GPU's
     kernels round differently inside a capture, so not to the bit."""
     from qcat.model import label_logits
-    from training.trainer import graphed_decoder
+    from qcat.training.trainer import graphed_decoder
 
     captures: list[int] = []
     make_graphed = torch.cuda.make_graphed_callables

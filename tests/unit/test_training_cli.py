@@ -118,7 +118,7 @@ def test_seeds_stop_on_bad_data_before_loading_and_leave_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--seeds checks the data before the base model loads; a run that fails later removes its seeds folder."""
-    import training.soup
+    from qcat.training import soup as soup_module
     from qcat.model import build_tiny_qwen3
 
     data = write_learnable(tmp_path / "learn.jsonl")
@@ -133,7 +133,7 @@ def test_seeds_stop_on_bad_data_before_loading_and_leave_nothing(
     def broken_soup(*args: object, **kwargs: object) -> None:
         raise QcatError("the soup failed")
 
-    monkeypatch.setattr(training.soup, "make_soup", broken_soup)
+    monkeypatch.setattr(soup_module, "make_soup", broken_soup)
     failed = qcat("train", data, "--out", tmp_path / "b", "--epochs", 1, "--seeds", 2, *FAST_TRAINING)
     assert failed.exit_code == 2
     assert "the soup failed" in failed.output

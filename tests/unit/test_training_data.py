@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas.taxonomy import Taxonomy
-from training.data import DataError, Example, load_examples, report, stratified_split
+from qcat.schemas.taxonomy import Taxonomy
+from qcat.training.data import DataError, Example, load_examples, report, stratified_split
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 ROOT = Path(__file__).resolve().parents[2]

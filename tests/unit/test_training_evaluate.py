@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from schemas.taxonomy import Taxonomy
-from training.evaluate import Scored, evaluate, expected_calibration_error, threshold_for_precision, write_report
+from qcat.schemas.taxonomy import Taxonomy
+from qcat.training.evaluate import Scored, evaluate, expected_calibration_error, threshold_for_precision, write_report
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 SCORED = [

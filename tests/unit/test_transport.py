@@ -12,8 +12,8 @@ import pytest
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from worker import transport
-from worker.transport import Consumer, use_fast_transport
+from qcat.worker import transport
+from qcat.worker.transport import Consumer, use_fast_transport
 
 TP0 = TP("questions.incoming", 0)
 

@@ -10,16 +10,16 @@ import pytest
 from aiokafka import errors
 
 from qcat.engine import Prediction
+from qcat.schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
+from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
-from schemas.taxonomy import Taxonomy
-from worker.classifier import ConstantClassifier
-from worker.decode import MAX_DEAD_LETTER_BYTES, Rejected, dead_letter, decode_question
-from worker.main import start_inference
-from worker.process import Record, process_batch
-from worker.publisher import murmur2, refused_for_good
-from worker.settings import WorkerSettings
-from worker.topics import Topics
+from qcat.worker.classifier import ConstantClassifier
+from qcat.worker.decode import MAX_DEAD_LETTER_BYTES, Rejected, dead_letter, decode_question
+from qcat.worker.main import start_inference
+from qcat.worker.process import Record, process_batch
+from qcat.worker.publisher import murmur2, refused_for_good
+from qcat.worker.settings import WorkerSettings
+from qcat.worker.topics import Topics
 
 TAXONOMY = Taxonomy.from_names(["HUM:ind", "LOC:city", "NUM"])
 TOPICS = Topics.build("q", TAXONOMY)
