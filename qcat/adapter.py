@@ -61,9 +61,11 @@ class AdapterManifest(BaseModel):
 def read_manifest(directory: Path) -> AdapterManifest:
     path = directory / MANIFEST
     if not directory.is_dir():
-        raise AdapterError(f"Adapter directory {directory} does not exist.")
+        raise AdapterError(f"Adapter directory {directory} does not exist.", path=directory)
     if not path.is_file():
-        raise AdapterError(f"{directory} is not a qcat adapter: {MANIFEST} is missing (half-written or not ours).")
+        raise AdapterError(
+            f"{directory} is not a qcat adapter: {MANIFEST} is missing (half-written or not ours).", path=directory
+        )
     return parse_manifest(path.read_bytes(), str(directory))
 
 
@@ -72,7 +74,7 @@ def parse_manifest(content: bytes, directory: str) -> AdapterManifest:
     try:
         manifest = AdapterManifest.model_validate_json(content)
     except ValidationError as error:
-        raise AdapterError(f"{directory}/{MANIFEST} is not a valid qcat manifest: {error}") from error
+        raise AdapterError(f"{directory}/{MANIFEST} is not a valid qcat manifest: {error}", path=directory) from error
     if manifest.format_version != ADAPTER_FORMAT_VERSION or manifest.prompt_format_version != PROMPT_FORMAT_VERSION:
         raise AdapterError(
             f"{directory} uses adapter format {manifest.format_version} / prompt format "
@@ -102,9 +104,9 @@ def load_adapter(base: LoadedModel, directory: Path, taxonomy: Taxonomy | None =
     try:
         base.lm = peft_model.merge_and_unload()
     except Exception as error:
-        raise AdapterError(f"Could not load adapter weights from {directory}: {error}") from error
+        raise AdapterError(f"Could not load adapter weights from {directory}: {error}", path=directory) from error
     if not hasattr(base.lm, HEAD):
-        raise AdapterError(f"Adapter {directory} did not restore the label head.")
+        raise AdapterError(f"Adapter {directory} did not restore the label head.", path=directory)
     return manifest
 
 
@@ -117,12 +119,12 @@ def _open_adapter(
     if not (directory / WEIGHTS).is_file():
         pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
         hint = f" (found {pickles}: pickle files are never loaded; re-save with safetensors)" if pickles else ""
-        raise AdapterError(f"{directory} has no {WEIGHTS}{hint}.")
+        raise AdapterError(f"{directory} has no {WEIGHTS}{hint}.", path=directory)
     attach_label_head(base, manifest.taxonomy)
     try:
         return PeftModel.from_pretrained(base.lm, str(directory), is_trainable=trainable), manifest
     except Exception as error:
-        raise AdapterError(f"Could not load adapter weights from {directory}: {error}") from error
+        raise AdapterError(f"Could not load adapter weights from {directory}: {error}", path=directory) from error
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -169,7 +171,7 @@ def ensure_new(directory: Path) -> Path:
     check this before they start, not only when they save."""
     directory = directory.resolve()
     if directory.exists():
-        raise AdapterError(f"{directory} already exists; adapters are immutable, pick a new directory.")
+        raise AdapterError(f"{directory} already exists; adapters are immutable, pick a new directory.", path=directory)
     return directory
 
 

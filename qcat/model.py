@@ -95,7 +95,7 @@ def model_source(source: str) -> tuple[str, dict[str, str]]:
     if path.suffix != ".gguf":
         return source, {}
     if not path.is_file():
-        raise ModelLoadError(f"GGUF file {source} does not exist.")
+        raise ModelLoadError(f"GGUF file {source} does not exist.", model=str(source))
     return str(path.parent), {"gguf_file": path.name}
 
 

@@ -44,7 +44,7 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from qcat.adapter import MANIFEST, AdapterManifest, parse_manifest, read_manifest
-from qcat.errors import AdapterError, QcatError
+from qcat.errors import AdapterError, RegistryError
 from qcat.schemas.events import VERSION_PATTERN
 
 DEFAULT_METRIC = "accuracy"
@@ -53,10 +53,6 @@ LOCK_TIMEOUT = 30.0
 """Seconds a writer waits for another one's promote, rollback or add to finish."""
 STALE_LEASE = 120.0
 """A store's lease older than this was left by a writer that died; the next writer takes it over."""
-
-
-class RegistryError(QcatError):
-    pass
 
 
 @dataclass(frozen=True)

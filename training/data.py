@@ -15,15 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qcat.errors import QcatError
+from qcat.errors import DataError
 from qcat.schemas.taxonomy import Taxonomy
 
 MAX_SHOWN = 5
 IMBALANCE_RATIO = 10.0
-
-
-class DataError(QcatError):
-    """The data cannot be trained on; the message lists every problem found."""
 
 
 @dataclass(frozen=True)

@@ -37,15 +37,10 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from qcat.engine import Engine
-from qcat.errors import QcatError
+from qcat.errors import TrainingError
 from qcat.model import label_logits, right_pad
 from qcat.training.data import Example
 from qcat.training.progress import RichProgress
-
-
-class TrainingError(QcatError):
-    pass
-
 
 Batching = Literal["length", "random"]
 """How training rows become batches: `length` groups similar lengths (transformers' length grouping: little

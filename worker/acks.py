@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from qcat.errors import PublishAbortedError
 from qcat.worker.process import BatchResult
-from qcat.worker.publisher import BatchPublisher, PublishAbortedError
+from qcat.worker.publisher import BatchPublisher
 
 BATCHES_IN_FLIGHT = 4
 """Batches whose outputs may await broker acks while the next batch is classified (bounded: backpressure)."""

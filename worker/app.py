@@ -23,13 +23,14 @@ from faust.auth import SASLCredentials, SSLCredentials
 from prometheus_client import generate_latest
 
 from qcat.corrections import CorrectionStore
+from qcat.errors import PublishAbortedError
 from qcat.worker.acks import BackgroundPublishing
 from qcat.worker.classifier import Classifier
 from qcat.worker.corrections import sort_corrections, store_batch
 from qcat.worker.hot_swap import AdapterWatcher, Serving
 from qcat.worker.metrics import WorkerMetrics
 from qcat.worker.process import BatchResult, Record, process_batch
-from qcat.worker.publisher import BatchPublisher, PublishAbortedError
+from qcat.worker.publisher import BatchPublisher
 from qcat.worker.refused import RefusedRecords
 from qcat.worker.settings import WorkerSettings
 from qcat.worker.topics import Topics

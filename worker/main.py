@@ -15,7 +15,7 @@ import mode.loop
 import structlog
 
 from qcat.engine import Engine
-from qcat.errors import QcatError
+from qcat.errors import UnavailableError, UsageError
 from qcat.logs import configure_logging
 from qcat.registry import Registry
 from qcat.worker.app import create_app
@@ -33,7 +33,7 @@ def load_classifier(settings: WorkerSettings) -> Classifier:
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError, ValueError) as error:
-        raise QcatError(f"QCAT_CLASSIFIER={settings.classifier!r} is not an importable module:factory") from error
+        raise UsageError(f"QCAT_CLASSIFIER={settings.classifier!r} is not an importable module:factory") from error
     classifier: Classifier = factory(settings)
     return classifier
 
@@ -75,7 +75,7 @@ def run_worker(settings: WorkerSettings) -> None:
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise QcatError(f"cannot create QCAT_DATA_DIR {settings.data_dir}: {error}") from error
+        raise UnavailableError(f"cannot create QCAT_DATA_DIR {settings.data_dir}: {error}") from error
     use_event_loop(settings.event_loop)
     asyncio.run(check_kafka(settings))
     if settings.adapter is None and settings.registry is not None:

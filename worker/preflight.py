@@ -12,7 +12,7 @@ import ssl
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from qcat.errors import QcatError
+from qcat.errors import KafkaError
 from qcat.worker.settings import WorkerSettings
 
 TIMEOUT_S = 20.0
@@ -24,7 +24,7 @@ async def check_kafka(settings: WorkerSettings, timeout: float = TIMEOUT_S) -> N
         await asyncio.wait_for(admin.start(), timeout)
         await asyncio.wait_for(admin.describe_cluster(), timeout)
     except Exception as error:
-        raise QcatError(explain(settings, error)) from error
+        raise KafkaError(explain(settings, error), brokers=settings.brokers) from error
     finally:
         await admin.close()
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import structlog
 
 from qcat.engine import Prediction
+from qcat.errors import InferenceError
 from qcat.schemas.events import SCHEMA_VERSION, DeadLetter, DeadLetterReason, QuestionEvent
 from qcat.worker.classifier import Classifier
 from qcat.worker.decode import Rejected, dead_letter, decode_question
@@ -131,9 +132,18 @@ def categorized_json(
 
 
 def _classify(classifier: Classifier, texts: list[str]) -> list[Prediction | Rejected]:
-    """The whole batch in one pass; if it fails, each text alone, so one poisonous input cannot sink its batch."""
+    """The whole batch in one pass; if it fails, each text alone, so one poisonous input cannot sink its batch. When
+    the classifier names the rows at fault (`InferenceError.bad_indices`), only those are dead-lettered and the rest
+    are classified again together."""
     try:
         return [*classifier.classify(texts)]
+    except InferenceError as error:
+        if error.bad_indices and len(error.bad_indices) < len(texts):
+            bad = set(error.bad_indices)
+            rest = iter(_classify(classifier, [text for i, text in enumerate(texts) if i not in bad]))
+            why = Rejected(DeadLetterReason.INFERENCE_ERROR, f"{type(error).__name__}: {error}")
+            return [why if i in bad else next(rest) for i in range(len(texts))]
+        log.warning("batch inference failed; retrying one by one", error=str(error), n=len(texts))
     except Exception as error:  # noqa: BLE001 - any model failure becomes per-event dead letters, never a crash
         log.warning("batch inference failed; retrying one by one", error=str(error), n=len(texts))
     results: list[Prediction | Rejected] = []

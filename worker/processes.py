@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from qcat.errors import QcatError
+from qcat.errors import UnavailableError
 
 
 def wait_ready(process: subprocess.Popen[bytes], web_port: int, log: Path, timeout: float = 180) -> None:
@@ -19,7 +19,9 @@ def wait_ready(process: subprocess.Popen[bytes], web_port: int, log: Path, timeo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise QcatError(f"the worker exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            raise UnavailableError(
+                f"the worker exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=1) as response:
                 if response.status == 200:
@@ -27,7 +29,9 @@ def wait_ready(process: subprocess.Popen[bytes], web_port: int, log: Path, timeo
         except OSError:
             time.sleep(0.2)
     process.kill()
-    raise QcatError(f"the worker was not ready within {timeout:.0f}s:\n{log.read_text(errors='replace')[-3000:]}")
+    raise UnavailableError(
+        f"the worker was not ready within {timeout:.0f}s:\n{log.read_text(errors='replace')[-3000:]}"
+    )
 
 
 def terminate(process: subprocess.Popen[bytes], timeout: float = 20) -> None:

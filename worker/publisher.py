@@ -26,7 +26,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import BrokerNotAvailableError, BrokerResponseError, ReplicaNotAvailableError
 
-from qcat.errors import QcatError
+from qcat.errors import PublishAbortedError
 from qcat.schemas.events import DeadLetterReason
 from qcat.worker.decode import Rejected
 from qcat.worker.metrics import WorkerMetrics
@@ -52,11 +52,6 @@ def murmur2(data: bytes) -> int:
         h = ((h ^ int.from_bytes(tail, "little")) * _M) & _MASK
     h = ((h ^ (h >> 13)) * _M) & _MASK
     return h ^ (h >> 15)
-
-
-class PublishAbortedError(QcatError):
-    """The worker is stopping before these outputs were acknowledged: their inputs are not acked, so they are
-    redelivered to whichever worker owns their partitions next."""
 
 
 def refused_for_good(error: BaseException) -> bool:
@@ -142,7 +137,8 @@ class BatchPublisher:
         backoff = 0.2
         while pending or alone:
             if self._closing:
-                raise PublishAbortedError(f"{len(pending) + len(alone)} outputs unpublished at shutdown")
+                unpublished = len(pending) + len(alone)
+                raise PublishAbortedError(f"{unpublished} outputs unpublished at shutdown", outputs=unpublished)
             failures = await self._send(producer, pending, together=True)
             failures += await self._send(producer, alone, together=False)
             pending, alone = [], []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from qcat.errors import QcatError
+from qcat.errors import DataError
 from qcat.schemas.events import QuestionEvent
 from qcat.worker.settings import WorkerSettings
 
@@ -19,11 +19,11 @@ from qcat.worker.settings import WorkerSettings
 def read_questions(path: Path) -> list[str]:
     """`.jsonl` rows with a `text` field, or one question per line."""
     if not path.is_file():
-        raise QcatError(f"{path} does not exist")
+        raise DataError(f"{path} does not exist", path=path)
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     texts = [json.loads(line)["text"] for line in lines] if path.suffix == ".jsonl" else lines
     if not texts:
-        raise QcatError(f"{path} holds no questions")
+        raise DataError(f"{path} holds no questions", path=path)
     return texts
 
 

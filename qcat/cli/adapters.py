@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qcat.cli.common import AnnounceOption, RegistryOption, announce, console, fail
-from qcat.errors import QcatError
+from qcat.errors import QcatError, RegistryError
 
 adapters = typer.Typer(no_args_is_help=True, help="The adapter registry: list, show, promote, roll back.")
 
@@ -41,7 +41,9 @@ def adapters_list(
     try:
         store = Registry(registry)
         if not store.exists():
-            raise QcatError(f"no registry at {registry}: check the path, or `qcat adapters add` creates one")
+            raise RegistryError(
+                f"no registry at {registry}: check the path, or `qcat adapters add` creates one", registry=registry
+            )
         current = store.current()
         manifests, broken = store.scan()
     except QcatError as error:

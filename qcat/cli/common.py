@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 from rich.console import Console
 
-from qcat.errors import QcatError
+from qcat.errors import KafkaError, QcatError
 from qcat.settings import EngineSettings
 
 Settings = TypeVar("Settings", bound=EngineSettings)
@@ -100,8 +100,9 @@ def announce(action: Literal["promote", "rollback"], version: str, path: Path) -
     try:
         asyncio.run(publish(settings, f"{settings.topic_prefix}.adapters", message))
     except Exception as error:
-        raise QcatError(
+        raise KafkaError(
             f"the registry now points to {version}, but announcing it on {settings.brokers} failed ({error}); "
-            "running workers keep their adapter until announced (re-run with --announce) or restarted"
+            "running workers keep their adapter until announced (re-run with --announce) or restarted",
+            brokers=settings.brokers,
         ) from error
     console.print(f"announced {action} of {version} on {settings.topic_prefix}.adapters")

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from qcat.adapter import MANIFEST, read_manifest
-from qcat.errors import AdapterError
+from qcat.errors import AdapterError, RegistryError
 from qcat.model import LoadedModel
-from qcat.registry import Registry, RegistryError
+from qcat.registry import Registry
 from qcat.schemas.taxonomy import Taxonomy
 from tests.helpers.adapters import untrained_adapter
 

@@ -11,12 +11,13 @@ import torch
 
 from qcat.adapter import AdapterManifest, new_lora, save_adapter
 from qcat.engine import Engine
+from qcat.errors import TrainingError
 from qcat.model import LoadedModel
 from qcat.schemas.prompt import prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
 from qcat.training.data import Example
-from qcat.training.trainer import Batching, TrainConfig, TrainingError, fit
+from qcat.training.trainer import Batching, TrainConfig, fit
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 SUBJECTS = [

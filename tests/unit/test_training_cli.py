@@ -118,8 +118,8 @@ def test_seeds_stop_on_bad_data_before_loading_and_leave_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--seeds checks the data before the base model loads; a run that fails later removes its seeds folder."""
-    from qcat.training import soup as soup_module
     from qcat.model import build_tiny_qwen3
+    from qcat.training import soup as soup_module
 
     data = write_learnable(tmp_path / "learn.jsonl")
     (tmp_path / "labels.txt").write_text("HUM\nLOC\n")

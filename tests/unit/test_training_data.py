@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from qcat.errors import DataError
 from qcat.schemas.taxonomy import Taxonomy
-from qcat.training.data import DataError, Example, load_examples, report, stratified_split
+from qcat.training.data import Example, load_examples, report, stratified_split
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,6 +10,7 @@ import pytest
 from aiokafka import errors
 
 from qcat.engine import Prediction
+from qcat.errors import InferenceError
 from qcat.schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
@@ -189,3 +190,31 @@ def test_murmur2_is_kafkas_partition_hash(length: int) -> None:
 def test_refusals_for_good_are_told_apart_from_transient_failures(error: Exception, for_good: bool) -> None:
     """Only an answer the broker would repeat (the record, the topic's rules, our rights) stops the retries."""
     assert refused_for_good(error) is for_good
+
+
+class Poisoned(ConstantClassifier):
+    """Names the rows it cannot classify, as the engine does for non-finite logits."""
+
+    def __init__(self) -> None:
+        super().__init__(TAXONOMY)
+        self.calls = 0
+
+    def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        self.calls += 1
+        bad = tuple(i for i, text in enumerate(texts) if "poison" in text)
+        if bad:
+            raise InferenceError("non-finite logits", bad_indices=bad)
+        return super().classify(texts)
+
+
+def test_only_the_rows_an_inference_error_names_are_dead_lettered() -> None:
+    """The rows named by `InferenceError.bad_indices` become dead letters; the rest are classified again as one
+    batch, not one at a time."""
+    texts = ["Who ?", "poison ?", "Where ?", "poison again ?"]
+    records = [record(i, json.dumps({"event_id": f"e{i}", "text": text}).encode()) for i, text in enumerate(texts)]
+    classifier = Poisoned()
+    result = process_batch(records, classifier, TOPICS, threshold=0.5, max_text_chars=100)
+    assert [letter.offset for letter in result.dead_letters] == [1, 3]
+    assert {letter.reason for letter in result.dead_letters} == {DeadLetterReason.INFERENCE_ERROR}
+    assert [event.event_id for event in result.categorized] == ["e0", "e2"]
+    assert classifier.calls == 2
