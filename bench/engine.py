@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
@@ -31,6 +31,7 @@ from qcat.model import LoadedModel, attach_label_head, fingerprint  # noqa: E402
 from qcat.schemas.prompt import PromptStyle, prompt_format, verbalize  # noqa: E402
 from qcat.schemas.taxonomy import Taxonomy  # noqa: E402
 from qcat.tiny import fit_tokenizer  # noqa: E402
+from qcat.torch_engine import TorchScorer, torch_engine  # noqa: E402
 
 TAXONOMY = Taxonomy.model_validate_json((ROOT / "qcat" / "assets" / "trec6.json").read_text(), strict=False)
 
@@ -127,7 +128,8 @@ def run_naive(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerBase, quest
 
 def run_engine(engine: Engine, questions: list[str], batch_size: int, ceiling: float) -> dict[str, Any]:
     """qcat's engine at one micro-batch size: the questions arrive in micro-batches of that size, as in the worker."""
-    device = engine.device
+    scorer = cast(TorchScorer, engine.scorer)
+    device = scorer.device
     batches = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)]
     engine.batch_size = batch_size
     warmup = timed(lambda: engine.classify(batches[0]), device)  # includes torch.compile's compilation
@@ -135,7 +137,7 @@ def run_engine(engine: Engine, questions: list[str], batch_size: int, ceiling: f
     encoded = [engine.encode(batch).ids for batch in batches]
     forward_only = sum(timed(lambda ids=ids: engine.logits(ids), device) for ids in encoded)
     lengths = [len(ids) for batch in encoded for ids in batch]
-    flops = forward_flops(engine.base.lm.config, lengths, len(engine.taxonomy.labels))
+    flops = forward_flops(scorer.base.lm.config, lengths, len(engine.taxonomy.labels))
     total = sum(latencies)
     ordered = sorted(latencies)
     return {
@@ -163,7 +165,7 @@ def make_engine(
 ) -> Engine:
     base = LoadedModel(model, tokenizer, "random-qwen3-0.6b-shape", fingerprint(model), offline_builtin=True)
     attach_label_head(base, TAXONOMY)
-    return Engine(
+    return torch_engine(
         base,
         TAXONOMY,
         prompt_format(TAXONOMY, style),

@@ -19,12 +19,11 @@ from datetime import UTC, datetime
 
 import faust
 
-from qcat.engine import DEFAULT_TAXONOMY
+from qcat.classifier import DEFAULT_TAXONOMY, ConstantClassifier
 from qcat.schemas.events import SCHEMA_VERSION, CategorizedEvent, LabelScore, QuestionEvent
 from qcat.schemas.taxonomy import Taxonomy
-from qcat.worker.classifier import ConstantClassifier
+from qcat.schemas.topics import Topics
 from qcat.worker.main import use_event_loop
-from qcat.worker.topics import Topics
 from qcat.worker.transport import use_fast_transport
 
 

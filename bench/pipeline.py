@@ -260,7 +260,7 @@ def main() -> None:
         loop = {"QCAT_EVENT_LOOP": args.event_loop}  # every variant, the naive agent included, on the same loop
         noop = {
             **loop,
-            "QCAT_CLASSIFIER": "qcat.worker.classifier:constant_classifier",
+            "QCAT_CLASSIFIER": "constant",
             "QCAT_MAX_BATCH": batch,
             "QCAT_MAX_WAIT": "0.05",
         }

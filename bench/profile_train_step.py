@@ -25,8 +25,8 @@ import qcat.training.trainer  # noqa: E402
 from bench.engine import TAXONOMY  # noqa: E402
 from bench.train_speed import base_model  # noqa: E402
 from qcat.adapter import new_lora  # noqa: E402
-from qcat.engine import Engine  # noqa: E402
 from qcat.schemas.prompt import prompt_format  # noqa: E402
+from qcat.torch_engine import torch_engine  # noqa: E402
 from qcat.training.data import load_examples  # noqa: E402
 from qcat.training.progress import RichProgress  # noqa: E402
 from qcat.training.trainer import TrainConfig, fit, synchronize  # noqa: E402
@@ -96,7 +96,7 @@ def main() -> None:
     train = load_examples(ROOT / "data" / "trec" / "train.jsonl")[: args.batch * (args.start + args.steps + 2)]
     held_out = load_examples(ROOT / "data" / "trec" / "test.jsonl")[:200]
     base = base_model(None, device, dtype)
-    engine = Engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=64, batch_size=256)
+    engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=64, batch_size=256)
     config = TrainConfig(
         epochs=1, batch_size=args.batch, compile=compiled, cuda_graphs=args.cuda_graphs, autocast=args.autocast
     )

@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.engine import TAXONOMY, build_model, machine  # noqa: E402
 from qcat.adapter import new_lora  # noqa: E402
-from qcat.engine import Engine  # noqa: E402
 from qcat.logs import configure_logging  # noqa: E402
 from qcat.model import LoadedModel, fingerprint, load_base_model  # noqa: E402
 from qcat.schemas.prompt import prompt_format  # noqa: E402
+from qcat.torch_engine import torch_engine  # noqa: E402
 from qcat.training.data import Example, load_examples  # noqa: E402
 from qcat.training.trainer import Batching, TrainConfig, fit  # noqa: E402
 
@@ -58,7 +58,7 @@ def measure(
     torch.manual_seed(config.seed)
     base = base_model(name, device, dtype)
     model = new_lora(base, TAXONOMY)
-    engine = Engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=64, batch_size=256)
+    engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=64, batch_size=256)
     result = fit(model, engine, train, held_out, work, config)
     del model, engine, base
     if device.type == "cuda":

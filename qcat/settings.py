@@ -20,6 +20,10 @@ class EngineSettings(BaseSettings):
         """Just the engine's part (subclasses add their own settings)."""
         return EngineSettings.model_validate(self.model_dump(include=set(EngineSettings.model_fields)))
 
+    classifier: str = Field(
+        default="torch",
+        description="The backend that classifies: torch, constant, a name a package declares, or module:factory.",
+    )
     base_model: str = DEFAULT_BASE_MODEL
     adapter: Path | None = Field(default=None, description="Adapter directory; None runs the base model zero-shot.")
     taxonomy: Path | None = Field(default=None, description="Labels for zero-shot; default: TREC's 6 coarse classes.")

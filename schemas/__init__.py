@@ -1,9 +1,11 @@
-"""qcat's contracts: events on the wire, the taxonomy, and the prompt format. Pure pydantic, no torch or faust."""
+"""qcat's contracts: events on the wire, topic names, the taxonomy, and the prompt format. Pure pydantic, no torch or
+faust."""
 
 from qcat.schemas.events import (
     CONTRACTS,
     MAX_TEXT_CHARS,
     SCHEMA_VERSION,
+    VERSION_PATTERN,
     AdapterAnnouncement,
     CategorizedEvent,
     CorrectionEvent,
@@ -15,6 +17,7 @@ from qcat.schemas.events import (
 )
 from qcat.schemas.prompt import PROMPT_FORMAT_VERSION, PromptFormat, PromptStyle, prompt_format
 from qcat.schemas.taxonomy import MAX_LABELS, Label, Taxonomy
+from qcat.schemas.topics import Topics, topic_safe
 
 __all__ = [
     "CONTRACTS",
@@ -22,6 +25,7 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "PROMPT_FORMAT_VERSION",
     "SCHEMA_VERSION",
+    "VERSION_PATTERN",
     "AdapterAnnouncement",
     "CategorizedEvent",
     "CorrectionEvent",
@@ -33,6 +37,8 @@ __all__ = [
     "PromptStyle",
     "QuestionEvent",
     "Taxonomy",
+    "Topics",
     "json_schemas",
     "prompt_format",
+    "topic_safe",
 ]

@@ -19,13 +19,13 @@ import structlog
 
 from qcat.adapter import read_manifest
 from qcat.corrections import CorrectionStore
-from qcat.engine import Engine
 from qcat.errors import DataError
 from qcat.model import LoadedModel, load_configured_base, private_copy
 from qcat.registry import DEFAULT_TOLERANCE, Registry
 from qcat.schemas.events import CorrectionEvent
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
+from qcat.torch_engine import load_engine
 from qcat.training.data import Example, load_examples, write_examples
 from qcat.training.run import TrainRequest, score, train
 from qcat.training.soup import train_soup
@@ -83,7 +83,7 @@ def merge(base: list[Example], corrections: list[CorrectionEvent], holdout_fract
 def _accuracy(settings: EngineSettings, base: LoadedModel, adapter: Path, examples: list[Example]) -> float | None:
     if not examples:
         return None
-    engine = Engine.load(settings.model_copy(update={"adapter": adapter}), base=private_copy(base))
+    engine = load_engine(settings.model_copy(update={"adapter": adapter}), base=private_copy(base))
     scored = score(engine, examples)
     return sum(s.gold == s.predicted for s in scored) / len(scored)
 

@@ -29,6 +29,7 @@ from qcat.model import LoadedModel, load_configured_base
 from qcat.schemas.prompt import prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
+from qcat.torch_engine import load_engine, torch_engine
 from qcat.training.data import Example, load_examples, report, stratified_split
 from qcat.training.evaluate import Scored, write_report
 from qcat.training.trainer import TrainConfig, check_reporters, fit
@@ -73,11 +74,15 @@ SPEED_METRICS = ("train_seconds_per_epoch", "train_tokens_per_s", "first_epoch_s
 """What `train` adds to the report's metrics about its own speed (`fit` explains each)."""
 
 
-def calibrate_and_report(engine: Engine, held_out: list[Example], directory: Path, *, title: str) -> dict[str, Any]:
-    """Fit the engine's softmax temperature on `held_out`, then write its report there; returns the report's metrics."""
+def calibrate_and_report(
+    engine: Engine, held_out: list[Example], directory: Path, *, title: str
+) -> tuple[Engine, dict[str, Any]]:
+    """Fit the softmax temperature on `held_out`, then write the calibrated engine's report there; returns that
+    engine and the report's metrics."""
     labels = torch.tensor([engine.taxonomy.index(e.label) for e in held_out])
-    engine.temperature = fit_temperature(engine.logits(engine.encode([e.text for e in held_out]).ids), labels)
-    return write_report(score(engine, held_out), engine.taxonomy, directory, title=title)
+    logits = torch.from_numpy(engine.logits(engine.encode([e.text for e in held_out]).ids))
+    engine = engine.with_temperature(fit_temperature(logits, labels))
+    return engine, write_report(score(engine, held_out), engine.taxonomy, directory, title=title)
 
 
 def score(engine: Engine, examples: list[Example]) -> list[Scored]:
@@ -125,7 +130,7 @@ def train(
         model = new_lora(
             base, taxonomy, rank=request.rank, alpha=request.alpha, dropout=request.dropout, targets=request.targets
         )
-    engine = Engine(
+    engine = torch_engine(
         base,
         taxonomy,
         prompt_format(taxonomy, "compact"),
@@ -135,7 +140,7 @@ def train(
     work = request.out.parent / f".{request.out.name}.work"
     speed = fit(model, engine, train_rows, held_out, work, request.config)
     model.eval()
-    metrics = calibrate_and_report(engine, held_out, work / "report", title=f"adapter on {request.data.name}")
+    engine, metrics = calibrate_and_report(engine, held_out, work / "report", title=f"adapter on {request.data.name}")
     manifest = AdapterManifest(
         version=new_version(),
         taxonomy=taxonomy,
@@ -160,7 +165,7 @@ def train(
 def evaluate_model(data: Path, report_dir: Path, settings: EngineSettings) -> dict[str, Any]:
     """Evaluate an adapter (settings.adapter) or, without one, the base model zero-shot, on labeled data."""
     examples = load_examples(data)
-    engine = Engine.load(settings)
+    engine = load_engine(settings)
     report(examples, engine.taxonomy).raise_on_errors()
     title = f"{engine.adapter_version or 'zero-shot baseline'} ({engine.model_name}) on {data.name}"
     return write_report(score(engine, examples), engine.taxonomy, report_dir, title=title)

@@ -26,10 +26,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qcat.adapter import CONFIG, WEIGHTS, ensure_new, new_version, read_manifest, staged_adapter
-from qcat.engine import Engine
 from qcat.errors import AdapterError
 from qcat.model import LoadedModel, load_configured_base, private_copy
 from qcat.settings import EngineSettings
+from qcat.torch_engine import load_engine
 from qcat.training.data import load_examples, report, write_examples
 from qcat.training.run import (
     MANIFEST_METRICS,
@@ -117,9 +117,9 @@ def make_soup(
         save_file(weights, str(staged / WEIGHTS))
         (staged / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
         manifest.write(staged)  # the engine loads the adapter through its manifest, before it is calibrated
-        engine = Engine.load(settings.model_copy(update={"adapter": staged}), base=base)
+        engine = load_engine(settings.model_copy(update={"adapter": staged}), base=base)
         title = f"soup of {len(manifests)} adapters on {eval_data.name}"
-        metrics = calibrate_and_report(engine, examples, staged / "report", title=title)
+        engine, metrics = calibrate_and_report(engine, examples, staged / "report", title=title)
         manifest.model_copy(
             update={
                 "temperature": engine.temperature,

@@ -400,8 +400,9 @@ def fit(
     Returns the final evaluation plus `train_seconds_per_epoch` and `train_tokens_per_s` (median over epochs),
     `first_epoch_seconds` (which includes compiling) and `epochs_run`.
     """
-    check_device(config, engine.device)
-    cuda = engine.device.type == "cuda"
+    device = next(model.parameters()).device
+    check_device(config, device)
+    cuda = device.type == "cuda"
     args = TrainingArguments(
         output_dir=str(work),
         num_train_epochs=config.epochs,
@@ -431,7 +432,7 @@ def fit(
         # accelerate copies each batch to the GPU with a blocking copy, which waits for all queued GPU work: the host
         # and GPU then take turns every step. Pinned batches copied without blocking let the host run ahead.
         accelerator_config={"non_blocking": cuda},
-        use_cpu=engine.device.type == "cpu",
+        use_cpu=device.type == "cpu",
         bf16=cuda,
         disable_tqdm=False,
     )

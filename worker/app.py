@@ -22,10 +22,11 @@ import structlog
 from faust.auth import SASLCredentials, SSLCredentials
 from prometheus_client import generate_latest
 
+from qcat.classifier import Classifier
 from qcat.corrections import CorrectionStore
 from qcat.errors import PublishAbortedError
+from qcat.schemas.topics import Topics
 from qcat.worker.acks import BackgroundPublishing
-from qcat.worker.classifier import Classifier
 from qcat.worker.corrections import sort_corrections, store_batch
 from qcat.worker.hot_swap import AdapterWatcher, Serving
 from qcat.worker.metrics import WorkerMetrics
@@ -33,7 +34,6 @@ from qcat.worker.process import BatchResult, Record, process_batch
 from qcat.worker.publisher import BatchPublisher
 from qcat.worker.refused import RefusedRecords
 from qcat.worker.settings import WorkerSettings
-from qcat.worker.topics import Topics
 from qcat.worker.transport import use_fast_transport
 
 log = structlog.get_logger(__name__)

@@ -21,15 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from qcat.errors import KafkaError, RegistryError
+from qcat.classifier import Classifier
+from qcat.control import ensure_control_topic
+from qcat.errors import RegistryError
 from qcat.registry import Registry
 from qcat.schemas.events import AdapterAnnouncement
-from qcat.worker.classifier import Classifier
 from qcat.worker.metrics import WorkerMetrics
 from qcat.worker.settings import WorkerSettings
 
@@ -83,7 +82,7 @@ class AdapterWatcher:
                 await self.serve(AdapterAnnouncement(action="promote", version=current, path=registry.url))
 
     async def _follow_announcements(self) -> None:
-        await ensure_control_topic(self.settings, self.topic)
+        await ensure_control_topic(self.settings)
         # A position the topic no longer has means it was recreated (a broker that lost its storage) or retention
         # passed it: in both cases everything from the earliest offset on is unread, so resume there.
         consumer = AIOKafkaConsumer(
@@ -130,6 +129,10 @@ class AdapterWatcher:
             return
         except Exception as error:  # noqa: BLE001 - whatever breaks the load, the worker keeps serving
             self._refuse("failed", announcement, f"{type(error).__name__}: {error}")
+            return
+        if loaded.adapter_version != announcement.version:
+            why = f"the {self.settings.classifier} backend served {loaded.adapter_version}: it does not load adapters"
+            self._refuse("refused", announcement, why)
             return
         if loaded.taxonomy.names != current.taxonomy.names:
             self._refuse("refused", announcement, "its labels differ from the serving taxonomy; restart the workers")
@@ -179,32 +182,3 @@ class AdapterWatcher:
             serving=self.serving.classifier.adapter_version,
             why=why[:500],
         )
-
-
-async def ensure_control_topic(settings: WorkerSettings, topic: str) -> None:
-    """One partition, so every announcement is read in order by every worker."""
-    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
-    await admin.start()
-    try:
-        response = await admin.create_topics(
-            [NewTopic(topic, num_partitions=1, replication_factor=settings.replication_factor)]
-        )
-    finally:
-        await admin.close()
-    for entry in response.topic_errors:
-        if entry[1] not in (0, TopicAlreadyExistsError.errno):
-            raise KafkaError(
-                f"cannot create the control topic {topic}: Kafka error code {entry[1]} {entry[2:]}",
-                brokers=settings.brokers,
-            )
-
-
-async def announce(settings: WorkerSettings, topic: str, announcement: AdapterAnnouncement) -> None:
-    """Publish a promotion or rollback; returns once the broker has it."""
-    await ensure_control_topic(settings, topic)
-    producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, announcement.model_dump_json().encode(), key=announcement.version.encode())
-    finally:
-        await producer.stop()

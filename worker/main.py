@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -14,32 +13,19 @@ import faust
 import mode.loop
 import structlog
 
-from qcat.engine import Engine
-from qcat.errors import UnavailableError, UsageError
+from qcat.classifier import Classifier, load_classifier
+from qcat.errors import UnavailableError
+from qcat.kafka import check_kafka
 from qcat.logs import configure_logging
 from qcat.registry import Registry
 from qcat.worker.app import create_app
-from qcat.worker.classifier import Classifier
 from qcat.worker.metrics import WorkerMetrics
-from qcat.worker.preflight import check_kafka
 from qcat.worker.settings import WorkerSettings
 
 
-def load_classifier(settings: WorkerSettings) -> Classifier:
-    """The engine, or the factory named by `settings.classifier` (custom models, benchmarks, fault tests)."""
-    if settings.classifier is None:
-        return Engine.load(settings)
-    module_name, _, attribute = settings.classifier.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise UsageError(f"QCAT_CLASSIFIER={settings.classifier!r} is not an importable module:factory") from error
-    classifier: Classifier = factory(settings)
-    return classifier
-
-
 def warmed_up(settings: WorkerSettings) -> Classifier:
-    """Loaded, then one full batch: kernel selection and allocator warm-up happen here, not on a real batch."""
+    """Loaded (by the backend `QCAT_CLASSIFIER` names), then one full batch: kernel selection and allocator warm-up
+    happen here, not on a real batch."""
     classifier = load_classifier(settings)
     classifier.classify(["What is a warm-up question ?"] * settings.max_batch)
     return classifier
@@ -87,8 +73,7 @@ def run_worker(settings: WorkerSettings) -> None:
     def load(adapter: Path) -> Classifier:
         return warmed_up(settings.model_copy(update={"adapter": adapter}))
 
-    hot_swap = load if settings.classifier is None else None
-    app = create_app(settings, classifier, WorkerMetrics(), load=hot_swap, inference=inference)
+    app = create_app(settings, classifier, WorkerMetrics(), load=load, inference=inference)
     worker = QcatWorker(
         app,
         stop_timeout=settings.stop_timeout,

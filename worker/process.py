@@ -11,12 +11,11 @@ from datetime import UTC, datetime
 
 import structlog
 
-from qcat.engine import Prediction
+from qcat.classifier import Classifier, Prediction
 from qcat.errors import InferenceError
 from qcat.schemas.events import SCHEMA_VERSION, DeadLetter, DeadLetterReason, QuestionEvent
-from qcat.worker.classifier import Classifier
+from qcat.schemas.topics import Topics
 from qcat.worker.decode import Rejected, dead_letter, decode_question
-from qcat.worker.topics import Topics
 
 Headers = list[tuple[str, bytes]]
 TOP_SCORES = 3

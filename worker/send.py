@@ -11,9 +11,10 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from qcat.errors import DataError
+from qcat.errors import DataError, KafkaError
+from qcat.kafka import KafkaSettings, explain
 from qcat.schemas.events import QuestionEvent
-from qcat.worker.settings import WorkerSettings
+from qcat.schemas.topics import Topics
 
 
 def read_questions(path: Path) -> list[str]:
@@ -27,11 +28,15 @@ def read_questions(path: Path) -> list[str]:
     return texts
 
 
-async def send(settings: WorkerSettings, texts: list[str], *, rate: float, count: int) -> int:
+async def send(settings: KafkaSettings, texts: list[str], *, rate: float, count: int) -> int:
     """Send `count` questions (cycling through `texts`) at about `rate` per second; returns how many were acked."""
     producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all", linger_ms=5)
-    await producer.start()
-    topic = f"{settings.topic_prefix}.incoming"
+    try:
+        await producer.start()
+    except Exception as error:
+        await producer.stop()  # a producer that failed to start still holds its client
+        raise KafkaError(explain(settings, error), brokers=settings.brokers) from error
+    topic = Topics.build(settings.topic_prefix).incoming
     started = time.monotonic()
     try:
         pending = []

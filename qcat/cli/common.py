@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 from rich.console import Console
 
-from qcat.errors import KafkaError, QcatError
+from qcat.errors import QcatError
 from qcat.settings import EngineSettings
 
 Settings = TypeVar("Settings", bound=EngineSettings)
@@ -89,20 +89,8 @@ AnnounceOption = Annotated[
 
 def announce(action: Literal["promote", "rollback"], version: str, path: Path) -> None:
     """Publish the registry change on the control topic; workers swap to it between batches."""
-    import asyncio
+    from qcat.control import announce as publish
+    from qcat.kafka import KafkaSettings
 
-    from qcat.schemas.events import AdapterAnnouncement
-    from qcat.worker.hot_swap import announce as publish
-    from qcat.worker.settings import WorkerSettings
-
-    settings = WorkerSettings()
-    message = AdapterAnnouncement(action=action, version=version, path=str(path.resolve()))
-    try:
-        asyncio.run(publish(settings, f"{settings.topic_prefix}.adapters", message))
-    except Exception as error:
-        raise KafkaError(
-            f"the registry now points to {version}, but announcing it on {settings.brokers} failed ({error}); "
-            "running workers keep their adapter until announced (re-run with --announce) or restarted",
-            brokers=settings.brokers,
-        ) from error
-    console.print(f"announced {action} of {version} on {settings.topic_prefix}.adapters")
+    topic = publish(action, version, path, KafkaSettings())
+    console.print(f"announced {action} of {version} on {topic}")

@@ -28,13 +28,13 @@ def classify(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")] = False,
 ) -> None:
     """Categorize questions ad hoc with the base model (zero-shot) or an adapter."""
-    from qcat.engine import Engine
+    from qcat.torch_engine import load_engine
 
     settings = settings_from(
         EngineSettings, base_model=base_model, adapter=adapter, taxonomy=taxonomy, device=device, dtype=dtype
     )
     try:
-        engine = Engine.load(settings)
+        engine = load_engine(settings)
         predictions = engine.classify(texts)
     except QcatError as error:
         raise fail(error) from error
@@ -52,7 +52,7 @@ def classify(
                 )
             )
         return
-    table = Table(title=f"{engine.base.name} · {engine.adapter_version or 'zero-shot'}")
+    table = Table(title=f"{engine.model_name} · {engine.adapter_version or 'zero-shot'}")
     for column in ("question", "label", "confidence", "runner-up"):
         table.add_column(column)
     for text, prediction in zip(texts, predictions, strict=True):

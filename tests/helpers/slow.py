@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from qcat.engine import Prediction
-from qcat.worker.classifier import ConstantClassifier, constant_classifier
+from qcat.classifier import ConstantClassifier, Prediction, constant_classifier
 from qcat.worker.settings import WorkerSettings
 
 DELAY_SECONDS = 8.0

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from qcat.worker.topics import topic_safe
+from qcat.schemas.topics import topic_safe
 from tests.integration.kafka import WorkerProcess, categorized_ids, consume, produce, question, unique
 
 TREC6 = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]

@@ -11,12 +11,12 @@ import torch
 from peft import PeftModel
 
 from qcat.adapter import MANIFEST, WEIGHTS, AdapterManifest, load_adapter, new_lora, save_adapter
-from qcat.engine import Engine
 from qcat.errors import AdapterError
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_base_model
 from qcat.schemas.prompt import prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
+from qcat.torch_engine import load_engine, torch_engine
 
 TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
 QUESTIONS = ["Who was Galileo ?", "What does NASA stand for ?", "How far is it from Denver to Aspen ?"]
@@ -48,11 +48,11 @@ def test_saved_adapter_reloads_to_the_same_predictions(
     trained, directory = make_adapter(tiny, tmp_path / "v1")
     assert (directory / WEIGHTS).is_file()
     assert not list(directory.glob("*.bin"))
-    engine = Engine.load(EngineSettings(base_model="tiny-qwen3", adapter=directory, dtype="float32", device="cpu"))
+    engine = load_engine(EngineSettings(base_model="tiny-qwen3", adapter=directory, dtype="float32", device="cpu"))
     assert engine.adapter_version == "v1"
     assert engine.prompt.style == "compact"
     encoded = engine.encode(QUESTIONS)
-    served = engine.logits(encoded.ids)
+    served = torch.from_numpy(engine.logits(encoded.ids))
     trained.eval()
     with torch.no_grad():
         for row, ids in enumerate(encoded.ids):
@@ -60,8 +60,10 @@ def test_saved_adapter_reloads_to_the_same_predictions(
             torch.testing.assert_close(served[row], expected[0], rtol=1e-4, atol=1e-4)
     untrained = fresh_tiny()
     attach_label_head(untrained, TAXONOMY)
-    zero_shot = Engine(untrained, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=8)
-    assert not torch.allclose(served, zero_shot.logits(encoded.ids)), "adapter had no effect"
+    zero_shot = torch_engine(
+        untrained, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=8
+    )
+    assert not torch.allclose(served, torch.from_numpy(zero_shot.logits(encoded.ids))), "adapter had no effect"
 
 
 def test_adapter_for_another_base_model_is_refused(tiny: LoadedModel, tmp_path: Path) -> None:

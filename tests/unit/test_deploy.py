@@ -18,8 +18,8 @@ import yaml
 
 from qcat.cli import app
 from qcat.schemas.taxonomy import Taxonomy
+from qcat.schemas.topics import Topics
 from qcat.worker.settings import WorkerSettings
-from qcat.worker.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -10,6 +10,7 @@ from qcat.errors import InferenceError
 from qcat.model import HEAD, LoadedModel, attach_label_head
 from qcat.schemas.prompt import prompt_format, verbalize
 from qcat.schemas.taxonomy import Taxonomy
+from qcat.torch_engine import torch_engine
 
 TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
 QUESTIONS = [
@@ -25,7 +26,7 @@ QUESTIONS = [
 
 def zero_shot(base: LoadedModel, *, batch_size: int = 64, max_question_tokens: int = 64) -> Engine:
     attach_label_head(base, TAXONOMY)
-    return Engine(
+    return torch_engine(
         base,
         TAXONOMY,
         prompt_format(TAXONOMY, "instruct"),
@@ -62,9 +63,9 @@ def test_zero_shot_head_equals_language_model_scores(tiny: LoadedModel) -> None:
     ids = [tiny.tokenizer(verbalize(name), add_special_tokens=False)["input_ids"] for name in taxonomy.names]
     assert all(len(i) == 1 for i in ids), ids
     attach_label_head(tiny, taxonomy)
-    engine = Engine(tiny, taxonomy, prompt_format(taxonomy, "instruct"), max_question_tokens=64, batch_size=8)
+    engine = torch_engine(tiny, taxonomy, prompt_format(taxonomy, "instruct"), max_question_tokens=64, batch_size=8)
     encoded = engine.encode(QUESTIONS[:2])
-    ours = engine.logits(encoded.ids)
+    ours = torch.from_numpy(engine.logits(encoded.ids))
     for row, prompt in enumerate(encoded.ids):
         full = tiny.lm(input_ids=torch.tensor([prompt])).logits[0, -1]
         expected = full[[i[0] for i in ids]]

@@ -23,9 +23,10 @@ from qcat.model import LoadedModel, attach_label_head
 from qcat.schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
 from qcat.schemas.prompt import prompt_format
 from qcat.schemas.taxonomy import Taxonomy
+from qcat.schemas.topics import Topics
+from qcat.torch_engine import torch_engine
 from qcat.worker.decode import MAX_DEAD_LETTER_BYTES
 from qcat.worker.process import Record, process_batch
-from qcat.worker.topics import Topics
 
 EXAMPLES = int(os.environ.get("QCAT_FUZZ_EXAMPLES", "10000"))
 TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
@@ -74,7 +75,7 @@ payloads = st.one_of(
 def engine(_tiny_pristine: LoadedModel) -> Engine:
     loaded = dataclasses.replace(_tiny_pristine, lm=copy.deepcopy(_tiny_pristine.lm))
     attach_label_head(loaded, TAXONOMY)
-    return Engine(loaded, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=64, batch_size=64)
+    return torch_engine(loaded, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=64, batch_size=64)
 
 
 def check(records: list[Record], outputs: list[Any]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from qcat.adapter import MANIFEST, read_manifest
+from qcat.classifier import ConstantClassifier
 from qcat.errors import AdapterError, RegistryError
 from qcat.model import LoadedModel
 from qcat.registry import Registry
@@ -20,6 +21,18 @@ from qcat.schemas.taxonomy import Taxonomy
 from tests.helpers.adapters import untrained_adapter
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
+
+
+class Loaded(ConstantClassifier):
+    """What a backend returns for an adapter: a classifier that says which version it serves."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(TAXONOMY)
+        self._version = version
+
+    @property
+    def adapter_version(self) -> str | None:
+        return self._version
 
 
 @pytest.fixture
@@ -123,8 +136,8 @@ def test_a_worker_resolves_an_announced_version_from_a_bucket(
     import asyncio
     import threading
 
+    from qcat.classifier import ConstantClassifier
     from qcat.schemas.events import AdapterAnnouncement
-    from qcat.worker.classifier import ConstantClassifier
     from qcat.worker.hot_swap import AdapterWatcher, Serving
     from qcat.worker.metrics import WorkerMetrics
     from qcat.worker.settings import WorkerSettings
@@ -148,7 +161,7 @@ def test_a_worker_resolves_an_announced_version_from_a_bucket(
         loads.append((path, threading.current_thread().name))
         if not (path / "qcat-manifest.json").is_file():
             raise FileNotFoundError(path)
-        return ConstantClassifier(TAXONOMY)
+        return Loaded(read_manifest(path).version)
 
     serving = Serving(ConstantClassifier(TAXONOMY))
     watcher = AdapterWatcher(WorkerSettings(registry=url), "t.adapters", serving, WorkerMetrics(), load)
@@ -220,8 +233,8 @@ def test_announced_versions_load_only_as_the_serving_policy_allows(
     registered version, and only `announced_paths` lets an announced path outside the registry load."""
     import asyncio
 
+    from qcat.classifier import ConstantClassifier
     from qcat.schemas.events import AdapterAnnouncement
-    from qcat.worker.classifier import ConstantClassifier
     from qcat.worker.hot_swap import AdapterWatcher, Serving
     from qcat.worker.metrics import WorkerMetrics
     from qcat.worker.settings import WorkerSettings
@@ -231,11 +244,12 @@ def test_announced_versions_load_only_as_the_serving_policy_allows(
     registry.add(make("v2", 0.9))
     registry.promote("v1")
     outside = shutil.copytree(registry.path("v2"), tmp_path / "outside")
+    (outside / MANIFEST).write_text(json.dumps(json.loads((outside / MANIFEST).read_text()) | {"version": "evil"}))
     loads: list[Path] = []
 
     def load(path: Path) -> ConstantClassifier:
         loads.append(path)
-        return ConstantClassifier(TAXONOMY)
+        return Loaded(read_manifest(path).version)
 
     metrics = WorkerMetrics()
     options = {"registry": str(registry.root)} | settings

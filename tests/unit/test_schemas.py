@@ -99,6 +99,7 @@ def test_all_is_exact() -> None:
         "export",
         "prompt",
         "taxonomy",
+        "topics",
     }
     assert set(qcat.schemas.__all__) == public
 

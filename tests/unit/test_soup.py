@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from qcat.adapter import AdapterManifest, load_adapter, new_lora, read_manifest, save_adapter
-from qcat.engine import Engine
 from qcat.errors import AdapterError
 from qcat.model import LoadedModel, attach_label_head, label_logits
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
+from qcat.torch_engine import load_engine
 from qcat.training.soup import make_soup, soup_weights
 from tests.unit.test_training_cli import qcat, write_learnable
 
@@ -74,7 +74,7 @@ def test_soup_applies_the_mean_of_the_updates_and_heads(fresh_tiny: Callable[[],
     assert (tmp_path / "soup" / "report" / "report.md").is_file()
     config = json.loads((tmp_path / "soup" / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"]) == (12, 24)
-    engine = Engine.load(SETTINGS.model_copy(update={"adapter": tmp_path / "soup"}))
+    engine = load_engine(SETTINGS.model_copy(update={"adapter": tmp_path / "soup"}))
     assert engine.temperature == manifest.temperature
 
 

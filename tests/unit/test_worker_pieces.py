@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 
 import pytest
 from aiokafka import errors
 
-from qcat.engine import Prediction
-from qcat.errors import InferenceError
+from qcat.classifier import ConstantClassifier, Prediction, backend
+from qcat.errors import ContractError, InferenceError, UsageError
 from qcat.schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
 from qcat.schemas.taxonomy import Taxonomy
+from qcat.schemas.topics import Topics
 from qcat.settings import EngineSettings
-from qcat.worker.classifier import ConstantClassifier
 from qcat.worker.decode import MAX_DEAD_LETTER_BYTES, Rejected, dead_letter, decode_question
 from qcat.worker.main import start_inference
 from qcat.worker.process import Record, process_batch
 from qcat.worker.publisher import murmur2, refused_for_good
 from qcat.worker.settings import WorkerSettings
-from qcat.worker.topics import Topics
 
 TAXONOMY = Taxonomy.from_names(["HUM:ind", "LOC:city", "NUM"])
 TOPICS = Topics.build("q", TAXONOMY)
@@ -39,7 +40,7 @@ def test_labels_map_to_legal_topic_names() -> None:
 
 def test_labels_that_would_share_a_route_are_refused() -> None:
     """'a:b' and 'a/b' both map to a_b: refused at start-up rather than mixing two routes."""
-    with pytest.raises(ValueError, match="same routing topic"):
+    with pytest.raises(ContractError, match="same routing topic"):
         Topics.build("q", Taxonomy.from_names(["a:b", "a/b"]))
 
 
@@ -218,3 +219,21 @@ def test_only_the_rows_an_inference_error_names_are_dead_lettered() -> None:
     assert {letter.reason for letter in result.dead_letters} == {DeadLetterReason.INFERENCE_ERROR}
     assert [event.event_id for event in result.categorized] == ["e0", "e2"]
     assert classifier.calls == 2
+
+
+def test_the_classifier_seam_and_the_worker_s_light_side_never_import_torch() -> None:
+    """The protocol, its prediction, the engine's shared steps and the worker's pure pieces load without torch."""
+    light = "qcat.classifier, qcat.engine, qcat.worker.process, qcat.worker.decode, qcat.worker.publisher"
+    probe = f"import sys, {light}; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_backends_are_found_by_name_or_import_string() -> None:
+    """`constant` and `torch` are built in, `module:factory` also works, and anything else is one usage error."""
+    settings = EngineSettings()
+    assert backend("constant")(settings).model_name == "constant"
+    assert backend("qcat.classifier:constant_classifier") is backend("constant")
+    assert backend("torch").__name__ == "load_engine"
+    with pytest.raises(UsageError, match="neither a backend"):
+        backend("no-such-backend")

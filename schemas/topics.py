@@ -1,4 +1,4 @@
-"""Topic names: one documented rule from labels to legal Kafka topic names.
+"""Topic names, part of the wire contract: the worker, the CLI, the demo and `qcat send` all name topics here.
 
 Kafka allows `[A-Za-z0-9._-]` in topic names, at most 249 characters. A label's route is
 `<prefix>.route.<label>` with every other character replaced by `_` (TREC's `HUM:ind` routes to
@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from qcat.errors import ContractError
 from qcat.schemas.taxonomy import Taxonomy
 
 ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
@@ -31,16 +32,20 @@ class Topics:
     routes: dict[str, str]
 
     @classmethod
-    def build(cls, prefix: str, taxonomy: Taxonomy) -> Topics:
-        routes = {label: f"{prefix}.route.{topic_safe(label)}" for label in taxonomy.names}
+    def build(cls, prefix: str, taxonomy: Taxonomy | None = None) -> Topics:
+        """The topics of `prefix`; with a taxonomy, its labels' routes too."""
+        routes = {label: f"{prefix}.route.{topic_safe(label)}" for label in taxonomy.names} if taxonomy else {}
         clashes = sorted({route for route in routes.values() if list(routes.values()).count(route) > 1})
         if clashes:
-            raise ValueError(
-                f"labels map to the same routing topic: {clashes}; rename them to differ in [A-Za-z0-9._-]"
+            labels = [label for label, route in routes.items() if route in clashes]
+            raise ContractError(
+                f"labels map to the same routing topic: {clashes}; rename them to differ in [A-Za-z0-9._-]", labels
             )
-        too_long = [route for route in routes.values() if len(route) > MAX_TOPIC_LENGTH]
+        too_long = [label for label, route in routes.items() if len(route) > MAX_TOPIC_LENGTH]
         if too_long:
-            raise ValueError(f"routing topics longer than {MAX_TOPIC_LENGTH} characters: {too_long}")
+            raise ContractError(
+                f"routing topics of these labels pass {MAX_TOPIC_LENGTH} characters: {too_long}", too_long
+            )
         return cls(
             incoming=f"{prefix}.incoming",
             categorized=f"{prefix}.categorized",

@@ -1,0 +1,85 @@
+"""Kafka connection settings and the connection check, shared by the worker, `qcat send` and every command that
+announces adapters: one frozen settings object per process, from `QCAT_*` variables.
+
+The check fails fast and says why: without it, a wrong password or CA surfaces minutes later, deep inside Faust, as
+a traceback (aiokafka reports a rejected SCRAM login as `KeyError: 'v'`). Its message names the brokers, protocol,
+mechanism and user, never the password, and the settings to check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from qcat.errors import KafkaError
+
+CHECK_TIMEOUT = 20.0
+
+
+class KafkaSettings(BaseSettings):
+    """Where Kafka is, how to log in, and the topics' shared prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="QCAT_", frozen=True, extra="ignore")
+
+    brokers: str = Field(default="localhost:9092", description="Comma-separated host:port list.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    topic_prefix: str = Field(default="questions", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    replication_factor: int = Field(default=1, ge=1, description="Replicas of the topics qcat creates.")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.ssl_certfile:
+            context.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None)
+        return context
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """The connection options as keyword arguments for aiokafka clients."""
+        options: dict[str, Any] = {"bootstrap_servers": self.brokers, "security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            options |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            }
+        if (context := self.ssl_context()) is not None:
+            options["ssl_context"] = context
+        return options
+
+
+async def check_kafka(settings: KafkaSettings, timeout: float = CHECK_TIMEOUT) -> None:
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options(), request_timeout_ms=int(timeout * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        await asyncio.wait_for(admin.describe_cluster(), timeout)
+    except Exception as error:
+        raise KafkaError(explain(settings, error), brokers=settings.brokers) from error
+    finally:
+        await admin.close()
+
+
+def explain(settings: KafkaSettings, error: BaseException) -> str:
+    how: str = settings.security_protocol
+    if how.startswith("SASL"):
+        how += f" {settings.sasl_mechanism} as {settings.sasl_username!r}"
+    cause = error.__cause__ or error.__context__
+    detail = f"{type(error).__name__}: {error}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+    hints = ["QCAT_BROKERS and the network"]
+    if settings.security_protocol in ("SSL", "SASL_SSL") or isinstance(cause, ssl.SSLError):
+        hints.insert(0, "the broker's certificate against QCAT_SSL_CAFILE (and QCAT_SSL_CERTFILE/KEYFILE for mTLS)")
+    if settings.security_protocol.startswith("SASL"):
+        hints.insert(0, "QCAT_SASL_USERNAME, QCAT_SASL_PASSWORD and QCAT_SASL_MECHANISM (authentication failed?)")
+    return f"cannot connect to Kafka at {settings.brokers} over {how}: {detail[:500]}. Check " + "; ".join(hints)
