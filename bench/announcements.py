@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qcat.adapter import MANIFEST
+from qcat.manifest import MANIFEST
 from qcat.registry import Registry
 from qcat.schemas.events import AdapterAnnouncement
 from qcat.worker.broker import EmbeddedBroker

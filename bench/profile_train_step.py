@@ -21,15 +21,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import qcat.training.trainer  # noqa: E402
+import qcat.training.loop  # noqa: E402
 from bench.engine import TAXONOMY  # noqa: E402
 from bench.train_speed import base_model  # noqa: E402
 from qcat.adapter import new_lora  # noqa: E402
 from qcat.schemas.prompt import prompt_format  # noqa: E402
 from qcat.torch_engine import torch_engine  # noqa: E402
+from qcat.training.config import TrainConfig  # noqa: E402
 from qcat.training.data import load_examples  # noqa: E402
+from qcat.training.loop import fit, synchronize  # noqa: E402
 from qcat.training.progress import RichProgress  # noqa: E402
-from qcat.training.trainer import TrainConfig, fit, synchronize  # noqa: E402
 
 
 def profiling(start: int, steps: int, out: Path, command: str) -> type[RichProgress]:
@@ -89,7 +90,7 @@ def main() -> None:
     tag += "-graphs" * args.cuda_graphs + "-autocast" * args.autocast
     out = args.out or ROOT / "bench" / "results" / f"profile-train-step-{tag}.txt"
     command = "python bench/profile_train_step.py " + " ".join(sys.argv[1:])
-    qcat.training.trainer.RichProgress = profiling(args.start, args.steps, out, command)  # type: ignore[misc]
+    qcat.training.loop.RichProgress = profiling(args.start, args.steps, out, command)  # type: ignore[misc]
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -35,8 +35,9 @@ from qcat.logs import configure_logging  # noqa: E402
 from qcat.model import LoadedModel, fingerprint, load_base_model  # noqa: E402
 from qcat.schemas.prompt import prompt_format  # noqa: E402
 from qcat.torch_engine import torch_engine  # noqa: E402
+from qcat.training.config import Batching, TrainConfig  # noqa: E402
 from qcat.training.data import Example, load_examples  # noqa: E402
-from qcat.training.trainer import Batching, TrainConfig, fit  # noqa: E402
+from qcat.training.loop import fit  # noqa: E402
 
 
 def base_model(name: str | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:

@@ -43,8 +43,8 @@ import filelock
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from qcat.adapter import MANIFEST, AdapterManifest, parse_manifest, read_manifest
 from qcat.errors import AdapterError, RegistryError
+from qcat.manifest import MANIFEST, AdapterManifest, parse_manifest, read_manifest
 from qcat.schemas.events import VERSION_PATTERN
 
 DEFAULT_METRIC = "accuracy"

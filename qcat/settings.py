@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qcat.schemas.prompt import MAX_QUESTION_TOKENS
+
 DEFAULT_BASE_MODEL = "Qwen/Qwen3-0.6B"
 
 
@@ -35,7 +37,9 @@ class EngineSettings(BaseSettings):
         description="On CPU (glibc): reuse freed memory instead of returning it to the OS after each batch "
         "(~15% faster batches; the process keeps its peak memory). See qcat/cpu.py.",
     )
-    max_question_tokens: int = Field(default=64, ge=4, le=4096, description="Longer questions are truncated.")
+    max_question_tokens: int = Field(
+        default=MAX_QUESTION_TOKENS, ge=4, le=4096, description="Longer questions are truncated."
+    )
     batch_size: int = Field(default=64, ge=1, le=4096, description="Largest forward pass, in questions.")
     compile: bool = Field(default=False, description="torch.compile the forward pass (worth it on GPUs).")
     batch_tokens: int | None = Field(

@@ -14,7 +14,7 @@ from qcat.adapter import load_adapter
 from qcat.classifier import DEFAULT_TAXONOMY
 from qcat.engine import Engine, pad_id
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_configured_base, right_pad
-from qcat.schemas.prompt import PromptFormat, prompt_format
+from qcat.schemas.prompt import ZERO_SHOT_PROMPT_STYLE, PromptFormat, prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
 
@@ -98,7 +98,7 @@ def load_engine(settings: EngineSettings, base: LoadedModel | None = None) -> En
     return torch_engine(
         base,
         taxonomy,
-        prompt_format(taxonomy, "instruct"),
+        prompt_format(taxonomy, ZERO_SHOT_PROMPT_STYLE),
         max_question_tokens=settings.max_question_tokens,
         batch_size=settings.batch_size,
         batch_tokens=settings.batch_tokens,

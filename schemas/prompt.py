@@ -20,6 +20,12 @@ from qcat.schemas.taxonomy import Taxonomy
 
 PROMPT_FORMAT_VERSION = 1
 PromptStyle = Literal["instruct", "compact"]
+TRAINED_PROMPT_STYLE: PromptStyle = "compact"
+"""The style adapters are trained (and so served) with."""
+ZERO_SHOT_PROMPT_STYLE: PromptStyle = "instruct"
+"""The style the base model is asked with when no adapter is given."""
+MAX_QUESTION_TOKENS = 64
+"""Tokens of a question a prompt keeps by default; the rest is cut (and the prediction flagged `truncated`)."""
 
 
 @dataclass(frozen=True)

@@ -17,19 +17,19 @@ from typing import Any
 
 import structlog
 
-from qcat.adapter import read_manifest
 from qcat.corrections import CorrectionStore
 from qcat.errors import DataError
+from qcat.manifest import read_manifest
 from qcat.model import LoadedModel, load_configured_base, private_copy
 from qcat.registry import DEFAULT_TOLERANCE, Registry
 from qcat.schemas.events import CorrectionEvent
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
 from qcat.torch_engine import load_engine
+from qcat.training.config import TrainConfig
 from qcat.training.data import Example, load_examples, write_examples
 from qcat.training.run import TrainRequest, score, train
 from qcat.training.soup import train_soup
-from qcat.training.trainer import TrainConfig
 
 log = structlog.get_logger(__name__)
 

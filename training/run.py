@@ -14,25 +14,19 @@ import numpy as np
 import structlog
 import torch
 
-from qcat.adapter import (
-    LORA_TARGETS,
-    AdapterManifest,
-    continue_lora,
-    ensure_new,
-    new_lora,
-    new_version,
-    read_manifest,
-    save_adapter,
-)
+from qcat.adapter import continue_lora, ensure_new, new_lora, save_adapter
 from qcat.engine import Engine
+from qcat.lora import LoraSpec
+from qcat.manifest import AdapterManifest, new_version, read_manifest
 from qcat.model import LoadedModel, load_configured_base
-from qcat.schemas.prompt import prompt_format
+from qcat.schemas.prompt import MAX_QUESTION_TOKENS, TRAINED_PROMPT_STYLE, prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
 from qcat.torch_engine import load_engine, torch_engine
+from qcat.training.config import TrainConfig
 from qcat.training.data import Example, load_examples, report, stratified_split
 from qcat.training.evaluate import Scored, write_report
-from qcat.training.trainer import TrainConfig, check_reporters, fit
+from qcat.training.loop import check_reporters, fit
 
 log = structlog.get_logger(__name__)
 
@@ -44,13 +38,10 @@ class TrainRequest:
     taxonomy: Path | None = None
     eval_data: Path | None = None
     eval_fraction: float = 0.1
-    max_question_tokens: int = 64
+    max_question_tokens: int = MAX_QUESTION_TOKENS
     init_adapter: Path | None = None
     """Continue training this adapter (same base model and labels) instead of starting from scratch."""
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    targets: tuple[str, ...] = LORA_TARGETS
+    lora: LoraSpec = field(default_factory=LoraSpec)
     config: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -127,13 +118,11 @@ def train(
     if request.init_adapter is not None:
         model, parent = continue_lora(base, request.init_adapter, taxonomy)
     else:
-        model = new_lora(
-            base, taxonomy, rank=request.rank, alpha=request.alpha, dropout=request.dropout, targets=request.targets
-        )
+        model = new_lora(base, taxonomy, request.lora)
     engine = torch_engine(
         base,
         taxonomy,
-        prompt_format(taxonomy, "compact"),
+        prompt_format(taxonomy, TRAINED_PROMPT_STYLE),
         max_question_tokens=request.max_question_tokens,
         batch_size=settings.batch_size,
     )

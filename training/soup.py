@@ -25,8 +25,9 @@ import structlog
 import torch
 from safetensors.torch import load_file, save_file
 
-from qcat.adapter import CONFIG, WEIGHTS, ensure_new, new_version, read_manifest, staged_adapter
+from qcat.adapter import ensure_new, staged_adapter
 from qcat.errors import AdapterError
+from qcat.manifest import CONFIG, WEIGHTS, new_version, read_manifest
 from qcat.model import LoadedModel, load_configured_base, private_copy
 from qcat.settings import EngineSettings
 from qcat.torch_engine import load_engine

@@ -48,7 +48,7 @@ def choose_model(adapter: Path | None, base_model: str | None, registry: str | N
         if adapter is not None:
             why = f"{adapter.name} is the promoted adapter in the registry {registry}"
     if adapter is not None:
-        from qcat.adapter import read_manifest
+        from qcat.manifest import read_manifest
 
         return Choice(base_model or read_manifest(adapter).base_model, adapter, why)
     if base_model is not None:

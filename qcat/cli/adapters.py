@@ -12,6 +12,7 @@ from rich.table import Table
 
 from qcat.cli.common import AnnounceOption, RegistryOption, announce, console, fail
 from qcat.errors import QcatError, RegistryError
+from qcat.registry import DEFAULT_TOLERANCE
 
 adapters = typer.Typer(no_args_is_help=True, help="The adapter registry: list, show, promote, roll back.")
 
@@ -94,7 +95,7 @@ def adapters_promote(
     version: str,
     registry: RegistryOption,
     force: Annotated[bool, typer.Option(help="Promote even if worse or not comparable.")] = False,
-    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop.")] = 0.005,
+    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop.")] = DEFAULT_TOLERANCE,
     announce_it: AnnounceOption = False,
 ) -> None:
     """Make a version current if it is at least as good as the current one on the same eval set. Exit 3 if refused."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qcat.adapter import AdapterManifest, new_lora, save_adapter
+from qcat.adapter import new_lora, save_adapter
+from qcat.lora import LoraSpec
+from qcat.manifest import AdapterManifest
 from qcat.model import LoadedModel
 from qcat.schemas.taxonomy import Taxonomy
 
@@ -15,4 +17,4 @@ def untrained_adapter(base: LoadedModel, taxonomy: Taxonomy, version: str, direc
     described = AdapterManifest(
         version=version, taxonomy=taxonomy, base_model=base.name, base_fingerprint=base.fingerprint, **fields
     )
-    return save_adapter(new_lora(base, taxonomy, rank=2, alpha=4), described, directory)
+    return save_adapter(new_lora(base, taxonomy, LoraSpec(rank=2, alpha=4)), described, directory)

@@ -10,8 +10,10 @@ import pytest
 import torch
 from peft import PeftModel
 
-from qcat.adapter import MANIFEST, WEIGHTS, AdapterManifest, load_adapter, new_lora, save_adapter
+from qcat.adapter import load_adapter, new_lora, save_adapter
 from qcat.errors import AdapterError
+from qcat.lora import LoraSpec
+from qcat.manifest import MANIFEST, WEIGHTS, AdapterManifest
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_base_model
 from qcat.schemas.prompt import prompt_format
 from qcat.schemas.taxonomy import Taxonomy
@@ -24,7 +26,7 @@ QUESTIONS = ["Who was Galileo ?", "What does NASA stand for ?", "How far is it f
 
 def make_adapter(base: LoadedModel, directory: Path, **manifest_fields: object) -> tuple[PeftModel, Path]:
     """A LoRA with non-zero (random) weights, as if trained, saved through the production code path."""
-    model = new_lora(base, TAXONOMY, rank=4, alpha=8)
+    model = new_lora(base, TAXONOMY, LoraSpec(rank=4, alpha=8))
     torch.manual_seed(1)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -127,7 +129,7 @@ def test_a_bf16_base_model_trains_every_weight_in_float32() -> None:
     """bf16 weights would drop Adam's small updates to rounding: LoRA (peft) and the head (qcat) train in float32."""
 
     base = load_base_model("tiny-qwen3", device=torch.device("cpu"), dtype=torch.bfloat16)
-    model = new_lora(base, TAXONOMY, rank=4, alpha=8)
+    model = new_lora(base, TAXONOMY, LoraSpec(rank=4, alpha=8))
     trainable = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
     assert any("label_head" in name for name in trainable)
     assert set(trainable.values()) == {torch.float32}
@@ -138,7 +140,7 @@ def test_a_bf16_base_model_trains_every_weight_in_float32() -> None:
 
 def test_the_head_computes_in_float32_under_autocast(tiny: LoadedModel) -> None:
     """`qcat train --autocast` puts the decoder's matmuls in bf16, not the head's: it scores as at serving time."""
-    model = new_lora(tiny, TAXONOMY, rank=4, alpha=8)
+    model = new_lora(tiny, TAXONOMY, LoraSpec(rank=4, alpha=8))
     lm, ids, last = model.get_base_model(), torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]]), torch.tensor([3, 2])
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         logits = label_logits(lm, ids, last)
@@ -152,7 +154,7 @@ def test_the_head_computes_in_float32_under_autocast(tiny: LoadedModel) -> None:
 
 def test_lora_adapts_exactly_the_named_layers(tiny: LoadedModel) -> None:
     """A subset of layers gets LoRA weights and no other layer does."""
-    model = new_lora(tiny, TAXONOMY, rank=4, alpha=8, targets=("q_proj", "v_proj"))
+    model = new_lora(tiny, TAXONOMY, LoraSpec(rank=4, alpha=8, targets=("q_proj", "v_proj")))
     adapted = {name.split(".")[-4] for name, _ in model.named_parameters() if name.endswith("lora_A.default.weight")}
     assert adapted == {"q_proj", "v_proj"}
 
@@ -161,4 +163,4 @@ def test_lora_adapts_exactly_the_named_layers(tiny: LoadedModel) -> None:
 def test_unknown_lora_targets_are_refused_naming_the_layers(tiny: LoadedModel, targets: tuple[str, ...]) -> None:
     """peft would silently skip a misspelt name while another one matches: refused, with the layers to choose from."""
     with pytest.raises(AdapterError, match=r"not linear layers of tiny-qwen3.*'down_proj'"):
-        new_lora(tiny, TAXONOMY, targets=targets)
+        new_lora(tiny, TAXONOMY, LoraSpec(targets=targets))

@@ -118,11 +118,11 @@ def test_retrain_loads_the_base_model_once(tmp_path: Path, monkeypatch: pytest.M
     """Training and scoring the held-out corrections with the candidate and the current adapter use copies of one
     loaded base model (a GGUF file or a hub model takes seconds to load each time)."""
     import qcat.model
-    from qcat.adapter import read_manifest
+    from qcat.manifest import read_manifest
     from qcat.registry import Registry
     from qcat.settings import EngineSettings
+    from qcat.training.config import TrainConfig
     from qcat.training.retrain import RetrainRequest, retrain
-    from qcat.training.trainer import TrainConfig
     from tests.unit.test_training import learnable
 
     train, held_out = learnable()

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from qcat.adapter import MANIFEST, read_manifest
 from qcat.classifier import ConstantClassifier
 from qcat.errors import AdapterError, RegistryError
+from qcat.manifest import MANIFEST, read_manifest
 from qcat.model import LoadedModel
 from qcat.registry import Registry
 from qcat.schemas.taxonomy import Taxonomy

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qcat.adapter import AdapterManifest, load_adapter, new_lora, read_manifest, save_adapter
+from qcat.adapter import load_adapter, new_lora, save_adapter
 from qcat.errors import AdapterError
+from qcat.lora import LoraSpec
+from qcat.manifest import AdapterManifest, read_manifest
 from qcat.model import LoadedModel, attach_label_head, label_logits
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
@@ -25,7 +27,7 @@ SETTINGS = EngineSettings(base_model="tiny-qwen3", device="cpu", dtype="float32"
 
 def random_adapter(base: LoadedModel, directory: Path, seed: int, taxonomy: Taxonomy = TAXONOMY) -> Path:
     """A LoRA with random non-zero weights and head, as if trained with this seed, saved as `qcat train` saves it."""
-    model = new_lora(base, taxonomy, rank=4, alpha=8)
+    model = new_lora(base, taxonomy, LoraSpec(rank=4, alpha=8))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -84,7 +86,7 @@ def test_mismatched_adapters_are_refused(fresh_tiny: Callable[[], LoadedModel], 
     other_labels = random_adapter(fresh_tiny(), tmp_path / "labels", 2, Taxonomy.from_names(["A", "B", "C"]))
     base = fresh_tiny()
     manifest = read_manifest(one).model_copy(update={"version": "r2"})
-    other_rank = save_adapter(new_lora(base, TAXONOMY, rank=2, alpha=4), manifest, tmp_path / "rank")
+    other_rank = save_adapter(new_lora(base, TAXONOMY, LoraSpec(rank=2, alpha=4)), manifest, tmp_path / "rank")
     with pytest.raises(AdapterError, match="taxonomy"):
         soup_weights([one, other_labels])
     with pytest.raises(AdapterError, match="LoRA r"):

@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from qcat.adapter import AdapterManifest, new_lora, save_adapter
+from qcat.adapter import new_lora, save_adapter
 from qcat.engine import Engine
 from qcat.errors import TrainingError
+from qcat.lora import LoraSpec
+from qcat.manifest import AdapterManifest
 from qcat.model import LoadedModel
 from qcat.schemas.prompt import prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
 from qcat.torch_engine import load_engine, torch_engine
+from qcat.training.config import Batching, TrainConfig
 from qcat.training.data import Example
-from qcat.training.trainer import Batching, TrainConfig, fit
+from qcat.training.loop import fit
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 SUBJECTS = [
@@ -61,7 +64,7 @@ def accuracy(engine: Engine, examples: list[Example]) -> float:
 def test_lora_learns_and_the_saved_adapter_reloads(tiny: LoadedModel, tmp_path: Path) -> None:
     """>= 90% held-out accuracy (chance 33%), far above the untrained adapter; reloaded adapter predicts the same."""
     train, held_out = learnable()
-    model = new_lora(tiny, TAXONOMY, rank=8, alpha=16)
+    model = new_lora(tiny, TAXONOMY, LoraSpec(rank=8, alpha=16))
     engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
     untrained = accuracy(engine, held_out)
     metrics = fit(
@@ -106,7 +109,7 @@ def test_seed_makes_training_reproducible(
     def run(seed: int, name: str) -> torch.Tensor:
         torch.manual_seed(seed)
         base = fresh_tiny()
-        model = new_lora(base, TAXONOMY, rank=8, alpha=16)
+        model = new_lora(base, TAXONOMY, LoraSpec(rank=8, alpha=16))
         engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
         config = TrainConfig(epochs=2, batch_size=16, seed=seed, batching=batching)
         fit(model, engine, train, held_out, tmp_path / name, config)
@@ -125,7 +128,7 @@ def test_non_finite_logits_stop_training_naming_the_inputs(
     train, held_out = learnable()
     engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
     (token,) = base.tokenizer(" river", add_special_tokens=False)["input_ids"]
-    model = new_lora(base, TAXONOMY, rank=8, alpha=16)
+    model = new_lora(base, TAXONOMY, LoraSpec(rank=8, alpha=16))
     with torch.no_grad():
         base.lm.get_input_embeddings().weight[token] = float("nan")
     with pytest.raises(TrainingError, match="non-finite logits") as caught:
@@ -143,7 +146,7 @@ def test_compiled_layers_train_like_eager_and_are_undone(fresh_tiny: Callable[[]
     def run(compile_layers: bool) -> tuple[dict[str, float], LoadedModel]:
         torch.manual_seed(0)
         base = fresh_tiny()
-        model = new_lora(base, TAXONOMY, rank=8, alpha=16)
+        model = new_lora(base, TAXONOMY, LoraSpec(rank=8, alpha=16))
         engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
         config = TrainConfig(epochs=2, batch_size=16, learning_rate=2e-3, compile=compile_layers)
         return fit(model, engine, train, held_out, tmp_path / str(compile_layers), config), base
@@ -160,10 +163,11 @@ def test_label_smoothing_shapes_the_training_loss_only(tiny: LoadedModel, tmp_pa
     """Training steps use the smoothed cross-entropy; evaluation reports the plain one, comparable across settings."""
     from transformers import TrainingArguments
 
-    from qcat.training.trainer import LabelDataset, LabelTrainer, NonFiniteGuard, collate
+    from qcat.training.batches import LabelDataset, collate
+    from qcat.training.loop import LabelTrainer, NonFiniteGuard
 
     train, _ = learnable()
-    model = new_lora(tiny, TAXONOMY, rank=4, alpha=8)
+    model = new_lora(tiny, TAXONOMY, LoraSpec(rank=4, alpha=8))
     engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
     dataset = LabelDataset(engine, train[:8])
     inputs = collate(engine.pad_id)([dataset[i] for i in range(len(dataset))])
@@ -185,7 +189,7 @@ def test_label_smoothing_shapes_the_training_loss_only(tiny: LoadedModel, tmp_pa
 def test_batches_padded_to_a_width_multiple_score_the_same(tiny: LoadedModel) -> None:
     """CUDA graphs pad batch widths to a multiple (fewer shapes); right padding must not change any row's logits."""
     from qcat.model import attach_label_head, label_logits
-    from qcat.training.trainer import LabelDataset, collate
+    from qcat.training.batches import LabelDataset, collate
 
     train, _ = learnable()
     attach_label_head(tiny, TAXONOMY)
@@ -208,7 +212,7 @@ def test_graphed_decoder_captures_full_training_batches_once_per_width(
     width) and which stay eager; afterwards the decoder's own forward is back. CPU stand-in for the capture: the
     CUDA test below checks the graphs' gradients."""
     from qcat.model import label_logits
-    from qcat.training.trainer import graphed_decoder
+    from qcat.training.graphs import graphed_decoder
 
     captured: list[tuple[int, ...]] = []
 
@@ -217,7 +221,7 @@ def test_graphed_decoder_captures_full_training_batches_once_per_width(
         return module
 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
-    model = new_lora(tiny, TAXONOMY, rank=4, alpha=8)
+    model = new_lora(tiny, TAXONOMY, LoraSpec(rank=4, alpha=8))
     lm = model.get_base_model()
     model.train()
     ids = torch.randint(5, 100, (4, 24))
@@ -239,7 +243,7 @@ def test_graphed_decoder_captures_full_training_batches_once_per_width(
 def test_compiled_cuda_graphs_refuse_attention_masks_they_cannot_capture(tiny: LoadedModel) -> None:
     """With SDPA and full attention the graphed decoder states causal attention itself; other attention would
     build masks inside the capture and recompile the compiled layers there, so that combination stops early."""
-    from qcat.training.trainer import causal_masks, graphed_decoder
+    from qcat.training.graphs import causal_masks, graphed_decoder
 
     decoder = tiny.lm.get_decoder()
     assert causal_masks(decoder) == {"full_attention": None}
@@ -261,7 +265,7 @@ def test_cuda_graphs_give_the_eager_gradients(
     fraction of how much two batches' gradients differ (what a stale or missing replay would be off by); the GPU's
     kernels round differently inside a capture, so not to the bit."""
     from qcat.model import label_logits
-    from qcat.training.trainer import graphed_decoder
+    from qcat.training.graphs import graphed_decoder
 
     captures: list[int] = []
     make_graphed = torch.cuda.make_graphed_callables
@@ -273,7 +277,7 @@ def test_cuda_graphs_give_the_eager_gradients(
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", counting)
     base = fresh_tiny()
     base.lm.to("cuda")  # type: ignore[arg-type]
-    model = new_lora(base, TAXONOMY, rank=4, alpha=8, dropout=0.0)
+    model = new_lora(base, TAXONOMY, LoraSpec(rank=4, alpha=8, dropout=0.0))
     model.train()
     lm = model.get_base_model()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -311,7 +315,7 @@ def test_cuda_graphs_and_autocast_learn(fresh_tiny: Callable[[], LoadedModel], t
     torch.manual_seed(0)
     base = fresh_tiny()
     base.lm.to("cuda")  # type: ignore[arg-type]
-    model = new_lora(base, TAXONOMY, rank=8, alpha=16)
+    model = new_lora(base, TAXONOMY, LoraSpec(rank=8, alpha=16))
     engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
     config = TrainConfig(epochs=8, batch_size=16, learning_rate=2e-3, patience=8, cuda_graphs=True, autocast=True)
     result = fit(model, engine, train, held_out, tmp_path, config)
@@ -321,7 +325,7 @@ def test_cuda_graphs_and_autocast_learn(fresh_tiny: Callable[[], LoadedModel], t
 
 def test_cuda_graphs_and_autocast_refuse_a_cpu(tiny: LoadedModel, tmp_path: Path) -> None:
     train, held_out = learnable()
-    model = new_lora(tiny, TAXONOMY, rank=4, alpha=8)
+    model = new_lora(tiny, TAXONOMY, LoraSpec(rank=4, alpha=8))
     engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
     for config in (TrainConfig(cuda_graphs=True), TrainConfig(autocast=True)):
         with pytest.raises(TrainingError, match="need a CUDA device"):

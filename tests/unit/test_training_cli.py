@@ -12,9 +12,9 @@ from click.testing import Result
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from qcat.adapter import read_manifest
 from qcat.cli import app
 from qcat.errors import QcatError
+from qcat.manifest import read_manifest
 from tests.unit.test_training import SUBJECTS, TEMPLATES
 
 runner = CliRunner()

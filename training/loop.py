@@ -1,27 +1,20 @@
-"""Fine-tuning: LoRA on the decoder plus the label head, through transformers' Trainer.
+"""The training loop: transformers' Trainer with qcat's loss (cross-entropy over the label head, on exactly the
+prompts the engine serves), early stopping on held-out accuracy, a non-finite guard that never stalls the GPU, and
+per-epoch timings in metrics.csv. The recipe is `training.config`; faster steps, `training.graphs`.
 
-The loss is cross-entropy over the label head's logits on exactly the prompts the engine serves (`Engine.encode`,
-`label_logits`): training and serving share one code path. Validation loss and accuracy are tracked every epoch,
-early stopping on held-out accuracy keeps the best checkpoint, and every evaluation is appended to metrics.csv.
-
-Speed: a LoRA step on a 0.6B model is bound by the host (Python and thousands of small kernel launches), not by the
-GPU (profiled on an H200: the GPU was busy ~50 ms of a ~190 ms step). Hence large length-grouped batches, a fused
-optimizer, no host-device synchronisation per step (`NonFiniteGuard` reads the previous step's verdict), no
-per-step walks over the ~2,400 peft modules (`LabelTrainer`), and optionally decoder layers compiled one region at a
-time (`compiled_layers`) and the decoder's training steps replayed as CUDA graphs (`graphed_decoder`): together they
-take a batch-64 TREC-6 epoch on Qwen3-0.6B's shape from ~19 s to 2.4-2.8 s with `--autocast` (docs/training.md).
+On a GPU a LoRA step on a 0.6B model is bound by the host (Python and thousands of small kernel launches), not by
+the GPU; hence length-grouped batches, a fused optimizer, no host-device synchronisation per step, no per-step
+walks over peft's modules, and, optionally, compiled layers and CUDA graphs (docs/training.md has the profiles).
 """
 
 from __future__ import annotations
 
 import csv
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,77 +27,15 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from qcat.engine import Engine
 from qcat.errors import TrainingError
-from qcat.model import label_logits, right_pad
+from qcat.model import label_logits
+from qcat.training.batches import LabelDataset, collate
+from qcat.training.config import TrainConfig, check_device
 from qcat.training.data import Example
+from qcat.training.graphs import GRAPH_WIDTH_MULTIPLE, compiled_layers, graphed_decoder
 from qcat.training.progress import RichProgress
-
-Batching = Literal["length", "random"]
-"""How training rows become batches: `length` groups similar lengths (transformers' length grouping: little
-padding); `random` pads random rows to their longest (the plain recipe's order). Measured on TREC-6 with the proxy:
-the same accuracy at batch 64 (docs/training.md), so `length` is the default."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 32
-    learning_rate: float = 2e-4
-    patience: int = 2
-    seed: int = 0
-    warmup_ratio: float = 0.06
-    batching: Batching = "length"
-    label_smoothing: float = 0.1
-    """Spread this much of each training target over the other labels: a regulariser (+1.5 points on Banking77's
-    77 labels with the pretrained proxy, docs/training.md)."""
-    compile: bool = False
-    """Compile the decoder layers (torch.compile): faster steps after a one-off compile (~100 s on an H200)."""
-    cuda_graphs: bool = False
-    """Replay full training batches' decoder as CUDA graphs (`graphed_decoder`): the host stops bounding a step."""
-    autocast: bool = False
-    """Run the decoder's and LoRA's matmuls in bf16 under torch.autocast (CUDA); LoRA's weights stay float32."""
-    report_to: tuple[str, ...] = ()
-
-
-class LabelDataset(torch.utils.data.Dataset[dict[str, Any]]):
-    def __init__(self, engine: Engine, examples: Sequence[Example]) -> None:
-        encoded = engine.encode([e.text for e in examples])
-        self.rows: list[dict[str, Any]] = [
-            {"input_ids": ids, "labels": engine.taxonomy.index(e.label), "index": i}
-            for i, (ids, e) in enumerate(zip(encoded.ids, examples, strict=True))
-        ]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(row["input_ids"]) for row in self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.rows[index]
-
-
-def collate(pad_id: int, width_multiple: int = 1) -> Any:
-    """Batches padded as the engine pads them at serving time (`right_pad`), optionally to a multiple of
-    `width_multiple` tokens (fewer distinct shapes for CUDA graphs; right padding never changes a row's logits)."""
-
-    def collate_rows(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        input_ids, last_index = right_pad([row["input_ids"] for row in rows], pad_id)
-        extra = -input_ids.shape[1] % width_multiple
-        if extra:
-            input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=pad_id)
-        return {
-            "input_ids": input_ids,
-            "last_index": last_index,
-            "labels": torch.tensor([row["labels"] for row in rows]),
-            "index": torch.tensor([row["index"] for row in rows]),
-        }
-
-    return collate_rows
 
 
 class NonFiniteGuard(TrainerCallback):
@@ -159,9 +90,9 @@ class LabelTrainer(Trainer):
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        """transformers calls `model.train()` on every step: a walk over every module, ~2,400 with LoRA on all
-        layers (tens of ms a step, profiled). The mode only changes around evaluation, so that call is skipped
-        while the model is already training."""
+        """transformers calls `model.train()` on every step: a walk over every module, thousands with LoRA on all
+        layers. The mode only changes around evaluation, so that call is skipped while the model is already
+        training."""
         if not model.training:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train = lambda mode=True: model  # type: ignore[method-assign]  # shadows Module.train for this step
@@ -194,116 +125,6 @@ class LabelTrainer(Trainer):
             smoothing = self.args.label_smoothing_factor
         loss = torch.nn.functional.cross_entropy(logits, inputs["labels"], label_smoothing=smoothing)
         return (loss, {"logits": logits}) if return_outputs else loss
-
-
-@contextmanager
-def compiled_layers(lm: PreTrainedModel) -> Iterator[None]:
-    """Compile every decoder layer for the training steps, then give the layers back their eager forward.
-
-    Regional compilation: all layers share one compiled graph (same code, same shapes), so compiling costs one
-    layer's time, not the whole model's; `dynamic=True` serves every batch length without recompiling. Only
-    gradient-enabled calls use it: evaluation (a few batches per epoch) stays eager rather than paying two more
-    compilations for no-grad variants. The embeddings' output is made to require grad so that every layer, the
-    first included, sees the same input kind and the one graph serves them all.
-    """
-    layers: list[torch.nn.Module] = list(lm.get_decoder().layers)
-    lm.enable_input_require_grads()
-    for layer in layers:
-        eager, compiled = layer.forward, torch.compile(layer.forward, dynamic=True)
-        layer.forward = _when_training(compiled, eager)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.forward  # the instance attribute goes; the class's eager forward shows again
-        lm.disable_input_require_grads()
-
-
-GRAPH_WIDTH_MULTIPLE = 8
-"""With CUDA graphs, batches are padded to a multiple of this many tokens: one graph per width met."""
-
-
-@contextmanager
-def graphed_decoder(lm: PreTrainedModel, batch_size: int, *, compiled: bool = False) -> Iterator[None]:
-    """Run every full training batch's decoder forward and backward as CUDA graphs, then restore the eager decoder.
-
-    At batch 64 the host bounds a LoRA step (profiled on an H200: the GPU busy 30 ms of a 108 ms compiled step):
-    ~1,600 kernel launches and the Python between them. A CUDA graph replays a step's recorded kernels with one
-    launch each way. Graphs have fixed shapes: one is captured (torch.cuda.make_graphed_callables) per batch width
-    the first time it appears, widths being padded to `GRAPH_WIDTH_MULTIPLE`; the epoch's last, smaller batch and
-    evaluation run eagerly. A graph replays the kernels the eager step would launch: the same arithmetic, to rounding
-    (a capture may pick other GEMM algorithms). Each graph keeps its own activation memory (a few GB at batch 64 on
-    Qwen3-0.6B).
-    """
-    decoder: torch.nn.Module = lm.get_decoder()
-    masks = causal_masks(decoder)
-    if compiled and masks is None:
-        config = getattr(decoder, "config", None)
-        kinds = sorted(set(getattr(config, "layer_types", None) or ()))
-        raise TrainingError(
-            "--cuda-graphs with --compile needs SDPA attention and full attention in every layer (this model has "
-            f"{getattr(config, '_attn_implementation', None)!r}, {kinds}): "
-            "its masks would recompile the layers inside the capture; drop --compile"
-        )
-    eager = decoder.forward
-    graphs: dict[tuple[int, ...], Any] = {}
-
-    def forward(*, input_ids: torch.Tensor, **kwargs: Any) -> Any:
-        if not (torch.is_grad_enabled() and decoder.training and input_ids.shape[0] == batch_size):
-            return eager(input_ids=input_ids, **kwargs)
-        shape = tuple(input_ids.shape)
-        if shape not in graphs:
-            graphs[shape] = torch.cuda.make_graphed_callables(_LastHidden(decoder, eager, masks), (input_ids,))
-        return BaseModelOutputWithPast(last_hidden_state=graphs[shape](input_ids))
-
-    decoder.forward = forward
-    try:
-        with warnings.catch_warnings():
-            # make_graphed_callables warms up on a side stream; the later steps' gradients then reach the
-            # parameters from the default stream, which autograd handles with a stream sync and warns about
-            warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
-            yield
-    finally:
-        del decoder.forward  # the class's eager forward shows again
-
-
-class _LastHidden(torch.nn.Module):
-    """The decoder as a module of one tensor in, one out: what make_graphed_callables captures (the decoder's
-    parameters, LoRA's among them, become the graph's inputs, so their gradients come out of its backward)."""
-
-    def __init__(self, decoder: torch.nn.Module, eager: Any, masks: dict[str, None] | None) -> None:
-        super().__init__()
-        self.decoder = decoder
-        self.eager = eager
-        self.masks = masks  # `causal_masks`
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        output = self.eager(input_ids=input_ids, attention_mask=self.masks, use_cache=False)
-        hidden: torch.Tensor = output.last_hidden_state
-        return hidden
-
-
-def causal_masks(decoder: torch.nn.Module) -> dict[str, None] | None:
-    """The decoder's attention masks when plain causal attention is exact, else None (let transformers build them).
-
-    Rows are right-padded, so causal attention needs no mask (`label_logits`). Said explicitly for CUDA graphs:
-    while a stream captures, transformers cannot inspect the inputs and builds a mask tensor instead, which costs
-    SDPA's fused causal kernels and makes compiled layers recompile inside the capture (which fails).
-    """
-    config = getattr(decoder, "config", None)
-    sdpa = getattr(config, "_attn_implementation", None) == "sdpa"
-    return (
-        {"full_attention": None}
-        if sdpa and set(getattr(config, "layer_types", None) or ()) == {"full_attention"}
-        else None
-    )
-
-
-def _when_training(compiled: Any, eager: Any) -> Any:
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        return compiled(*args, **kwargs) if torch.is_grad_enabled() else eager(*args, **kwargs)
-
-    return forward
 
 
 class CsvMetrics(TrainerCallback):
@@ -366,15 +187,6 @@ def check_reporters(names: Sequence[str]) -> None:
             )
 
 
-def check_device(config: TrainConfig, device: torch.device) -> None:
-    """Fail before any model loads when a CUDA-only option meets another device."""
-    if (config.cuda_graphs or config.autocast) and device.type != "cuda":
-        raise TrainingError(
-            f"--cuda-graphs and --autocast need a CUDA device, and training would run on {device}: "
-            "pass --device cuda on a machine with a GPU, or leave these options off"
-        )
-
-
 def synchronize() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -417,8 +229,7 @@ def fit(
         save_total_limit=2,
         load_best_model_at_end=True,
         # accuracy, not loss, picks the epoch: held-out loss often rises with confidence while accuracy still
-        # improves (seen on the proxy: Banking77 loss best at epoch 6, accuracy at 9); temperature scaling
-        # afterwards repairs the calibration
+        # improves (docs/training.md); temperature scaling afterwards repairs the calibration
         metric_for_best_model="eval_accuracy",
         greater_is_better=True,
         label_names=["labels"],

@@ -9,31 +9,63 @@ from typing import Annotated, Literal
 import typer
 
 from qcat.cli.common import (
-    BATCH_SIZE,
-    EPOCHS,
-    LABEL_SMOOTHING,
-    LEARNING_RATE,
     AdapterOption,
     AnnounceOption,
-    AutocastOption,
     BaseModelOption,
-    BatchSizeOption,
-    CompileOption,
-    CudaGraphsOption,
     DeviceOption,
-    EpochsOption,
-    LabelSmoothingOption,
-    LearningRateOption,
     RegistryOption,
-    SeedOption,
-    SeedsOption,
     announce,
     console,
     fail,
     settings_from,
 )
 from qcat.errors import QcatError
+from qcat.lora import DEFAULT_LORA, LoraSpec
+from qcat.registry import DEFAULT_TOLERANCE
+from qcat.schemas.prompt import MAX_QUESTION_TOKENS
 from qcat.settings import EngineSettings
+from qcat.training.config import TrainConfig, check_device
+
+# options shared by `train` and `retrain`; every default comes from TrainConfig, LoraSpec or the registry
+EpochsOption = Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")]
+BatchSizeOption = Annotated[int, typer.Option(help="Training batch size.")]
+LearningRateOption = Annotated[float, typer.Option(help="AdamW learning rate.")]
+SeedOption = Annotated[int, typer.Option(help="Seed for initialisation, shuffling and (without --eval) the split.")]
+SeedsOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Train this many seeds (--seed, --seed+1, ...) on one split and keep their average (a soup): N times "
+        "the training, one adapter's serving cost, more accurate than one seed (docs/training.md).",
+    ),
+]
+CompileOption = Annotated[
+    bool,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the decoder layers: faster epochs after a one-off compile, so it pays off on long runs.",
+    ),
+]
+CudaGraphsOption = Annotated[
+    bool,
+    typer.Option(
+        "--cuda-graphs/--no-cuda-graphs",
+        help="Replay each full batch's decoder as CUDA graphs (CUDA only): removes the host's per-step overhead, "
+        "which bounds small batches; one capture, and its GPU memory, per batch width.",
+    ),
+]
+AutocastOption = Annotated[
+    bool,
+    typer.Option(
+        "--autocast/--no-autocast",
+        help="bf16 autocast for the decoder and LoRA matmuls (CUDA only; LoRA's weights and the head stay float32). "
+        "Speed and accuracy of each combination: docs/training.md.",
+    ),
+]
+LabelSmoothingOption = Annotated[
+    float,
+    typer.Option(min=0.0, max=0.5, help="Move this much of each training target to the other labels (a regulariser)."),
+]
 
 commands = typer.Typer()
 
@@ -45,28 +77,30 @@ def train(
     taxonomy: Annotated[Path | None, typer.Option(help="Labels (JSON or one per line); default: the data's.")] = None,
     eval_data: Annotated[Path | None, typer.Option("--eval", help="Held-out set; default: a stratified split.")] = None,
     base_model: BaseModelOption = None,
-    epochs: EpochsOption = EPOCHS,
-    batch_size: BatchSizeOption = BATCH_SIZE,
-    learning_rate: LearningRateOption = LEARNING_RATE,
-    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    epochs: EpochsOption = TrainConfig.epochs,
+    batch_size: BatchSizeOption = TrainConfig.batch_size,
+    learning_rate: LearningRateOption = TrainConfig.learning_rate,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = DEFAULT_LORA.rank,
     lora_alpha: Annotated[int | None, typer.Option(help="LoRA scaling numerator; default: twice the rank.")] = None,
-    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA branch's input.")] = 0.05,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA branch's input.")] = DEFAULT_LORA.dropout,
     target_module: Annotated[
         list[str] | None,
         typer.Option(help="Linear layers to adapt (repeatable); default: every linear layer of a decoder block."),
     ] = None,
-    label_smoothing: LabelSmoothingOption = LABEL_SMOOTHING,
-    patience: Annotated[int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")] = 2,
-    max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = 64,
-    seed: SeedOption = 0,
+    label_smoothing: LabelSmoothingOption = TrainConfig.label_smoothing,
+    patience: Annotated[
+        int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")
+    ] = TrainConfig.patience,
+    max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = MAX_QUESTION_TOKENS,
+    seed: SeedOption = TrainConfig.seed,
     seeds: SeedsOption = 1,
-    compile_layers: CompileOption = False,
-    cuda_graphs: CudaGraphsOption = False,
-    autocast: AutocastOption = False,
+    compile_layers: CompileOption = TrainConfig.compile,
+    cuda_graphs: CudaGraphsOption = TrainConfig.cuda_graphs,
+    autocast: AutocastOption = TrainConfig.autocast,
     batching: Annotated[
         Literal["length", "random"],
         typer.Option(help="Batches of similar question lengths (little padding), or random rows (the plain recipe's)."),
-    ] = "length",
+    ] = TrainConfig.batching,
     init_adapter: Annotated[
         Path | None,
         typer.Option(help="Continue training this adapter (same base model and labels; its LoRA settings are kept)."),
@@ -79,11 +113,9 @@ def train(
     ] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on labeled questions, evaluate it and save it with its report."""
-    from qcat.adapter import LORA_TARGETS
     from qcat.model import resolve_device
     from qcat.training.run import SPEED_METRICS, TrainRequest
     from qcat.training.run import train as run_train
-    from qcat.training.trainer import TrainConfig, check_device
 
     settings = settings_from(EngineSettings, base_model=base_model, device=device, dtype=dtype)
     config = TrainConfig(
@@ -106,10 +138,12 @@ def train(
         eval_data=eval_data,
         max_question_tokens=max_question_tokens,
         init_adapter=init_adapter,
-        rank=rank,
-        alpha=lora_alpha or 2 * rank,
-        dropout=lora_dropout,
-        targets=tuple(target_module) if target_module else LORA_TARGETS,
+        lora=LoraSpec(
+            rank=rank,
+            alpha=lora_alpha,
+            dropout=lora_dropout,
+            targets=tuple(target_module) if target_module else DEFAULT_LORA.targets,
+        ),
         config=config,
     )
     try:
@@ -200,16 +234,16 @@ def retrain(
     work: Annotated[Path, typer.Option(help="Scratch directory (replaced).")] = Path("qcat-data/retrain"),
     base_model: BaseModelOption = None,
     device: DeviceOption = None,
-    epochs: EpochsOption = EPOCHS,
-    batch_size: BatchSizeOption = BATCH_SIZE,
-    learning_rate: LearningRateOption = LEARNING_RATE,
-    seed: SeedOption = 0,
+    epochs: EpochsOption = TrainConfig.epochs,
+    batch_size: BatchSizeOption = TrainConfig.batch_size,
+    learning_rate: LearningRateOption = TrainConfig.learning_rate,
+    seed: SeedOption = TrainConfig.seed,
     seeds: SeedsOption = 1,
-    label_smoothing: LabelSmoothingOption = LABEL_SMOOTHING,
-    compile_layers: CompileOption = False,
-    cuda_graphs: CudaGraphsOption = False,
-    autocast: AutocastOption = False,
-    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = 0.005,
+    label_smoothing: LabelSmoothingOption = TrainConfig.label_smoothing,
+    compile_layers: CompileOption = TrainConfig.compile,
+    cuda_graphs: CudaGraphsOption = TrainConfig.cuda_graphs,
+    autocast: AutocastOption = TrainConfig.autocast,
+    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = DEFAULT_TOLERANCE,
     from_current: Annotated[
         bool, typer.Option(help="Start from the current adapter's weights instead of from scratch.")
     ] = False,
@@ -222,7 +256,6 @@ def retrain(
     from qcat.model import resolve_device
     from qcat.training.retrain import RetrainRequest
     from qcat.training.retrain import retrain as run_retrain
-    from qcat.training.trainer import TrainConfig, check_device
 
     settings = settings_from(EngineSettings, base_model=base_model, device=device)
 

@@ -1,0 +1,81 @@
+"""An adapter's manifest, `qcat-manifest.json`: what it was trained on (base model, labels, prompt format) and how
+well it did. Torch-free: the registry, the CLI and the worker read manifests without loading a model.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from qcat import __version__
+from qcat.errors import AdapterError
+from qcat.schemas.events import VERSION_PATTERN
+from qcat.schemas.prompt import PROMPT_FORMAT_VERSION, TRAINED_PROMPT_STYLE, PromptStyle
+from qcat.schemas.taxonomy import Taxonomy
+
+MANIFEST = "qcat-manifest.json"
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+ADAPTER_FORMAT_VERSION = 1
+
+
+class AdapterManifest(BaseModel):
+    """What an adapter was trained on and how well it did."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["qcat-adapter"] = "qcat-adapter"
+    format_version: int = ADAPTER_FORMAT_VERSION
+    version: str = Field(pattern=VERSION_PATTERN)
+    taxonomy: Taxonomy
+    base_model: str
+    base_fingerprint: str
+    prompt_format_version: int = PROMPT_FORMAT_VERSION
+    prompt_style: PromptStyle = TRAINED_PROMPT_STYLE
+    max_question_tokens: int = Field(ge=1)
+    temperature: float = Field(default=1.0, gt=0.0, description="Softmax temperature fitted on held-out data.")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    data_fingerprint: str | None = None
+    eval_fingerprint: str | None = Field(default=None, description="The eval set the metrics were measured on.")
+    parent_version: str | None = None
+    ingredients: list[str] = Field(default_factory=list, description="The adapters a soup averages (training/soup.py).")
+    created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    qcat_version: str = __version__
+
+    def write(self, directory: Path) -> None:
+        (directory / MANIFEST).write_text(self.model_dump_json(indent=2), encoding="utf-8")
+
+
+def read_manifest(directory: Path) -> AdapterManifest:
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise AdapterError(f"Adapter directory {directory} does not exist.", path=directory)
+    if not path.is_file():
+        raise AdapterError(
+            f"{directory} is not a qcat adapter: {MANIFEST} is missing (half-written or not ours).", path=directory
+        )
+    return parse_manifest(path.read_bytes(), str(directory))
+
+
+def parse_manifest(content: bytes, directory: str) -> AdapterManifest:
+    """A manifest's bytes, from a local file or an object store, checked as `read_manifest` checks them."""
+    try:
+        manifest = AdapterManifest.model_validate_json(content)
+    except ValidationError as error:
+        raise AdapterError(f"{directory}/{MANIFEST} is not a valid qcat manifest: {error}", path=directory) from error
+    if manifest.format_version != ADAPTER_FORMAT_VERSION or manifest.prompt_format_version != PROMPT_FORMAT_VERSION:
+        raise AdapterError(
+            f"{directory} uses adapter format {manifest.format_version} / prompt format "
+            f"{manifest.prompt_format_version}; this qcat ({__version__}) reads {ADAPTER_FORMAT_VERSION} / "
+            f"{PROMPT_FORMAT_VERSION}. Retrain it with this version of qcat."
+        )
+    return manifest
+
+
+def new_version() -> str:
+    """A sortable, unique adapter version: creation time plus a random suffix."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
