@@ -2,9 +2,9 @@
 
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh `mmap` and hands the heap's
 free top back to the OS, so each forward pass faults its activations in again, page by page, and the kernel zeroes
-every page. On the engine at batch 64 on Qwen3-0.6B's shape that was 150,000-250,000 page faults a batch; keeping
-freed memory for reuse removed them and made batches ~15% faster (docs/engine.md). The price: the process keeps
-its peak memory (the model plus one batch's activations) instead of shrinking between batches.
+every page: hundreds of thousands of page faults a batch. Keeping freed memory for reuse removes them, and batches
+are faster (measured in docs/engine.md). The price: the process keeps its peak memory (the model plus one batch's
+activations) instead of shrinking between batches.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ QcatError                      what went wrong and what to do; `exit_code` is wh
 │   ├── RegistryError          the adapter registry (`registry`)
 │   └── KafkaError             brokers, topics, the embedded broker (`brokers`)
 │       └── PublishAbortedError  a stopping worker gave up on outputs (`outputs`); their inputs are redelivered
-├── InferenceError             a batch could not be classified (`bad_indices`: the rows at fault); dead-lettered
-└── TrainingError              training itself failed (non-finite logits, ...)
+├── InferenceError             a batch could not be classified (`bad_indices`: the rows at fault); exit 4, and in
+│                              the worker a dead letter
+└── TrainingError              training diverged on this data and recipe (non-finite logits, ...); exit 4
 
 Exit codes of the CLI (docs/cli.md): 0 success, 1 a bug (a traceback), 2 usage, 3 the promotion gate said no,
 4 input, 5 environment.
@@ -26,7 +27,7 @@ from pathlib import Path
 
 
 class QcatError(Exception):
-    """Root of qcat's errors: the message says what went wrong and what to do."""
+    """Root of qcat's errors: the message says what went wrong and what to do. Raised only as one of its leaves."""
 
     exit_code = 1
 
@@ -88,10 +89,12 @@ class PublishAbortedError(KafkaError):
 class InferenceError(QcatError):
     """Carries the indices (within the classify() call) of the texts whose logits were bad."""
 
+    exit_code = 4
+
     def __init__(self, message: str, bad_indices: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.bad_indices = bad_indices
 
 
 class TrainingError(QcatError):
-    pass
+    exit_code = 4

@@ -35,7 +35,7 @@ class EngineSettings(BaseSettings):
     keep_freed_memory: bool = Field(
         default=True,
         description="On CPU (glibc): reuse freed memory instead of returning it to the OS after each batch "
-        "(~15% faster batches; the process keeps its peak memory). See qcat/cpu.py.",
+        "(faster batches; the process keeps its peak memory). See qcat/cpu.py and docs/engine.md.",
     )
     max_question_tokens: int = Field(
         default=MAX_QUESTION_TOKENS, ge=4, le=4096, description="Longer questions are truncated."

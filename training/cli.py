@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from qcat.cli.common import (
+from qcat.command_line import (
     AdapterOption,
     AnnounceOption,
     BaseModelOption,

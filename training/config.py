@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from qcat.errors import TrainingError
+from qcat.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +40,7 @@ class TrainConfig:
 def check_device(config: TrainConfig, device: torch.device) -> None:
     """Fail before any model loads when a CUDA-only option meets another device."""
     if (config.cuda_graphs or config.autocast) and device.type != "cuda":
-        raise TrainingError(
+        raise UsageError(
             f"--cuda-graphs and --autocast need a CUDA device, and training would run on {device}: "
             "pass --device cuda on a machine with a GPU, or leave these options off"
         )

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from qcat.engine import Engine
-from qcat.errors import TrainingError
+from qcat.errors import TrainingError, UsageError
 from qcat.model import label_logits
 from qcat.training.batches import LabelDataset, collate
 from qcat.training.config import TrainConfig, check_device
@@ -181,7 +181,7 @@ def check_reporters(names: Sequence[str]) -> None:
     available = set(get_available_reporting_integrations())
     for name in names:
         if name not in available:
-            raise TrainingError(
+            raise UsageError(
                 f"cannot report to {name!r}: its package is not installed (pip install {name}) "
                 f"or it is not one of transformers' integrations; available here: {sorted(available) or 'none'}"
             )

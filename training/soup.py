@@ -1,7 +1,7 @@
 """Adapter soups: adapters trained by one recipe with different seeds, averaged into one adapter.
 
-Seeds of one recipe disagree on a few questions each: on TREC-6 with the pretrained proxy five batch-64 seeds
-scored 97.0-98.0%, and a majority vote of the five 97.8% (docs/training.md). Averaging their weight updates (a
+Seeds of one recipe disagree on a few questions each, so a majority vote of several beats most of them
+(docs/training.md). Averaging their weight updates (a
 uniform "model soup", Wortsman et al. 2022: fine-tunes of one pretrained model averaged in weight space) aims at
 that vote's accuracy at one adapter's serving cost, since the engine merges an adapter into the weights.
 
@@ -135,8 +135,7 @@ def train_soup(
     request: TrainRequest, settings: EngineSettings, seeds: int, base: LoadedModel | None = None
 ) -> tuple[Path, dict[str, Any]]:
     """`qcat train --seeds N`: train seeds seed .. seed+N-1 of one recipe on one split and average them into
-    request.out. On TREC-6 with the proxy, two five-seed soups scored 98.0% and 97.6% where their seeds averaged
-    97.04% (docs/training.md).
+    request.out (measured in docs/training.md).
 
     Every seed trains on the same rows and is selected on the same held-out set, which calibrates and scores the
     soup: request.eval_data, or one stratified split drawn with the first seed. The seeds' adapters (each with its

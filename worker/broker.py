@@ -15,8 +15,8 @@ from types import TracebackType
 from qcat.errors import KafkaError
 from qcat.worker.processes import terminate
 
-# The embedded broker holds a new consumer group's first join for half the session timeout (15 s at the default 30):
-# workers started against it (the demo, the benchmarks) use this one, so they join in ~3 s.
+# The embedded broker holds a new consumer group's first join for half the session timeout: workers started against
+# it (the demo, the benchmarks) use this one, so they join in seconds.
 FAST_JOIN_SESSION_TIMEOUT = 6
 
 

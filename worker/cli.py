@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qcat.cli.common import AdapterOption, BaseModelOption, DeviceOption, console, fail, settings_from
+from qcat.command_line import AdapterOption, BaseModelOption, DeviceOption, console, fail, settings_from
 from qcat.errors import QcatError
 from qcat.settings import EngineSettings
 

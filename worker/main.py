@@ -36,14 +36,14 @@ def start_inference(settings: WorkerSettings) -> tuple[ThreadPoolExecutor, Class
 
     torch's OpenMP worker threads belong to the thread that starts them: a warm-up on the main thread would leave a
     second team behind, GNU OpenMP then counts more threads than cores and throttles its spin-waits, and every batch
-    ran ~19% slower on 2 cores (measured: 2.29 vs 1.91 s a batch of 64, 6,400 vs 2 context switches a second).
+    runs slower (measured in docs/worker.md).
     """
     inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-inference")
     return inference, inference.submit(warmed_up, settings).result()
 
 
 def use_event_loop(name: str) -> None:
-    """uvloop moves ~20% more events/s through Faust's per-message path (bench/pipeline.py); it is a speed-up, not a
+    """uvloop moves more events/s through Faust's per-message path (docs/worker.md); it is a speed-up, not a
     requirement, so a platform without it (Windows) runs on asyncio's loop with a warning."""
     if name != "uvloop":
         return

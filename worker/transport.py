@@ -1,16 +1,16 @@
 """Faust's Kafka transport with a cheaper fetch loop: with a fast model, most of the worker's CPU went to Faust's.
 
 Faust hands each fetched message to its streams inside `wait_first(callback(message), suspend_flow.wait())`: four
-tasks and an `asyncio.wait` per message (~30 us, a third of the no-op worker's CPU), so that a delivery blocked on a
-full stream buffer can be abandoned when a rebalance suspends the flow. With a backlog the buffer is always full, and
-each delivery then also waits for room in a task of its own (~5 us more). This loop avoids blocked deliveries instead:
-Faust marks a partition whose buffer passed its high-water mark (and stops fetching it) until the stream has worked
-the buffer down to its low-water mark; the loop waits for that mark before delivering the partition's next message
-(once per few hundred messages) and awaits each delivery directly. Faust's guarded path stays for when the flow is
-suspended. The one difference: a delivery that still blocks and is overtaken by a rebalance completes after it rather
-than being dropped, so that event may be categorized here as well as by the partition's new owner: at-least-once, as
-always (`event_id` dedupes). Everything else (gap tracking, commit cadence, read offsets) is Faust's loop as written in
-faust-streaming 0.15.
+tasks and an `asyncio.wait` per message (a third of the no-op worker's CPU, docs/worker.md), so that a delivery
+blocked on a full stream buffer can be abandoned when a rebalance suspends the flow. With a backlog the buffer is
+always full, and each delivery then also waits for room in a task of its own. This loop avoids blocked deliveries
+instead: Faust marks a partition whose buffer passed its high-water mark (and stops fetching it) until the stream
+has worked the buffer down to its low-water mark; the loop waits for that mark before delivering the partition's
+next message (once per few hundred messages) and awaits each delivery directly. Faust's guarded path stays for when
+the flow is suspended. The one difference: a delivery that still blocks and is overtaken by a rebalance completes
+after it rather than being dropped, so that event may be categorized here as well as by the partition's new owner:
+at-least-once, as always (`event_id` dedupes). Everything else (gap tracking, commit cadence, read offsets) is
+Faust's loop as written in faust-streaming 0.15.
 """
 
 from __future__ import annotations

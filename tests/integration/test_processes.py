@@ -100,6 +100,6 @@ def test_the_worker_creates_its_data_folder_or_says_why_not(broker: str, tmp_pat
     (tmp_path / "file").write_text("")
     env = {**os.environ, "QCAT_DATA_DIR": str(tmp_path / "file" / "faust"), "QCAT_BROKERS": broker}
     done = run_qcat(env, "worker", timeout=60)
-    assert done.returncode == 2
+    assert done.returncode == 5
     assert "cannot create QCAT_DATA_DIR" in done.stderr
     assert "Traceback" not in done.stderr

@@ -66,7 +66,7 @@ def test_worker_consumes_and_produces_over_mutual_tls(tmp_path: Path) -> None:
                 terminator.address, prefix, tmp_path, security_protocol="SSL", ssl_cafile=untrusted["cafile"]
             )
             refused = run_worker(wrong_ca.env)
-            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert refused.returncode == 5, refused.stdout + refused.stderr
             assert "cannot connect to Kafka" in refused.stderr
             assert "QCAT_SSL_CAFILE" in refused.stderr
 
@@ -74,7 +74,7 @@ def test_worker_consumes_and_produces_over_mutual_tls(tmp_path: Path) -> None:
                 terminator.address, prefix, tmp_path, security_protocol="SSL", ssl_cafile=files["cafile"]
             )
             refused = run_worker(no_client_cert.env)
-            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert refused.returncode == 5, refused.stdout + refused.stderr
             assert "cannot connect to Kafka" in refused.stderr
         finally:
             terminator.stop()
@@ -93,14 +93,14 @@ def test_wrong_sasl_credentials_stop_the_worker_with_a_clear_error(tmp_path: Pat
             sasl_password=password,
         )
         refused = run_worker(worker.env)
-        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.returncode == 5, refused.stdout + refused.stderr
         output = refused.stdout + refused.stderr
         assert "SCRAM-SHA-512 as 'alice'" in output
         assert "QCAT_SASL_PASSWORD" in output
         assert password not in output
 
         anonymous = run_worker(WorkerProcess(broker.address, unique("t-anon"), tmp_path).env)
-        assert anonymous.returncode == 2
+        assert anonymous.returncode == 5
         assert "cannot connect to Kafka" in anonymous.stderr
 
 

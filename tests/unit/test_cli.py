@@ -22,8 +22,8 @@ def test_classify_json_lines() -> None:
 
 
 def test_classify_bad_adapter_is_a_clear_error(tmp_path: object) -> None:
-    """A missing adapter directory exits with code 2 and a message, not a traceback."""
+    """A missing adapter directory exits with the input-error code (4) and a message, not a traceback."""
     result = runner.invoke(app, ["classify", "--base-model", "tiny-qwen3", "--adapter", "/nonexistent", "Why ?"])
-    assert result.exit_code == 2
+    assert result.exit_code == 4
     assert "does not exist" in result.output
     assert "Traceback" not in result.output

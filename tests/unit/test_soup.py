@@ -112,5 +112,5 @@ def test_soup_command(fresh_tiny: Callable[[], LoadedModel], tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     assert read_manifest(tmp_path / "soup").ingredients == ["seed1", "seed2"]
     again = qcat("soup", *ingredients, "--out", tmp_path / "soup", "--eval", data, *tiny)
-    assert again.exit_code == 2
+    assert again.exit_code == 4
     assert "already exists" in again.output

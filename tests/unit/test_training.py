@@ -12,7 +12,7 @@ import torch
 
 from qcat.adapter import new_lora, save_adapter
 from qcat.engine import Engine
-from qcat.errors import TrainingError
+from qcat.errors import TrainingError, UsageError
 from qcat.lora import LoraSpec
 from qcat.manifest import AdapterManifest
 from qcat.model import LoadedModel
@@ -328,6 +328,6 @@ def test_cuda_graphs_and_autocast_refuse_a_cpu(tiny: LoadedModel, tmp_path: Path
     model = new_lora(tiny, TAXONOMY, LoraSpec(rank=4, alpha=8))
     engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
     for config in (TrainConfig(cuda_graphs=True), TrainConfig(autocast=True)):
-        with pytest.raises(TrainingError, match="need a CUDA device"):
+        with pytest.raises(UsageError, match="need a CUDA device"):
             fit(model, engine, train, held_out, tmp_path, config)
     assert not (tmp_path / "metrics.csv").exists()

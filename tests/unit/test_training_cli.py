@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from qcat.cli import app
-from qcat.errors import QcatError
+from qcat.errors import TrainingError
 from qcat.manifest import read_manifest
 from tests.unit.test_training import SUBJECTS, TEMPLATES
 
@@ -109,7 +109,7 @@ def test_an_existing_out_is_refused_before_training(tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
     for seeds in (1, 2):
         result = qcat("train", data, "--out", tmp_path / "taken", "--seeds", seeds, *FAST_TRAINING)
-        assert result.exit_code == 2
+        assert result.exit_code == 4
         assert "already exists" in result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["learn.jsonl", "taken"]  # no work or seeds folder
 
@@ -126,16 +126,16 @@ def test_seeds_stop_on_bad_data_before_loading_and_leave_nothing(
     loads: list[str] = []
     monkeypatch.setattr("qcat.model.build_tiny_qwen3", lambda: loads.append("tiny-qwen3") or build_tiny_qwen3())
     refused = qcat("train", data, "--out", tmp_path / "a", "--seeds", 2, "--taxonomy", tmp_path / "labels.txt", *TINY)
-    assert refused.exit_code == 2
+    assert refused.exit_code == 4
     assert "outside the taxonomy" in refused.output
     assert loads == []
 
     def broken_soup(*args: object, **kwargs: object) -> None:
-        raise QcatError("the soup failed")
+        raise TrainingError("the soup failed")
 
     monkeypatch.setattr(soup_module, "make_soup", broken_soup)
     failed = qcat("train", data, "--out", tmp_path / "b", "--epochs", 1, "--seeds", 2, *FAST_TRAINING)
-    assert failed.exit_code == 2
+    assert failed.exit_code == 4
     assert "the soup failed" in failed.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["labels.txt", "learn.jsonl"]
 
@@ -166,7 +166,7 @@ def test_bad_data_is_refused_with_reasons(tmp_path: Path) -> None:
     data = write_learnable(tmp_path / "learn.jsonl")
     (tmp_path / "labels.txt").write_text("HUM\nLOC\n")
     result = qcat("train", data, "--out", tmp_path / "a", "--taxonomy", tmp_path / "labels.txt", *TINY)
-    assert result.exit_code == 2
+    assert result.exit_code == 4
     assert "outside the taxonomy" in result.output
     assert "NUM" in result.output
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qcat.cli.common import AnnounceOption, RegistryOption, announce, console, fail
+from qcat.command_line import AnnounceOption, RegistryOption, announce, console, fail
 from qcat.errors import QcatError, RegistryError
 from qcat.registry import DEFAULT_TOLERANCE
 

@@ -29,8 +29,9 @@ def settings_from(kind: type[Settings], **flags: Any) -> Settings:
 
 
 def fail(error: QcatError) -> typer.Exit:
+    """One `error:` line and the error's exit code (docs/cli.md); raise the result `from error`."""
     console.print(f"[bold red]error:[/] {error}")
-    return typer.Exit(code=2)
+    return typer.Exit(code=error.exit_code)
 
 
 RegistryOption = Annotated[

@@ -1,6 +1,6 @@
-"""The `qcat` command. The runtime's own commands (the adapter registry) are here; the worker's and training's
-commands are in those packages (`qcat.worker.cli`, `qcat.training.cli`), which declare them in the `qcat.commands`
-entry-point group, so the runtime never imports the packages built on it."""
+"""The `qcat` command: the top of the import layers. It assembles the runtime's own commands (the adapter registry,
+qcat/registry_cli.py) and whatever the packages built on the runtime declare in the `qcat.commands` entry-point group
+(`qcat.worker.cli`, `qcat.training.cli`), so nothing below imports those packages."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from qcat import __version__
-from qcat.cli.adapters import adapters
 from qcat.logs import configure_logging
+from qcat.registry_cli import adapters
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qcat: streaming question categorization.")
 for point in sorted(entry_points(group="qcat.commands"), key=lambda point: point.name):
