@@ -15,7 +15,7 @@ from pathlib import Path
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from qcat.errors import AdapterError
+from qcat.errors import AdapterError, OutputExistsError
 from qcat.lora import DEFAULT_LORA, LoraSpec
 from qcat.manifest import WEIGHTS, AdapterManifest, read_manifest
 from qcat.model import HEAD, LoadedModel, attach_label_head
@@ -97,7 +97,7 @@ def ensure_new(directory: Path) -> Path:
     check this before they start, not only when they save."""
     directory = directory.resolve()
     if directory.exists():
-        raise AdapterError(f"{directory} already exists; adapters are immutable, pick a new directory.", path=directory)
+        raise OutputExistsError(f"{directory} already exists; adapters are immutable, pick a new directory.", directory)
     return directory
 
 

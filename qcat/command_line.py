@@ -6,26 +6,38 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 from rich.console import Console
 
-from qcat.errors import QcatError
-from qcat.settings import EngineSettings
+from qcat.errors import QcatError, UsageError
 
-Settings = TypeVar("Settings", bound=EngineSettings)
+Settings = TypeVar("Settings", bound=BaseSettings)
 console = Console(stderr=True)
 
 BaseModelOption = Annotated[
     str | None,
-    typer.Option("--base-model", help="Hub id, local dir, .gguf file, or tiny-qwen3. [env: QCAT_BASE_MODEL]"),
+    typer.Option("--base-model", help="Hub id, local dir, .gguf file, or tiny-qwen3. \\[env: QCAT_BASE_MODEL]"),
 ]
-AdapterOption = Annotated[Path | None, typer.Option("--adapter", help="Adapter directory. [env: QCAT_ADAPTER]")]
-DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. [env: QCAT_DEVICE]")]
+AdapterOption = Annotated[Path | None, typer.Option("--adapter", help="Adapter directory. \\[env: QCAT_ADAPTER]")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. \\[env: QCAT_DEVICE]")]
 
 
 def settings_from(kind: type[Settings], **flags: Any) -> Settings:
-    """Environment first, flags given on the command line on top: one frozen settings object per process."""
+    """Environment first, flags given on the command line on top: one frozen settings object per process. A value
+    that does not validate ends the command with one usage error naming the setting (never echoing a secret)."""
     given: dict[str, Any] = {key: value for key, value in flags.items() if value is not None}
-    return kind(**given)
+    try:
+        return kind(**given)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            name = str(item["loc"][0]) if item["loc"] else "?"
+            flag = f"--{name.replace('_', '-')} or " if name in given else ""
+            secret = "password" in name or "secret" in name
+            value = "" if secret or "input" not in item else f", got {str(item['input'])[:60]!r}"
+            problems.append(f"{flag}QCAT_{name.upper()}: {item['msg']}{value}")
+        raise fail(UsageError("; ".join(problems))) from error
 
 
 def fail(error: QcatError) -> typer.Exit:
@@ -51,5 +63,5 @@ def announce(action: Literal["promote", "rollback"], version: str, path: Path) -
     from qcat.control import announce as publish
     from qcat.kafka import KafkaSettings
 
-    topic = publish(action, version, path, KafkaSettings())
+    topic = publish(action, version, path, settings_from(KafkaSettings))
     console.print(f"announced {action} of {version} on {topic}")

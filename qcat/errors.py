@@ -6,7 +6,8 @@ QcatError                      what went wrong and what to do; `exit_code` is wh
 ├── InputError                 the user's input cannot be used (exit 4)
 │   ├── DataError              labeled data: missing, empty, malformed, contradictory (`path`)
 │   ├── ContractError          labels that break the wire contract, e.g. two that share a routing topic (`labels`)
-│   └── AdapterError           an adapter that is missing, unsafe, corrupt or made for another model (`path`)
+│   ├── AdapterError           an adapter that is missing, unsafe, corrupt or made for another model (`path`)
+│   └── OutputExistsError      an output folder (--out, --report) that already holds something (`path`)
 ├── UnavailableError           what the code runs against is missing or unreachable (exit 5)
 │   ├── ModelLoadError         the base model (`model`)
 │   ├── RegistryError          the adapter registry (`registry`)
@@ -53,6 +54,12 @@ class ContractError(InputError):
 
 
 class AdapterError(InputError):
+    def __init__(self, message: str, path: Path | str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class OutputExistsError(InputError):
     def __init__(self, message: str, path: Path | str | None = None) -> None:
         super().__init__(message)
         self.path = path

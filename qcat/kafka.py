@@ -28,14 +28,20 @@ class KafkaSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QCAT_", frozen=True, extra="ignore")
 
     brokers: str = Field(default="localhost:9092", description="Comma-separated host:port list.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    topic_prefix: str = Field(default="questions", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How to reach the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="SASL login mechanism."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user.")
+    sasl_password: SecretStr | None = Field(default=None, description="SASL password (a secret: never logged).")
+    ssl_cafile: Path | None = Field(default=None, description="CA certificate(s) that sign the brokers' certificates.")
+    ssl_certfile: Path | None = Field(default=None, description="This client's certificate, for mutual TLS.")
+    ssl_keyfile: Path | None = Field(default=None, description="This client's private key, for mutual TLS.")
+    topic_prefix: str = Field(
+        default="questions", pattern=r"^[A-Za-z0-9._-]{1,100}$", description="Every topic's name starts with it."
+    )
     replication_factor: int = Field(default=1, ge=1, description="Replicas of the topics qcat creates.")
 
     def ssl_context(self) -> ssl.SSLContext | None:

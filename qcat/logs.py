@@ -1,4 +1,8 @@
-"""structlog set-up: JSON lines for machines (the worker), readable lines for people (the CLI)."""
+"""structlog set-up: JSON lines for machines (the worker), readable lines for people (the CLI).
+
+Libraries that log through the standard library (Faust, mode, aiokafka, transformers) go through the same renderer,
+so a worker's stderr is JSON lines only; their records below WARNING are left out (they are chatty, and qcat logs
+what matters itself)."""
 
 from __future__ import annotations
 
@@ -30,3 +34,17 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))

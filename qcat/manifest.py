@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -17,7 +17,11 @@ from qcat.schemas.events import VERSION_PATTERN
 from qcat.schemas.prompt import PROMPT_FORMAT_VERSION, TRAINED_PROMPT_STYLE, PromptStyle
 from qcat.schemas.taxonomy import Taxonomy
 
+if TYPE_CHECKING:
+    from qcat.settings import EngineSettings
+
 MANIFEST = "qcat-manifest.json"
+CARD = "README.md"
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 ADAPTER_FORMAT_VERSION = 1
@@ -47,7 +51,54 @@ class AdapterManifest(BaseModel):
     qcat_version: str = __version__
 
     def write(self, directory: Path) -> None:
+        """The manifest, and its model card as README.md (in place of peft's empty template)."""
         (directory / MANIFEST).write_text(self.model_dump_json(indent=2), encoding="utf-8")
+        (directory / CARD).write_text(model_card(self), encoding="utf-8")
+
+
+def model_card(manifest: AdapterManifest) -> str:
+    """What a person wants to know before serving the adapter: what it runs on, what it says, how well, and how."""
+    names = manifest.taxonomy.names
+    shown = ", ".join(f"`{name}`" for name in names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
+    metrics = "\n".join(f"| {key} | {value:.4f} |" for key, value in sorted(manifest.metrics.items()))
+    lineage = []
+    if manifest.parent_version:
+        lineage.append(f"- Continued from adapter `{manifest.parent_version}`.")
+    if manifest.ingredients:
+        lineage.append(f"- A soup (weight average) of {', '.join(f'`{v}`' for v in manifest.ingredients)}.")
+    return f"""# qcat adapter `{manifest.version}`
+
+A LoRA adapter and label head for qcat, the streaming question categorizer: it
+labels each question with one of {len(names)} labels and routes it to that label's Kafka topic.
+
+- Base model: `{manifest.base_model}` (weights fingerprint `{manifest.base_fingerprint}`); it loads on no other.
+- Labels ({len(names)}): {shown}.
+- Prompt: format {manifest.prompt_format_version}, style `{manifest.prompt_style}`; questions are cut to
+  {manifest.max_question_tokens} tokens.
+- Training data fingerprint `{manifest.data_fingerprint}`; metrics measured on eval set `{manifest.eval_fingerprint}`.
+- Calibration: softmax temperature {manifest.temperature:.3f}, fitted on held-out data.
+- Created {manifest.created_at:%Y-%m-%d %H:%M} UTC with qcat {manifest.qcat_version}.
+{chr(10).join(lineage)}
+
+## Held-out metrics
+
+| metric | value |
+|---|---|
+{metrics}
+
+The full report (per-label figures, confusion matrix, calibration, misclassified questions) is in `report/`.
+
+## Serve it
+
+```bash
+qcat classify --adapter THIS_DIR "Who was Galileo ?"
+QCAT_ADAPTER=THIS_DIR qcat worker
+qcat adapters add THIS_DIR --registry REGISTRY && qcat adapters promote {manifest.version} --registry REGISTRY
+```
+
+Files: `adapter_model.safetensors` (the weights; qcat never loads pickles), `adapter_config.json` (peft's),
+`qcat-manifest.json` (what this card is made from).
+"""
 
 
 def read_manifest(directory: Path) -> AdapterManifest:
@@ -79,3 +130,14 @@ def parse_manifest(content: bytes, directory: str) -> AdapterManifest:
 def new_version() -> str:
     """A sortable, unique adapter version: creation time plus a random suffix."""
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+Settings = TypeVar("Settings", bound="EngineSettings")
+
+
+def with_adapter_base(settings: Settings, adapter: Path | None) -> Settings:
+    """`settings` with `adapter`'s own base model when none was asked for (no --base-model, no QCAT_BASE_MODEL): an
+    adapter loads only on the base model it was trained on, and the default hub model may not be that one."""
+    if adapter is None or "base_model" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"base_model": read_manifest(adapter).base_model})

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from qcat.cpu import configure_cpu
-from qcat.errors import ModelLoadError
+from qcat.errors import ModelLoadError, UsageError
 from qcat.schemas.prompt import verbalize
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
@@ -47,7 +47,13 @@ class LoadedModel:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise UsageError(f"--device / QCAT_DEVICE {device!r} is not a device: use auto, cpu, cuda or cuda:N") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device / QCAT_DEVICE is {device!r}, but this machine has no usable CUDA device: use cpu")
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

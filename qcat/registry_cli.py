@@ -12,7 +12,7 @@ from rich.table import Table
 
 from qcat.command_line import AnnounceOption, RegistryOption, announce, console, fail
 from qcat.errors import QcatError, RegistryError
-from qcat.registry import DEFAULT_TOLERANCE
+from qcat.registry import DEFAULT_TOLERANCE, Registry
 
 adapters = typer.Typer(no_args_is_help=True, help="The adapter registry: list, show, promote, roll back.")
 
@@ -21,14 +21,15 @@ adapters = typer.Typer(no_args_is_help=True, help="The adapter registry: list, s
 def adapters_add(
     adapter: Annotated[Path, typer.Argument(help="A trained adapter directory.")], registry: RegistryOption
 ) -> None:
-    """Register a trained adapter (copied; versions are immutable)."""
-    from qcat.registry import Registry
+    """Register a trained adapter (copied; versions are immutable). Prints the version on stdout: V=$(qcat adapters
+    add ...) works."""
 
     try:
         manifest = Registry(registry).add(adapter)
     except QcatError as error:
         raise fail(error) from error
     console.print(f"registered {manifest.version}")
+    print(manifest.version)
 
 
 @adapters.command("list")
@@ -37,7 +38,6 @@ def adapters_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per version on stdout.")] = False,
 ) -> None:
     """Versions, oldest first, with their metrics; the current one is marked."""
-    from qcat.registry import Registry
 
     try:
         store = Registry(registry)
@@ -66,7 +66,7 @@ def adapters_list(
         return
     table = Table(title=str(registry))
     for column in ("", "version", "created", "accuracy", "macro-F1", "eval set"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "version", overflow="fold")  # a version id is copied whole
     for manifest in manifests:
         table.add_row(
             "*" if manifest.version == current else "",
@@ -82,7 +82,6 @@ def adapters_list(
 @adapters.command("show")
 def adapters_show(version: str, registry: RegistryOption) -> None:
     """A version's manifest as JSON."""
-    from qcat.registry import Registry
 
     try:
         print(Registry(registry).show(version).model_dump_json(indent=2))
@@ -99,7 +98,6 @@ def adapters_promote(
     announce_it: AnnounceOption = False,
 ) -> None:
     """Make a version current if it is at least as good as the current one on the same eval set. Exit 3 if refused."""
-    from qcat.registry import Registry
 
     try:
         decision = Registry(registry).promote(version, force=force, tolerance=tolerance)
@@ -114,7 +112,6 @@ def adapters_promote(
 @adapters.command("rollback")
 def adapters_rollback(registry: RegistryOption, announce_it: AnnounceOption = False) -> None:
     """Point back to the version that was current before the current one."""
-    from qcat.registry import Registry
 
     try:
         decision = Registry(registry).rollback()

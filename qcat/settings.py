@@ -26,11 +26,16 @@ class EngineSettings(BaseSettings):
         default="torch",
         description="The backend that classifies: torch, constant, a name a package declares, or module:factory.",
     )
-    base_model: str = DEFAULT_BASE_MODEL
+    base_model: str = Field(
+        default=DEFAULT_BASE_MODEL,
+        description="Hub id, local directory, .gguf file or tiny-qwen3; default: the adapter's own, else this.",
+    )
     adapter: Path | None = Field(default=None, description="Adapter directory; None runs the base model zero-shot.")
     taxonomy: Path | None = Field(default=None, description="Labels for zero-shot; default: TREC's 6 coarse classes.")
     device: str = Field(default="auto", description="auto (cuda if present), cpu, cuda, cuda:1, ...")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="auto: bfloat16 on GPUs and CPUs with bf16 instructions, else float32."
+    )
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU.")
     keep_freed_memory: bool = Field(
         default=True,

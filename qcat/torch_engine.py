@@ -13,6 +13,7 @@ import torch
 from qcat.adapter import load_adapter
 from qcat.classifier import DEFAULT_TAXONOMY
 from qcat.engine import Engine, pad_id
+from qcat.manifest import with_adapter_base
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_configured_base, right_pad
 from qcat.schemas.prompt import ZERO_SHOT_PROMPT_STYLE, PromptFormat, prompt_format
 from qcat.schemas.taxonomy import Taxonomy
@@ -72,10 +73,12 @@ def torch_engine(
     )
 
 
-def load_engine(settings: EngineSettings, base: LoadedModel | None = None) -> Engine:
-    """The engine `settings` describe; `base`, if given, is that base model already loaded (and modified here)."""
-    base = base if base is not None else load_configured_base(settings)
-    taxonomy = Taxonomy.from_file(settings.taxonomy) if settings.taxonomy else None
+def load_engine(settings: EngineSettings, base: LoadedModel | None = None, taxonomy: Taxonomy | None = None) -> Engine:
+    """The engine `settings` describe; `base`, if given, is that base model already loaded (and modified here);
+    `taxonomy`, if given, in place of settings.taxonomy's file."""
+    base = base if base is not None else load_configured_base(with_adapter_base(settings, settings.adapter))
+    if taxonomy is None and settings.taxonomy:
+        taxonomy = Taxonomy.from_file(settings.taxonomy)
     if settings.adapter is not None:
         manifest = load_adapter(base, settings.adapter, taxonomy)
         log.info("adapter loaded", adapter=manifest.version, base_model=base.name, labels=len(manifest.taxonomy.labels))

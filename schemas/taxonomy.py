@@ -6,7 +6,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from qcat.errors import ContractError
 
 MAX_LABELS = 512
 """Each label becomes a routing topic and a row of the classification head; beyond this it is a mistake."""
@@ -52,10 +54,17 @@ class Taxonomy(BaseModel):
     @classmethod
     def from_file(cls, path: Path) -> Taxonomy:
         """Read a taxonomy file: JSON `{"labels": [{"name", "description"}]}`, or one label name per line."""
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            return cls.model_validate_json(text, strict=False)
-        return cls.from_names([line.strip() for line in text.splitlines() if line.strip()])
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except OSError as error:
+            raise ContractError(f"cannot read the taxonomy {path}: {error.strerror or error}") from error
+        try:
+            if path.suffix == ".json":
+                return cls.model_validate_json(text, strict=False)
+            return cls.from_names([line.strip() for line in text.splitlines() if line.strip()])
+        except ValidationError as error:
+            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors()[:5])
+            raise ContractError(f"{path} is not a valid taxonomy: {problems}") from error
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -25,7 +25,9 @@ from qcat.registry import DEFAULT_TOLERANCE
 from qcat.schemas.prompt import MAX_QUESTION_TOKENS
 from qcat.settings import EngineSettings
 from qcat.training.config import TrainConfig, check_device
+from qcat.training.data import ConflictPolicy
 
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace the files of an existing --report folder.")]
 # options shared by `train` and `retrain`; every default comes from TrainConfig, LoraSpec or the registry
 EpochsOption = Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")]
 BatchSizeOption = Annotated[int, typer.Option(help="Training batch size.")]
@@ -92,6 +94,13 @@ def train(
         int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")
     ] = TrainConfig.patience,
     max_question_tokens: Annotated[int, typer.Option(help="Longer questions are truncated.")] = MAX_QUESTION_TOKENS,
+    conflicts: Annotated[
+        ConflictPolicy,
+        typer.Option(
+            help="Texts that carry different labels (in --eval too): error stops, drop removes them, majority keeps "
+            "the label most of their rows carry; dropped rows are listed in the report."
+        ),
+    ] = "error",
     seed: SeedOption = TrainConfig.seed,
     seeds: SeedsOption = 1,
     compile_layers: CompileOption = TrainConfig.compile,
@@ -137,6 +146,7 @@ def train(
         taxonomy=taxonomy,
         eval_data=eval_data,
         max_question_tokens=max_question_tokens,
+        conflicts=conflicts,
         init_adapter=init_adapter,
         lora=LoraSpec(
             rank=rank,
@@ -171,13 +181,14 @@ def evaluate(
     adapter: AdapterOption = None,
     base_model: BaseModelOption = None,
     device: DeviceOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Evaluate an adapter (or, without --adapter, the base model zero-shot) and write a report."""
     from qcat.training.run import evaluate_model
 
     settings = settings_from(EngineSettings, base_model=base_model, adapter=adapter, device=device)
     try:
-        metrics = evaluate_model(data, report, settings)
+        metrics = evaluate_model(data, report, settings, overwrite=overwrite)
     except QcatError as error:
         raise fail(error) from error
     console.print(f"report in {report}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
@@ -209,15 +220,18 @@ def baseline(
     data: Annotated[Path, typer.Argument(help="Labeled questions to evaluate on.")],
     report: Annotated[Path, typer.Option("--report", help="Directory for report.md, metrics.json and plots.")],
     base_model: BaseModelOption = None,
-    taxonomy: Annotated[Path | None, typer.Option(help="Labels (JSON or one per line).")] = None,
+    taxonomy: Annotated[
+        Path | None, typer.Option(help="Labels (JSON or one per line); default: TREC's, or else the data's own.")
+    ] = None,
     device: DeviceOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Evaluate the base model zero-shot (the instruction prompt listing the categories): the bar to beat."""
     from qcat.training.run import evaluate_model
 
+    settings = settings_from(EngineSettings, base_model=base_model, taxonomy=taxonomy, device=device)
     try:
-        settings = settings_from(EngineSettings, base_model=base_model, taxonomy=taxonomy, device=device)
-        metrics = evaluate_model(data, report, settings.model_copy(update={"adapter": None}))
+        metrics = evaluate_model(data, report, settings.model_copy(update={"adapter": None}), overwrite=overwrite)
     except QcatError as error:
         raise fail(error) from error
     console.print(f"zero-shot report in {report}: accuracy {metrics['accuracy']:.4f}")

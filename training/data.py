@@ -1,8 +1,11 @@
-"""Labeled questions for training: loading (JSONL or CSV), the data report, and a seeded stratified split.
+"""Labeled questions for training: loading (JSONL or CSV), conflicting labels, the data report, and a seeded
+stratified split.
 
 The report runs before any training: errors (unknown labels, empty texts, one text with two labels) stop the run
 with the offending rows named; warnings (duplicates, overlong texts, train/eval overlap, imbalance, labels without
-examples) are listed and training goes on.
+examples) are listed and training goes on. Texts that carry two labels stop it unless a conflict policy says what
+to do with them (`resolve_conflicts`): real data has them, and a user needs a way on that does not mean editing
+files.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from qcat.errors import DataError
 from qcat.schemas.taxonomy import Taxonomy
 
 MAX_SHOWN = 5
 IMBALANCE_RATIO = 10.0
+ConflictPolicy = Literal["error", "drop", "majority"]
+"""What to do with texts that carry different labels: stop (`error`), drop every such row (`drop`), or keep the
+rows of the label most of them carry and drop the rest (`majority`; a tie drops them all)."""
 
 
 @dataclass(frozen=True)
@@ -32,18 +39,19 @@ class Example:
 def load_examples(path: Path) -> list[Example]:
     """Read `text`,`label` rows from a .jsonl or .csv file."""
     if not path.is_file():
-        raise DataError(f"{path} does not exist.")
+        raise DataError(f"{path} does not exist.", path)
     if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel starts its CSVs with a BOM
             reader = csv.DictReader(handle)
             missing = {"text", "label"} - set(reader.fieldnames or [])
             if missing:
                 raise DataError(f"{path}: the CSV header lacks {sorted(missing)} (it needs text,label).")
-            return [_example(row, f"{path.name}:{number}") for number, row in enumerate(reader, start=2)]
+            rows = [_example(row, f"{path.name}:{number}") for number, row in enumerate(reader, start=2)]
+        return _not_empty(rows, path)
     if path.suffix not in (".jsonl", ".json"):
-        raise DataError(f"{path}: use .jsonl (one {{'text', 'label'}} object a line) or .csv with text,label.")
+        raise DataError(f"{path}: use .jsonl (one {{'text', 'label'}} object a line) or .csv with text,label.", path)
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -53,12 +61,21 @@ def load_examples(path: Path) -> list[Example]:
         if not isinstance(row, dict):
             raise DataError(f"{path.name}:{number}: expected an object with text and label.")
         examples.append(_example(row, f"{path.name}:{number}"))
+    return _not_empty(examples, path)
+
+
+def _not_empty(examples: list[Example], path: Path) -> list[Example]:
+    if not examples:
+        raise DataError(f"{path} holds no labeled rows (it needs text and label on every row).", path)
     return examples
 
 
-def write_examples(examples: Sequence[Example], path: Path) -> Path:
-    """Write `examples` as JSONL (`load_examples` reads it back): a split or merged set that later steps share."""
-    path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in examples), encoding="utf-8")
+def write_examples(examples: Sequence[Example], path: Path, *, sources: bool = False) -> Path:
+    """Write `examples` as JSONL (`load_examples` reads it back): a split or merged set that later steps share;
+    with `sources`, each row also names where it came from (file:line)."""
+    rows = ({"text": e.text, "label": e.label} | ({"source": e.source} if sources else {}) for e in examples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
 
 
@@ -114,7 +131,10 @@ def report(
         f"{_shown(sources_of[key])} ({sorted(labels)})" for key, labels in labels_of.items() if len(labels) > 1
     ]
     if conflicts:
-        result.errors.append(f"{len(conflicts)} texts carry different labels: {_shown(conflicts)}")
+        result.errors.append(
+            f"{len(conflicts)} texts carry different labels: {_shown(conflicts)}; fix the data, or pass `qcat train "
+            "--conflicts drop` (drop those rows) or `--conflicts majority` (keep each text's majority label)"
+        )
     long_rows = [e.source for e in everything if len(e.text) > max_chars]
     if long_rows:
         result.warnings.append(f"{len(long_rows)} texts are longer than {max_chars} characters: {_shown(long_rows)}")
@@ -143,16 +163,44 @@ def report(
     return result
 
 
+def resolve_conflicts(
+    train: Sequence[Example], held_out: Sequence[Example], policy: ConflictPolicy
+) -> tuple[list[Example], list[Example], list[Example]]:
+    """Apply `policy` to texts (compared `normalized`) that carry different labels across both sets: returns the
+    training rows, the held-out rows and the rows dropped. `error` drops nothing (the report then stops the run)."""
+    if policy == "error":
+        return list(train), list(held_out), []
+    labels: dict[str, Counter[str]] = defaultdict(Counter)
+    for e in [*train, *held_out]:
+        labels[normalized(e.text)][e.label] += 1
+
+    def keep(e: Example) -> bool:
+        counts = labels[normalized(e.text)]
+        if len(counts) == 1:
+            return True
+        (best, most), (_, second) = counts.most_common(2)
+        return policy == "majority" and most > second and e.label == best
+
+    dropped = [e for e in [*train, *held_out] if not keep(e)]
+    return [e for e in train if keep(e)], [e for e in held_out if keep(e)], dropped
+
+
 def stratified_split(
     examples: Sequence[Example], *, eval_fraction: float, seed: int
 ) -> tuple[list[Example], list[Example]]:
-    """A seeded split that keeps each label's share; labels with one example stay in training."""
+    """A seeded split that keeps each label's share. Texts equal once `normalized` stay on one side (a duplicate in
+    the held-out rows would measure memory, not generalisation); labels with one such text stay in training."""
     from sklearn.model_selection import train_test_split
 
-    counts = Counter(e.label for e in examples)
-    singletons = [e for e in examples if counts[e.label] < 2]
-    rest = [e for e in examples if counts[e.label] >= 2]
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for e in examples:
+        groups[normalized(e.text)].append(e)
+    keys = list(groups)
+    label_of = {key: Counter(e.label for e in groups[key]).most_common(1)[0][0] for key in keys}
+    counts = Counter(label_of.values())
+    singletons = [key for key in keys if counts[label_of[key]] < 2]
+    rest = [key for key in keys if counts[label_of[key]] >= 2]
     train, held_out = train_test_split(
-        rest, test_size=eval_fraction, random_state=seed, stratify=[e.label for e in rest]
+        rest, test_size=eval_fraction, random_state=seed, stratify=[label_of[key] for key in rest]
     )
-    return [*train, *singletons], list(held_out)
+    return [e for key in [*train, *singletons] for e in groups[key]], [e for key in held_out for e in groups[key]]

@@ -99,10 +99,48 @@ def write_report(
         writer = csv.writer(handle)
         writer.writerow(["text", "gold", "predicted", "confidence"])
         writer.writerows([s.text, s.gold, s.predicted, f"{s.confidence:.4f}"] for s in wrong)
-    _plot_confusion(np.array(metrics["confusion_matrix"]), labels, directory / "confusion_matrix.png")
+    matrix = np.array(metrics["confusion_matrix"])
+    confusions = top_confusions(matrix, labels)
+    _plot_confusion(matrix, labels, directory / "confusion_matrix.png")
+    _plot_top_confusions(confusions, directory / "top_confusions.png")
     _plot_calibration(scored, directory / "calibration.png")
-    (directory / "report.md").write_text(_markdown(metrics, wrong, title), encoding="utf-8")
+    (directory / "report.md").write_text(_markdown(metrics, wrong, confusions, title), encoding="utf-8")
     return metrics
+
+
+TOP_CONFUSIONS = 20
+
+
+def top_confusions(matrix: np.ndarray, labels: list[str], k: int = TOP_CONFUSIONS) -> list[tuple[str, str, int, float]]:
+    """The `k` most frequent mistakes as (gold, predicted, count, share of gold's examples): with 77 labels the
+    matrix is too large to read, and these are what a reviewer acts on."""
+    support = matrix.sum(axis=1)
+    cells = [
+        (int(matrix[g, p]), g, p) for g in range(len(labels)) for p in range(len(labels)) if g != p and matrix[g, p]
+    ]
+    cells.sort(key=lambda cell: (-cell[0], labels[cell[1]], labels[cell[2]]))
+    return [(labels[g], labels[p], count, count / max(int(support[g]), 1)) for count, g, p in cells[:k]]
+
+
+def _plot_top_confusions(confusions: list[tuple[str, str, int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, max(2.0, 0.32 * len(confusions) + 1)))
+    names = [f"{gold} -> {predicted}" for gold, predicted, _, _ in confusions][::-1]
+    counts = [count for _, _, count, _ in confusions][::-1]
+    axes.barh(range(len(counts)), counts, color="tab:red")
+    axes.set_yticks(range(len(counts)), names, fontsize=8)
+    for y, (count, share) in enumerate(zip(counts, [share for *_, share in confusions][::-1], strict=True)):
+        axes.text(count, y, f" {count} ({share:.0%} of gold)", va="center", fontsize=7)
+    axes.set_xlabel("questions")
+    axes.set_title(f"most frequent confusions (gold -> predicted), top {len(confusions)}")
+    axes.margins(x=0.25)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def _plot_confusion(matrix: np.ndarray, labels: list[str], path: Path) -> None:
@@ -163,7 +201,9 @@ def _plot_calibration(scored: Sequence[Scored], path: Path) -> None:
     plt.close(figure)
 
 
-def _markdown(metrics: dict[str, Any], wrong: Sequence[Scored], title: str) -> str:
+def _markdown(
+    metrics: dict[str, Any], wrong: Sequence[Scored], confusions: list[tuple[str, str, int, float]], title: str
+) -> str:
     threshold = metrics["review_threshold"]
     review = (
         f"confidence >= {threshold['threshold']:.3f} routes {threshold['coverage']:.1%} of questions at "
@@ -181,6 +221,14 @@ def _markdown(metrics: dict[str, Any], wrong: Sequence[Scored], title: str) -> s
         f"- review threshold for {metrics['target_precision']:.0%} precision: {review}",
         "",
         "![confusion matrix](confusion_matrix.png) ![calibration](calibration.png)",
+        "",
+        "## Most frequent confusions",
+        "",
+        "![most frequent confusions](top_confusions.png)",
+        "",
+        "| gold | predicted | questions | share of gold |",
+        "|---|---|---:|---:|",
+        *(f"| {gold} | {predicted} | {count} | {share:.1%} |" for gold, predicted, count, share in confusions),
         "",
         "| label | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|",

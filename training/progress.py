@@ -1,12 +1,27 @@
-"""Rich progress bars for training: steps, epoch, and the last loss and eval accuracy, instead of tqdm's lines."""
+"""Rich progress bars on stderr (stdout stays machine-readable): training's steps, epoch, last loss and eval accuracy
+instead of tqdm's lines, and a plain bar for scoring a data set."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
+
+
+def _columns() -> tuple[Any, ...]:
+    return (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+@contextmanager
+def counting(description: str, total: int) -> Iterator[Any]:
+    """A bar for `total` items; call the yielded function with how many more are done."""
+    with Progress(*_columns(), TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.advance(task, done)
 
 
 class RichProgress(TrainerCallback):

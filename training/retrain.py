@@ -19,7 +19,7 @@ import structlog
 
 from qcat.corrections import CorrectionStore
 from qcat.errors import DataError
-from qcat.manifest import read_manifest
+from qcat.manifest import read_manifest, with_adapter_base
 from qcat.model import LoadedModel, load_configured_base, private_copy
 from qcat.registry import DEFAULT_TOLERANCE, Registry
 from qcat.schemas.events import CorrectionEvent
@@ -107,6 +107,7 @@ def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]
         unknown = {c.label for c in corrections} - set(Taxonomy.from_file(taxonomy).names)
         if unknown:
             raise DataError(f"corrections use labels outside the taxonomy: {sorted(unknown)}")
+    settings = with_adapter_base(settings, current)  # no base model asked for: the current adapter's
     base = load_configured_base(settings)  # once: training and both scorings work on private copies
     candidate = TrainRequest(
         data=write_examples(merged.train, request.work / "train.jsonl"),

@@ -147,8 +147,10 @@ def train_soup(
         raise AdapterError("a soup needs at least two seeds")
     out = ensure_new(request.out)
     folder = ensure_new(out.with_name(f"{out.name}.seeds"))
-    taxonomy, train_rows, held_out = prepare_data(request)  # bad data stops before any model loads
+    taxonomy, train_rows, held_out, dropped = prepare_data(request)  # bad data stops before any model loads
     folder.mkdir(parents=True)
+    if dropped:
+        write_examples(dropped, folder / "dropped-rows.jsonl", sources=True)
     try:
         held_out_file, labels = folder / "held-out.jsonl", folder / "taxonomy.json"
         labels.write_text(taxonomy.model_dump_json(), encoding="utf-8")

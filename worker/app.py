@@ -250,11 +250,10 @@ def _observe(result: BatchResult, *, metrics: WorkerMetrics, log_text: bool) -> 
         metrics.end_to_end_seconds.observe(event.latency_ms / 1000)
     if result.categorized:
         metrics.inference_seconds.observe(result.inference_seconds)
-        fields: dict[str, Any] = {
-            "n": len(result.categorized),
-            "inference_ms": round(1000 * result.inference_seconds, 1),
-            "event_ids": [e.event_id for e in result.categorized[:20]],
-        }
+        # counts and timings at INFO; ids (and, with QCAT_LOG_TEXT, texts) only at DEBUG: at GPU rates they would be
+        # megabytes of log a second
+        log.info("batch categorized", n=len(result.categorized), inference_ms=round(1000 * result.inference_seconds, 1))
+        fields: dict[str, Any] = {"event_ids": [e.event_id for e in result.categorized[:20]]}
         if log_text:
             fields["texts"] = [e.text for e in result.categorized[:20]]
-        log.info("batch categorized", **fields)
+        log.debug("batch events", **fields)

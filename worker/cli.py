@@ -15,6 +15,7 @@ from qcat.errors import QcatError
 from qcat.settings import EngineSettings
 
 commands = typer.Typer()
+BrokersOption = Annotated[str | None, typer.Option(help="Kafka bootstrap servers. \\[env: QCAT_BROKERS]")]
 
 
 @commands.command()
@@ -61,19 +62,41 @@ def classify(
     Console().print(table)
 
 
+def print_settings(show: bool) -> None:
+    """Every QCAT_* variable the worker reads, with its default and meaning, from the settings model itself."""
+    if not show:
+        return
+    from qcat.worker.settings import WorkerSettings
+
+    table = Table(box=None, show_header=True)
+    for column in ("setting", "default", "meaning"):
+        table.add_column(column)
+    for name, field in sorted(WorkerSettings.model_fields.items()):
+        default = "" if field.default is None or field.is_required() else str(field.default)
+        table.add_row(f"QCAT_{name.upper()}", default, field.description or "")
+    Console().print(table)
+    raise typer.Exit
+
+
 @commands.command()
 def worker(
-    brokers: Annotated[str | None, typer.Option(help="Kafka bootstrap servers. [env: QCAT_BROKERS]")] = None,
+    brokers: BrokersOption = None,
     base_model: BaseModelOption = None,
     adapter: AdapterOption = None,
-    topic_prefix: Annotated[str | None, typer.Option(help="Topic name prefix. [env: QCAT_TOPIC_PREFIX]")] = None,
-    max_batch: Annotated[int | None, typer.Option(help="Most events per micro-batch. [env: QCAT_MAX_BATCH]")] = None,
-    max_wait: Annotated[float | None, typer.Option(help="Seconds to fill a batch. [env: QCAT_MAX_WAIT]")] = None,
+    topic_prefix: Annotated[str | None, typer.Option(help="Topic name prefix. \\[env: QCAT_TOPIC_PREFIX]")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="Most events per micro-batch. \\[env: QCAT_MAX_BATCH]")] = None,
+    max_wait: Annotated[float | None, typer.Option(help="Seconds to fill a batch. \\[env: QCAT_MAX_WAIT]")] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Below: review topic. [env: QCAT_CONFIDENCE_THRESHOLD]")
+        float | None, typer.Option(help="Below: review topic. \\[env: QCAT_CONFIDENCE_THRESHOLD]")
     ] = None,
+    list_settings: Annotated[
+        bool,
+        typer.Option(
+            "--settings", callback=print_settings, is_eager=True, help="List every QCAT_* setting, then exit."
+        ),
+    ] = False,
 ) -> None:
-    """Run the streaming worker (all settings: QCAT_* environment variables, see docs/worker.md)."""
+    """Run the streaming worker (all settings: QCAT_* environment variables, `--settings` lists them)."""
     from qcat.worker.main import run_worker
     from qcat.worker.settings import WorkerSettings
 
@@ -144,15 +167,16 @@ def send(
     questions: Annotated[Path, typer.Argument(help="Questions: .jsonl with a text field, or one per line.")],
     count: Annotated[int, typer.Option(help="How many events (the file is cycled).")] = 100,
     rate: Annotated[float, typer.Option(help="Events per second.")] = 10.0,
+    brokers: BrokersOption = None,
 ) -> None:
-    """Produce sample QuestionEvents to <prefix>.incoming (connection from QCAT_BROKERS and friends)."""
+    """Produce sample QuestionEvents to <prefix>.incoming (security from QCAT_SECURITY_PROTOCOL and friends)."""
     import asyncio
 
+    from qcat.kafka import KafkaSettings
     from qcat.worker.send import read_questions
     from qcat.worker.send import send as produce
-    from qcat.worker.settings import WorkerSettings
 
-    settings = WorkerSettings()
+    settings = settings_from(KafkaSettings, brokers=brokers)
     try:
         sent = asyncio.run(produce(settings, read_questions(questions), rate=rate, count=count))
     except QcatError as error:

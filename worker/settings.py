@@ -73,6 +73,6 @@ class WorkerSettings(EngineSettings, KafkaSettings):
         "so that probes and Prometheus reach them.",
     )
     session_timeout: float = Field(default=30.0, gt=0, description="Kafka consumer session timeout, seconds.")
-    log_json: bool = True
+    log_json: bool = Field(default=True, description="JSON log lines (false: lines for people).")
     log_text: bool = Field(default=False, description="Include question text in logs (off: privacy).")
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="DEBUG adds each batch's event ids.")

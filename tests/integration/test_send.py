@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from qcat.schemas.events import QuestionEvent
+from qcat.worker.broker import free_port
 from tests.integration.kafka import consume, run_qcat, unique
 
 
@@ -23,3 +24,18 @@ def test_send_produces_question_events(broker: str, tmp_path: Path) -> None:
     assert len(events) == 25
     assert len({e.event_id for e in events}) == 25
     assert {e.text for e in events} == {f"What is thing {i} ?" for i in range(10)}
+
+
+def test_send_with_no_broker_is_one_error_line(broker: str, tmp_path: Path) -> None:
+    """`--brokers` picks the broker; with none listening there, `qcat send` exits 5 with one line naming it, no
+    traceback and no warning about an unclosed producer. The running broker proves the flag is used: the env
+    points at it, and the flag wins."""
+    questions = tmp_path / "q.txt"
+    questions.write_text("What is it ?\n")
+    nowhere = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "QCAT_BROKERS": broker, "PYTHONWARNINGS": "default"}
+    result = run_qcat(env, "send", questions, "--count", "1", "--brokers", nowhere, timeout=120)
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert f"cannot connect to Kafka at {nowhere}" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+    assert "Unclosed" not in result.stderr

@@ -70,6 +70,9 @@ def test_events_are_routed_reviewed_or_dead_lettered(broker: str, tmp_path: Path
         assert 'qcat_dead_letters_total{reason="invalid_json"} 1.0' in metrics
         assert "qcat_model_info" in metrics
         assert "Who was person" not in worker.log(), "question text leaked into the logs"
+        lines = [line for line in worker.log_path.read_text().splitlines() if line.strip()]
+        not_json = [line for line in lines if not line.startswith("{") or not json.loads(line)]
+        assert not not_json, f"the worker's log must be JSON lines only (no spinner, no raw library lines): {not_json}"
     finally:
         worker.stop()
 

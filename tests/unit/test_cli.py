@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 
+import pytest
+import torch
+from click.testing import Result
 from typer.testing import CliRunner
 
+from qcat import __version__
 from qcat.cli import app
+from qcat.model import LoadedModel
+from qcat.schemas.taxonomy import Taxonomy
+from tests.helpers.adapters import untrained_adapter
 
 runner = CliRunner()
 
@@ -27,3 +36,95 @@ def test_classify_bad_adapter_is_a_clear_error(tmp_path: object) -> None:
     assert result.exit_code == 4
     assert "does not exist" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_adapter_brings_its_own_base_model(
+    fresh_tiny: Callable[[], LoadedModel], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no --base-model and no QCAT_BASE_MODEL, `--adapter` loads on the base model its manifest names (here the
+    built-in one) instead of the default hub model, which cannot be downloaded here."""
+    monkeypatch.delenv("QCAT_BASE_MODEL", raising=False)
+    adapter = untrained_adapter(fresh_tiny(), Taxonomy.from_names(["HUM", "LOC"]), "v-own-base", tmp_path / "a")
+    result = runner.invoke(app, ["classify", "--adapter", str(adapter), "--json", "Where is Paris ?"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.splitlines()[-1])["label"] in {"HUM", "LOC"}
+
+
+def one_error(result: Result, code: int, *needles: str) -> None:
+    """The command failed with `code` and one `error:` line holding `needles`, and no traceback."""
+    assert result.exit_code == code, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    flat = " ".join(result.output.split())  # rich wraps long lines
+    assert all(needle in flat for needle in needles), result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_input_files_are_one_error_line_with_the_input_code(tmp_path: Path) -> None:
+    """An empty data file (train and eval), a label file with a duplicate, and a --report folder that already holds
+    files each end with exit 4 and one line saying what to do."""
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "labels.txt").write_text("HUM\nLOC\nHUM\n")
+    (tmp_path / "learn.jsonl").write_text('{"text": "Who ?", "label": "HUM"}\n{"text": "Where ?", "label": "LOC"}\n')
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "report.md").write_text("an earlier report")
+    tiny = ["--base-model", "tiny-qwen3"]
+    one_error(
+        runner.invoke(app, ["train", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "a"), *tiny]),
+        4,
+        "no labeled rows",
+    )
+    one_error(
+        runner.invoke(app, ["eval", str(tmp_path / "empty.jsonl"), "--report", str(tmp_path / "r"), *tiny]),
+        4,
+        "no labeled rows",
+    )
+    one_error(
+        runner.invoke(
+            app,
+            [
+                "train",
+                str(tmp_path / "learn.jsonl"),
+                "--out",
+                str(tmp_path / "b"),
+                "--taxonomy",
+                str(tmp_path / "labels.txt"),
+                *tiny,
+            ],
+        ),
+        4,
+        "duplicate label names",
+    )
+    one_error(
+        runner.invoke(app, ["baseline", str(tmp_path / "learn.jsonl"), "--report", str(tmp_path / "taken"), *tiny]),
+        4,
+        "--overwrite",
+    )
+    assert (tmp_path / "taken" / "report.md").read_text() == "an earlier report"
+
+
+def test_bad_settings_are_one_usage_error_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setting that does not validate, an unknown dtype, and a CUDA device on a machine without one end with exit 2
+    and a line naming the setting, before any model loads."""
+    monkeypatch.setenv("QCAT_MAX_BATCH", "abc")
+    one_error(runner.invoke(app, ["worker"]), 2, "QCAT_MAX_BATCH", "'abc'")
+    monkeypatch.delenv("QCAT_MAX_BATCH")
+    tiny = ["classify", "--base-model", "tiny-qwen3"]
+    one_error(runner.invoke(app, [*tiny, "--dtype", "float64", "Why ?"]), 2, "QCAT_DTYPE")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("QCAT_DEVICE", "cuda")
+        one_error(runner.invoke(app, [*tiny, "Why ?"]), 2, "no usable CUDA device")
+
+
+def test_the_command_line_says_what_it_is_and_what_it_reads(tmp_path: Path) -> None:
+    """--version prints the version; --help keeps the [env: QCAT_...] hints; `worker --settings` lists every
+    setting (the password's name, never a value); `adapters add` prints the new version on stdout for scripts."""
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0
+    assert version.stdout.strip() == f"qcat {__version__}"
+    assert "[env: QCAT_BROKERS]" in runner.invoke(app, ["worker", "--help"], terminal_width=200).output
+    listed = runner.invoke(app, ["worker", "--settings"], terminal_width=200, env={"QCAT_SASL_PASSWORD": "hunter2"})
+    assert listed.exit_code == 0
+    assert "QCAT_SASL_PASSWORD" in listed.output
+    assert "QCAT_PUBLISH_STALL_TIMEOUT" in listed.output
+    assert "hunter2" not in listed.output

@@ -136,7 +136,10 @@ def check_manifests(docs: list[dict[str, Any]]) -> None:
     service = by_kind["Service"]
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["endpoints"][0]["port"] in {port["name"] for port in service["spec"]["ports"]}
-    job = by_kind["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    job_spec = by_kind["CronJob"]["spec"]["jobTemplate"]["spec"]
+    (rule,) = job_spec["podFailurePolicy"]["rules"]  # exit 3, "not better", ends the Job: no retraining loop
+    assert (rule["action"], rule["onExitCodes"]["values"], job_spec["backoffLimit"]) == ("FailJob", [3], 0)
+    job = job_spec["template"]["spec"]["containers"][0]
     assert job["args"][0] == "retrain"
     assert {arg.split("=")[0] for arg in job["args"][1:]} <= flags("retrain")
 

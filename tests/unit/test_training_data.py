@@ -10,7 +10,7 @@ import pytest
 
 from qcat.errors import DataError
 from qcat.schemas.taxonomy import Taxonomy
-from qcat.training.data import Example, load_examples, report, stratified_split
+from qcat.training.data import Example, load_examples, normalized, report, resolve_conflicts, stratified_split
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +93,45 @@ def test_stratified_split_is_seeded_and_keeps_shares() -> None:
     whole, part = Counter(r["label"] for r in rows), Counter(e.label for e in held)
     for label, count in whole.items():
         assert abs(part[label] / 200 - count / 1000) < 0.02, label
+
+
+def test_an_excel_csv_with_a_bom_and_an_empty_file_are_handled(tmp_path: Path) -> None:
+    """A CSV that starts with a UTF-8 BOM (as Excel saves it) loads; an empty file is one clear error."""
+    (tmp_path / "excel.csv").write_bytes("\ufefftext,label\nWho ?,HUM\n".encode())
+    assert [(e.text, e.label) for e in load_examples(tmp_path / "excel.csv")] == [("Who ?", "HUM")]
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="holds no labeled rows"):
+        load_examples(tmp_path / "empty.jsonl")
+
+
+def test_the_split_keeps_equal_texts_on_one_side() -> None:
+    """Texts equal once normalized (case, spacing, punctuation) never straddle training and held-out rows."""
+    examples = [Example(f"Question {i % 60} ?", "AB"[i % 2], f"f:{i}") for i in range(240)]
+    examples += [Example(f"question   {i % 60}?", "AB"[i % 2], f"g:{i}") for i in range(240)]
+    train, held_out = stratified_split(examples, eval_fraction=0.2, seed=1)
+    assert {normalized(e.text) for e in train}.isdisjoint({normalized(e.text) for e in held_out})
+    assert len(train) + len(held_out) == len(examples)
+    assert 0.1 < len(held_out) / len(examples) < 0.3
+
+
+def test_conflicting_labels_stop_training_unless_a_policy_resolves_them() -> None:
+    """By default a text with two labels is an error naming --conflicts; `drop` removes every such row (held-out
+    rows included), `majority` keeps the label most rows carry and drops a tie."""
+    train = [
+        Example("Who is it ?", "HUM", "t:1"),
+        Example("who is it?", "HUM", "t:2"),
+        Example("Where ?", "LOC", "t:3"),
+    ]
+    held = [Example("Who is it ?", "ENTY", "e:1"), Example("Why ?", "DESC", "e:2"), Example("Where ?", "NUM", "e:3")]
+    taxonomy = Taxonomy.from_names(["DESC", "ENTY", "HUM", "LOC", "NUM"])
+    assert any("--conflicts drop" in error for error in report(train, taxonomy, eval_examples=held).errors)
+    kept_train, kept_held, dropped = resolve_conflicts(train, held, "drop")
+    assert [e.source for e in kept_train] == []
+    assert [e.source for e in kept_held] == ["e:2"]
+    assert sorted(e.source for e in dropped) == ["e:1", "e:3", "t:1", "t:2", "t:3"]
+    kept_train, kept_held, dropped = resolve_conflicts(train, held, "majority")
+    assert [e.source for e in kept_train] == ["t:1", "t:2"]
+    assert [e.source for e in kept_held] == ["e:2"]
+    assert sorted(e.source for e in dropped) == ["e:1", "e:3", "t:3"]
+    assert not report(kept_train, taxonomy, eval_examples=kept_held).errors
+    assert resolve_conflicts(train, held, "error") == (train, held, [])
