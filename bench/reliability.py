@@ -108,7 +108,7 @@ def crashes(tmp: Path, *, kills: int, events: int, seed: int = 0) -> dict[str, A
     return result
 
 
-def rebalances(tmp: Path, *, events: int) -> dict[str, Any]:
+def rebalances(tmp: Path, *, events: int, seconds: float = 45) -> dict[str, Any]:
     """A consumer group under load: members join, one leaves (SIGTERM), one is killed and replaced.
 
     Tansu does not evict a member whose session times out, so a killed member's partitions move at the next
@@ -118,7 +118,7 @@ def rebalances(tmp: Path, *, events: int) -> dict[str, Any]:
     ids = [f"g{i}" for i in range(events)]
     with EmbeddedBroker() as broker:
         group = [worker(broker.address, prefix, tmp, partitions=6).start() for _ in range(2)]
-        feeder = stream(broker.address, f"{prefix}.incoming", ids, rate=events / 45)
+        feeder = stream(broker.address, f"{prefix}.incoming", ids, rate=events / seconds)
 
         def join() -> None:
             group.append(worker(broker.address, prefix, tmp, partitions=6).start())

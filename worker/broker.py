@@ -79,6 +79,14 @@ class EmbeddedBroker:
             cwd = self.schemas.resolve().parent
             command += ["--schema-registry", f"file://./{self.schemas.name}"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
+        try:
+            self._wait_listening(timeout)
+        except BaseException:  # Ctrl-C or SIGTERM while it starts: `with` would not stop what it never entered
+            self.stop()
+            raise
+
+    def _wait_listening(self, timeout: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -91,7 +99,6 @@ class EmbeddedBroker:
                     return
             except OSError:
                 time.sleep(0.1)
-        self.stop()
         raise KafkaError(
             f"the embedded broker did not accept connections on {self.address} within {timeout:.0f}s",
             brokers=self.address,

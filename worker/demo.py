@@ -39,6 +39,8 @@ class Choice:
     base_model: str
     adapter: Path | None
     why: str
+    fallback: bool = False
+    """Nothing better was given or found: the built-in model, which the demo fits first."""
 
 
 def choose_model(adapter: Path | None, base_model: str | None, registry: str | None = None) -> Choice:
@@ -70,13 +72,14 @@ def choose_model(adapter: Path | None, base_model: str | None, registry: str | N
         None,
         f"no adapter given or promoted and {DEFAULT_BASE_MODEL} is not cached: using the built-in random-weight "
         "model; the plumbing (batching, routing, dead letters) is real",
+        fallback=True,
     )
 
 
 def fit_small_adapter(choice: Choice, tmp: Path, console: Console) -> Choice:
     """Offline, the built-in model's labels are noise: fit an adapter on TREC's training questions first (through
     `qcat train`, as a user would), so that the routed labels mean something, and say so."""
-    if choice.base_model != TINY_NAME or choice.adapter is not None or not TRAINING.is_file():
+    if not choice.fallback or not TRAINING.is_file():  # asked for the built-in model as it is: served as it is
         return choice
     out = tmp / "demo-adapter"
     command = [sys.executable, "-m", "qcat", "train", str(TRAINING), "--out", str(out), "--base-model", TINY_NAME, *FIT]

@@ -69,7 +69,8 @@ def test_sigterm_to_qcat_broker_stops_the_broker_too() -> None:
         assert children
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
-        assert wait_for(lambda: not alive(children), 10), f"left running: {alive(children)}"
+        left = lambda: {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in alive(children)}  # noqa: E731
+        assert wait_for(lambda: not alive(children), 10), f"left running: {left()}"
         assert not listening(port)
     finally:
         process.kill()
@@ -78,7 +79,7 @@ def test_sigterm_to_qcat_broker_stops_the_broker_too() -> None:
 def test_sigterm_to_qcat_demo_stops_its_worker_and_broker(tmp_path: Path) -> None:
     """SIGTERM in the middle of `qcat demo` stops the worker and broker it started, and exits 130."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "qcat", "demo", "--count", "500", "--rate", "5"]
+    command = [sys.executable, "-m", "qcat", "demo", "--count", "500", "--rate", "5", "--base-model", "tiny-qwen3"]
     log = tmp_path / "demo.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -88,7 +89,8 @@ def test_sigterm_to_qcat_demo_stops_its_worker_and_broker(tmp_path: Path) -> Non
         assert len(children) >= 2, "a broker and a worker"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=40) == 130
-        assert wait_for(lambda: not alive(children), 10), f"left running: {alive(children)}"
+        left = lambda: {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in alive(children)}  # noqa: E731
+        assert wait_for(lambda: not alive(children), 10), f"left running: {left()}"
     finally:
         process.kill()
 

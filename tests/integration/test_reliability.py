@@ -19,7 +19,7 @@ def test_repeated_sigkill_loses_nothing_and_leaks_nothing(tmp_path: Path) -> Non
 
 
 def test_members_joining_and_leaving_lose_nothing(tmp_path: Path) -> None:
-    result = rebalances(tmp_path, events=3000)
+    result = rebalances(tmp_path, events=2000, seconds=25)
     assert result["lost"] == 0, result
 
 

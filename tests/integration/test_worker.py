@@ -80,7 +80,7 @@ def test_events_are_routed_reviewed_or_dead_lettered(broker: str, tmp_path: Path
 def test_sigkill_mid_stream_loses_nothing(broker: str, tmp_path: Path) -> None:
     """A worker killed with SIGKILL mid-stream and restarted leaves every input event_id in the outputs."""
     prefix = unique("t-kill")
-    total = 10_000
+    total = 5_000
     first = WorkerProcess(broker, prefix, tmp_path, max_batch=32).start()
     produce(
         broker,

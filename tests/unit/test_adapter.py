@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 
 from qcat.adapter import load_adapter, new_lora, save_adapter
-from qcat.errors import AdapterError
+from qcat.errors import AdapterError, OutputExistsError
 from qcat.lora import LoraSpec
 from qcat.manifest import MANIFEST, WEIGHTS, AdapterManifest
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_base_model
@@ -121,7 +121,7 @@ def test_adapters_are_immutable(tiny: LoadedModel, tmp_path: Path) -> None:
     """Saving over an existing adapter directory is refused."""
     model, directory = make_adapter(tiny, tmp_path / "v1")
     manifest = AdapterManifest.model_validate_json((directory / MANIFEST).read_text())
-    with pytest.raises(AdapterError, match="already exists"):
+    with pytest.raises(OutputExistsError, match="already exists"):
         save_adapter(model, manifest, directory)
 
 

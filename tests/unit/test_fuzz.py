@@ -28,7 +28,7 @@ from qcat.torch_engine import torch_engine
 from qcat.worker.decode import MAX_DEAD_LETTER_BYTES
 from qcat.worker.process import Record, process_batch
 
-EXAMPLES = int(os.environ.get("QCAT_FUZZ_EXAMPLES", "10000"))
+EXAMPLES = int(os.environ.get("QCAT_FUZZ_EXAMPLES", "2000"))  # the soak, bench/reliability.py, runs 10,000
 TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
 TOPICS = Topics.build("fuzz", TAXONOMY)
 MAX_TEXT = 2000
