@@ -8,6 +8,7 @@ records all three and `load_adapter` refuses any mismatch with a message that sa
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,9 +115,19 @@ def staged_adapter(directory: Path) -> Iterator[Path]:
         staged.rename(directory)
 
 
+@contextmanager
+def peft_saving_quietly() -> Iterator[None]:
+    """peft warns at every save that a base model loaded from a GGUF file has no config.json ("Could not find a config
+    file ... will assume that the vocabulary was not modified"): qcat never resizes the vocabulary, so the warning
+    says nothing, six times a run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
+        yield
+
+
 def save_adapter(model: PeftModel, manifest: AdapterManifest, directory: Path) -> Path:
     """Write weights (safetensors) and manifest through `staged_adapter`."""
-    with staged_adapter(directory) as staged:
+    with staged_adapter(directory) as staged, peft_saving_quietly():
         model.save_pretrained(str(staged), safe_serialization=True)
         manifest.write(staged)
     return directory.resolve()

@@ -42,26 +42,27 @@ SeedsOption = Annotated[
     ),
 ]
 CompileOption = Annotated[
-    bool,
+    bool | None,
     typer.Option(
         "--compile/--no-compile",
-        help="torch.compile the decoder layers: faster epochs after a one-off compile, so it pays off on long runs.",
+        help="torch.compile the decoder layers: faster epochs after a one-off compile, so it pays off on long runs. "
+        "Default: the device's (docs/training.md).",
     ),
 ]
 CudaGraphsOption = Annotated[
-    bool,
+    bool | None,
     typer.Option(
         "--cuda-graphs/--no-cuda-graphs",
         help="Replay each full batch's decoder as CUDA graphs (CUDA only): removes the host's per-step overhead, "
-        "which bounds small batches; one capture, and its GPU memory, per batch width.",
+        "which bounds small batches; one capture, and its GPU memory, per batch width. Default: on with CUDA.",
     ),
 ]
 AutocastOption = Annotated[
-    bool,
+    bool | None,
     typer.Option(
         "--autocast/--no-autocast",
         help="bf16 autocast for the decoder and LoRA matmuls (CUDA only; LoRA's weights and the head stay float32). "
-        "Speed and accuracy of each combination: docs/training.md.",
+        "Default: on with CUDA. Speed and accuracy of each combination: docs/training.md.",
     ),
 ]
 LabelSmoothingOption = Annotated[

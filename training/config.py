@@ -3,7 +3,7 @@ Torch-free, so the training CLI shows these defaults without loading torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from qcat.errors import UsageError
@@ -28,18 +28,33 @@ class TrainConfig:
     batching: Batching = "length"
     label_smoothing: float = 0.1
     """Spread this much of each training target over the other labels: a regulariser (docs/training.md)."""
-    compile: bool = False
-    """Compile the decoder layers (torch.compile): faster steps after a one-off compile."""
-    cuda_graphs: bool = False
+    compile: bool | None = None
+    """Compile the decoder layers (torch.compile): faster steps after a one-off compile. None: the device's default."""
+    cuda_graphs: bool | None = None
     """Replay full training batches' decoder as CUDA graphs (`graphed_decoder`): the host stops bounding a step."""
-    autocast: bool = False
+    autocast: bool | None = None
     """Run the decoder's and LoRA's matmuls in bf16 under torch.autocast (CUDA); LoRA's weights stay float32."""
     report_to: tuple[str, ...] = ()
+
+    def on(self, device: torch.device) -> TrainConfig:
+        """The switches left at None set for `device`: the fast path on CUDA (`CUDA_SPEED`), plain elsewhere."""
+        fast = device.type == "cuda"
+        return replace(
+            self,
+            compile=self.compile if self.compile is not None else fast and CUDA_SPEED["compile"],
+            cuda_graphs=self.cuda_graphs if self.cuda_graphs is not None else fast and CUDA_SPEED["cuda_graphs"],
+            autocast=self.autocast if self.autocast is not None else fast and CUDA_SPEED["autocast"],
+        )
+
+
+CUDA_SPEED = {"compile": False, "cuda_graphs": True, "autocast": True}
+"""What `qcat train` uses on a GPU unless told otherwise: CUDA graphs and bf16 autocast. Compiling is left off: its
+one-off cost is larger than what it saves on a data set of ordinary size (docs/training.md)."""
 
 
 def check_device(config: TrainConfig, device: torch.device) -> None:
     """Fail before any model loads when a CUDA-only option meets another device."""
-    if (config.cuda_graphs or config.autocast) and device.type != "cuda":
+    if (config.cuda_graphs or config.autocast) and device.type != "cuda":  # only an explicit True, not None
         raise UsageError(
             f"--cuda-graphs and --autocast need a CUDA device, and training would run on {device}: "
             "pass --device cuda on a machine with a GPU, or leave these options off"

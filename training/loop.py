@@ -28,6 +28,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from qcat.adapter import peft_saving_quietly
 from qcat.engine import Engine
 from qcat.errors import TrainingError, UsageError
 from qcat.model import label_logits
@@ -214,6 +215,7 @@ def fit(
     """
     device = next(model.parameters()).device
     check_device(config, device)
+    config = config.on(device)
     cuda = device.type == "cuda"
     args = TrainingArguments(
         output_dir=str(work),
@@ -264,13 +266,14 @@ def fit(
             RichProgress(),
         ],
         guard=guard,
-        autocast=config.autocast,
+        autocast=bool(config.autocast),
     )
     trainer.remove_callback(ProgressCallback)
     lm: PreTrainedModel = model.get_base_model()  # type: ignore[assignment]  # peft types it as Module
     with (
+        peft_saving_quietly(),  # checkpoints are saved through peft
         compiled_layers(lm) if config.compile else nullcontext(),
-        graphed_decoder(lm, config.batch_size, compiled=config.compile) if config.cuda_graphs else nullcontext(),
+        graphed_decoder(lm, config.batch_size, compiled=bool(config.compile)) if config.cuda_graphs else nullcontext(),
     ):
         trainer.train()
     result: dict[str, float] = trainer.evaluate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,20 @@ def test_unreachable_model_says_what_to_do(tmp_path: Path) -> None:
         load_base_model(str(tmp_path / "empty"), device=CPU, dtype=torch.float32)
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_base_model(str(tmp_path / "missing.gguf"), device=CPU, dtype=torch.float32)
+
+
+def test_training_on_a_gguf_base_prints_no_library_warnings(tiny: LoadedModel, tmp_path: Path) -> None:
+    """peft's "Could not find a config file" (a GGUF base has no config.json) is not shown at each save: with
+    pytest turning warnings into errors, one escaping would fail this run."""
+    from typer.testing import CliRunner
+
+    from qcat.cli import app
+
+    export_gguf(tiny.lm, tiny.tokenizer, tmp_path / "tiny.gguf")
+    rows = [{"text": f"Who made thing {i}?", "label": "HUM"} for i in range(20)]
+    rows += [{"text": f"Where is place {i}?", "label": "LOC"} for i in range(20)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    options = ["--base-model", str(tmp_path / "tiny.gguf"), "--epochs", "2", "--dtype", "float32"]
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "a"), *options])
+    assert result.exit_code == 0, result.output
+    assert "Could not find a config file" not in result.output

@@ -331,3 +331,16 @@ def test_cuda_graphs_and_autocast_refuse_a_cpu(tiny: LoadedModel, tmp_path: Path
         with pytest.raises(UsageError, match="need a CUDA device"):
             fit(model, engine, train, held_out, tmp_path, config)
     assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_speed_switches_left_unset_take_the_device_s_defaults() -> None:
+    """Unset, the speed switches are off on a CPU and on with CUDA (graphs and autocast; compiling stays off);
+    whatever the user sets wins either way."""
+    unset = TrainConfig()
+    assert (unset.compile, unset.cuda_graphs, unset.autocast) == (None, None, None)
+    cpu = unset.on(torch.device("cpu"))
+    assert (cpu.compile, cpu.cuda_graphs, cpu.autocast) == (False, False, False)
+    cuda = unset.on(torch.device("cuda"))
+    assert (cuda.compile, cuda.cuda_graphs, cuda.autocast) == (False, True, True)
+    forced = TrainConfig(compile=True, cuda_graphs=False).on(torch.device("cuda"))
+    assert (forced.compile, forced.cuda_graphs, forced.autocast) == (True, False, True)
