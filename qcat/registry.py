@@ -43,7 +43,7 @@ import filelock
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from qcat.errors import AdapterError, RegistryError
+from qcat.errors import AdapterError, OutputExistsError, RegistryError
 from qcat.manifest import MANIFEST, AdapterManifest, parse_manifest, read_manifest
 from qcat.schemas.events import VERSION_PATTERN
 
@@ -82,7 +82,7 @@ class Registry:
         """Copy a trained adapter directory into the registry under its manifest's version."""
         manifest = read_manifest(adapter)
         target = f"{self.versions}/{manifest.version}"
-        taken = RegistryError(f"version {manifest.version} is already registered; versions are immutable")
+        taken = OutputExistsError(f"version {manifest.version} is already registered; versions are immutable", target)
         if self.fs.exists(target):
             raise taken
         staging = f"{self.versions}/.{manifest.version}.{uuid.uuid4().hex}"
@@ -132,7 +132,8 @@ class Registry:
     def _check_known(self, version: str) -> None:
         _check_name(version)
         if not self.fs.isdir(f"{self.versions}/{version}"):
-            raise RegistryError(f"no adapter version {version!r} in {self.url}; known: {self.names()}")
+            known = self.names()
+            raise RegistryError(f"no adapter version {version!r} in {self.url}; known: {known}", registry=self.url)
 
     def path(self, version: str) -> Path:
         """A local directory holding the version: the registry's own on a local disk, else a cached download (a

@@ -56,12 +56,12 @@ class AdapterWatcher:
         self._one_at_a_time = asyncio.Lock()
 
     async def run(self) -> None:
-        if self.settings.registry is not None:
-            follow = asyncio.create_task(self._follow_registry(Registry(self.settings.registry)))
+        registry = self.settings.registry
+        follow = asyncio.create_task(self._follow_registry(Registry(registry))) if registry is not None else None
         try:
             await self._follow_announcements()
         finally:
-            if self.settings.registry is not None:
+            if follow is not None:
                 follow.cancel()
 
     async def _follow_registry(self, registry: Registry) -> None:
@@ -74,7 +74,7 @@ class AdapterWatcher:
             await asyncio.sleep(self.settings.registry_poll_interval)
             try:
                 current = await loop.run_in_executor(None, registry.current)
-            except RegistryError as error:
+            except Exception as error:  # noqa: BLE001 - a damaged pointer or a store's hiccup must not end the follower
                 log.error("cannot read the registry's current version", error=str(error)[:300])
                 continue
             if current is not None and current != seen:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from qcat.classifier import ConstantClassifier
-from qcat.errors import AdapterError, RegistryError
+from qcat.errors import AdapterError, OutputExistsError, RegistryError
 from qcat.manifest import MANIFEST, read_manifest
 from qcat.model import LoadedModel
 from qcat.registry import Registry
@@ -88,7 +88,7 @@ def test_versions_are_immutable_and_unknown_ones_named(make: Callable[..., Path]
     registry = Registry(tmp_path / "registry")
     adapter = make("v1", 0.5)
     registry.add(adapter)
-    with pytest.raises(RegistryError, match="immutable"):
+    with pytest.raises(OutputExistsError, match="immutable"):
         registry.add(adapter)
     with pytest.raises(RegistryError, match=r"known: \['v1'\]"):
         registry.show("v9")
