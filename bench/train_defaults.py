@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -33,9 +34,11 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "b64-lr3e-4-e8-p3": ("--batch-size", "64", "--learning-rate", "3e-4", "--epochs", "8", "--patience", "3"),
     "b32-lr2e-4-e8-p3": ("--epochs", "8", "--patience", "3"),
     "b32-eager": ("--no-cuda-graphs", "--no-autocast"),
+    "defaults-every-width": ("--graph-widths", "99"),
 }
-"""The defaults, the fast recipe of docs/training.md, the defaults trained longer, and the defaults without the GPU
-speed-ups (what the defaults were before they took the fast path on CUDA)."""
+"""The defaults, the fast recipe of docs/training.md, the defaults trained longer, the defaults without the GPU
+speed-ups (what the defaults were before they took the fast path on CUDA), and the defaults capturing a graph for
+every batch width (a multiple of 8) met, as they did before `--graph-widths`."""
 DATA_OPTIONS = {"trec50": ("--conflicts", "majority")}
 """TREC-50's training set gives one question two fine labels: a data decision, the same for every recipe."""
 
@@ -54,6 +57,11 @@ def datasets(root: Path) -> dict[str, tuple[Path, Path]]:
         "trec50": (fine / "train.jsonl", fine / "test.jsonl"),
         "banking77": (banking / "train.jsonl", banking / "test.jsonl"),
     }
+
+
+PHASES = "base model ready|trained|calibrated and evaluated on the held-out rows|adapter saved"
+PHASE = re.compile(rf"\] ({PHASES}) .*?seconds=([\d.]+)")
+CAPTURE = re.compile(r"captured a CUDA graph\s+seconds=([\d.]+) width=(\d+)")
 
 
 def qcat(*args: object, log: Path) -> float:
@@ -88,6 +96,7 @@ def run(
     manifest = json.loads((adapter / "qcat-manifest.json").read_text())
     metrics = json.loads((report / "metrics.json").read_text())
     epochs = [float(row.split(",")[2]) for row in (adapter / "report" / "training.csv").read_text().split()[1:]]
+    log = (work / f"{adapter.name}.train.log").read_text()
     return {
         "dataset": name,
         "recipe": recipe,
@@ -99,6 +108,39 @@ def run(
         "held_out_accuracy": manifest["metrics"]["accuracy"],
         "test_accuracy": metrics["accuracy"],
         "test_macro_f1": metrics["macro_f1"],
+        # seconds since `train` began (imports and the CLI come before it) at each of its log lines
+        "phases": {event: float(seconds) for event, seconds in PHASE.findall(log)},
+        "graph_captures": [(int(width), float(seconds)) for seconds, width in CAPTURE.findall(log)],
+    }
+
+
+def accuracy(name: str, args: argparse.Namespace, files: tuple[Path, Path], model: tuple[str, ...]) -> dict[str, Any]:
+    """Every recipe with every seed, `--parallel` at a time; the best recipe chosen on held-out accuracy."""
+    recipes = [recipe for recipe in args.recipes for _ in range(args.seeds)]
+    seeds = [seed for _ in args.recipes for seed in range(args.seeds)]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        runs = list(pool.map(run, repeat(name), recipes, seeds, repeat(files), repeat(model), repeat(args.work)))
+    by_recipe = {
+        recipe: {
+            "held_out_mean": statistics.mean(r["held_out_accuracy"] for r in runs if r["recipe"] == recipe),
+            "test_mean": statistics.mean(r["test_accuracy"] for r in runs if r["recipe"] == recipe),
+            "seconds_to_adapter_mean_in_parallel": statistics.mean(
+                r["seconds_to_adapter"] for r in runs if r["recipe"] == recipe
+            ),
+        }
+        for recipe in args.recipes
+    }
+    best = max(by_recipe, key=lambda recipe: by_recipe[recipe]["held_out_mean"])  # chosen on held-out rows
+    baseline = args.work / f"{name}-baseline"
+    qcat("baseline", files[1], "--report", baseline, *model, log=args.work / f"{name}-baseline.log")
+    return {
+        "accuracy_command": "python bench/train_defaults.py " + " ".join(sys.argv[1:]),
+        "mean_accuracy": by_recipe["defaults"]["test_mean"] if "defaults" in by_recipe else None,
+        "best_recipe": best,
+        "best_recipe_accuracy": by_recipe[best]["test_mean"],
+        "zero_shot_accuracy": json.loads((baseline / "metrics.json").read_text())["accuracy"],
+        "recipes": by_recipe,
+        "runs": runs,
     }
 
 
@@ -113,6 +155,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp") / f"qcat-train-defaults-{time.time_ns()}")
     parser.add_argument("--tag", default="h200")
     parser.add_argument("--skip-speed", action="store_true", help="only the accuracy runs")
+    parser.add_argument("--skip-accuracy", action="store_true", help="only the speed runs")
+    parser.add_argument("--speed-recipes", nargs="+", default=["defaults"], help="each timed alone on the GPU")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/train-defaults-<tag>.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -128,40 +172,18 @@ def main() -> None:
         }
     )
     for name in args.datasets:
-        entry: dict[str, Any] = {"command": report["command"]}
+        entry: dict[str, Any] = report.get(name, {})  # a speed run and an accuracy run can fill one entry in turn
         if not args.skip_speed:  # alone on the GPU: this is the figure a user waits for
-            alone = run(name, "defaults", 100, files[name], model, args.work)
-            entry["seconds_to_adapter"] = alone["seconds_to_adapter"]
-            entry["speed_run"] = alone
-        recipes = [recipe for recipe in args.recipes for _ in range(args.seeds)]
-        seeds = [seed for _ in args.recipes for seed in range(args.seeds)]
-        with ThreadPoolExecutor(args.parallel) as pool:
-            data = repeat(files[name])
-            runs = list(pool.map(run, repeat(name), recipes, seeds, data, repeat(model), repeat(args.work)))
-        by_recipe = {
-            recipe: {
-                "held_out_mean": statistics.mean(r["held_out_accuracy"] for r in runs if r["recipe"] == recipe),
-                "test_mean": statistics.mean(r["test_accuracy"] for r in runs if r["recipe"] == recipe),
-                "seconds_to_adapter_mean_in_parallel": statistics.mean(
-                    r["seconds_to_adapter"] for r in runs if r["recipe"] == recipe
-                ),
-            }
-            for recipe in args.recipes
-        }
-        best = max(by_recipe, key=lambda recipe: by_recipe[recipe]["held_out_mean"])  # chosen on held-out rows
-        baseline = args.work / f"{name}-baseline"
-        qcat("baseline", files[name][1], "--report", baseline, *model, log=args.work / f"{name}-baseline.log")
-        entry |= {
-            "mean_accuracy": by_recipe["defaults"]["test_mean"] if "defaults" in by_recipe else None,
-            "best_recipe": best,
-            "best_recipe_accuracy": by_recipe[best]["test_mean"],
-            "zero_shot_accuracy": json.loads((baseline / "metrics.json").read_text())["accuracy"],
-            "recipes": by_recipe,
-            "runs": runs,
-        }
+            speed = {recipe: run(name, recipe, 100, files[name], model, args.work) for recipe in args.speed_recipes}
+            entry["speed_command"] = report["command"]
+            entry["speed_runs"] = entry.get("speed_runs", {}) | speed
+            if "defaults" in speed:
+                entry["seconds_to_adapter"] = speed["defaults"]["seconds_to_adapter"]
+        if not args.skip_accuracy:
+            entry |= accuracy(name, args, files[name], model)
         report[name] = entry
         out.write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps({name: {k: v for k, v in entry.items() if k not in ("runs", "speed_run")}}), flush=True)
+        print(json.dumps({name: {k: v for k, v in entry.items() if k not in ("runs", "speed_runs")}}), flush=True)
     print(f"wrote {out}")
 
 

@@ -107,6 +107,14 @@ def train(
     compile_layers: CompileOption = TrainConfig.compile,
     cuda_graphs: CudaGraphsOption = TrainConfig.cuda_graphs,
     autocast: AutocastOption = TrainConfig.autocast,
+    graph_widths: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With --cuda-graphs, pad batches to this many widths chosen from the data: each is one capture "
+            "and its memory, fewer widths mean more padding.",
+        ),
+    ] = TrainConfig.graph_widths,
     batching: Annotated[
         Literal["length", "random"],
         typer.Option(help="Batches of similar question lengths (little padding), or random rows (the plain recipe's)."),
@@ -138,6 +146,7 @@ def train(
         compile=compile_layers,
         cuda_graphs=cuda_graphs,
         autocast=autocast,
+        graph_widths=graph_widths,
         batching=batching,
         report_to=tuple(report_to or ()),
     )

@@ -34,6 +34,8 @@ class TrainConfig:
     """Replay full training batches' decoder as CUDA graphs (`graphed_decoder`): the host stops bounding a step."""
     autocast: bool | None = None
     """Run the decoder's and LoRA's matmuls in bf16 under torch.autocast (CUDA); LoRA's weights stay float32."""
+    graph_widths: int = 4
+    """With CUDA graphs, pad batches to this many widths chosen from the data (`padded_widths`): one capture each."""
     report_to: tuple[str, ...] = ()
 
     def on(self, device: torch.device) -> TrainConfig:

@@ -3,16 +3,20 @@ as CUDA graphs. Both are context managers around `fit`'s training that give the 
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import structlog
 import torch
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from qcat.errors import TrainingError
+
+log = structlog.get_logger(__name__)
 
 
 @contextmanager
@@ -38,10 +42,6 @@ def compiled_layers(lm: PreTrainedModel) -> Iterator[None]:
         lm.disable_input_require_grads()
 
 
-GRAPH_WIDTH_MULTIPLE = 8
-"""With CUDA graphs, batches are padded to a multiple of this many tokens: one graph per width met."""
-
-
 @contextmanager
 def graphed_decoder(lm: PreTrainedModel, batch_size: int, *, compiled: bool = False) -> Iterator[None]:
     """Run every full training batch's decoder forward and backward as CUDA graphs, then restore the eager decoder.
@@ -49,7 +49,7 @@ def graphed_decoder(lm: PreTrainedModel, batch_size: int, *, compiled: bool = Fa
     At small batches the host bounds a LoRA step: a thousand-odd kernel launches and the Python between them
     (docs/training.md has the profile). A CUDA graph replays a step's recorded kernels with one launch each way.
     Graphs have fixed shapes: one is captured (torch.cuda.make_graphed_callables) per batch width the first time it
-    appears, widths being padded to `GRAPH_WIDTH_MULTIPLE`; the epoch's last, smaller batch and evaluation run
+    appears, batches being padded to a few widths (`padded_widths`); the epoch's last, smaller batch and evaluation run
     eagerly. A graph replays the kernels the eager step would launch: the same arithmetic, to rounding
     (a capture may pick other GEMM algorithms). Each graph keeps its own activation memory.
     """
@@ -71,7 +71,9 @@ def graphed_decoder(lm: PreTrainedModel, batch_size: int, *, compiled: bool = Fa
             return eager(input_ids=input_ids, **kwargs)
         shape = tuple(input_ids.shape)
         if shape not in graphs:
+            started = time.perf_counter()
             graphs[shape] = torch.cuda.make_graphed_callables(_LastHidden(decoder, eager, masks), (input_ids,))
+            log.info("captured a CUDA graph", width=shape[1], seconds=round(time.perf_counter() - started, 2))
         return BaseModelOutputWithPast(last_hidden_state=graphs[shape](input_ids))
 
     decoder.forward = forward

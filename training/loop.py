@@ -32,10 +32,10 @@ from qcat.adapter import peft_saving_quietly
 from qcat.engine import Engine
 from qcat.errors import TrainingError, UsageError
 from qcat.model import label_logits
-from qcat.training.batches import LabelDataset, collate
+from qcat.training.batches import LabelDataset, collate, padded_widths
 from qcat.training.config import TrainConfig, check_device
 from qcat.training.data import Example
-from qcat.training.graphs import GRAPH_WIDTH_MULTIPLE, compiled_layers, graphed_decoder
+from qcat.training.graphs import compiled_layers, graphed_decoder
 from qcat.training.progress import RichProgress
 
 
@@ -229,6 +229,7 @@ def fit(
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=2,
+        save_only_model=True,  # the best epoch's weights are all that is reloaded; no optimizer state to write
         load_best_model_at_end=True,
         # accuracy, not loss, picks the epoch: held-out loss often rises with confidence while accuracy still
         # improves (docs/training.md); temperature scaling afterwards repairs the calibration
@@ -250,6 +251,7 @@ def fit(
         disable_tqdm=False,
     )
     train_set = LabelDataset(engine, train)
+    widths = padded_widths(train_set.lengths, config.graph_widths) if config.cuda_graphs else ()
     timing = CsvMetrics(work / "metrics.csv", tokens_per_epoch=train_set.tokens)
     guard = NonFiniteGuard(list(train))
     trainer = LabelTrainer(
@@ -257,7 +259,7 @@ def fit(
         args=args,
         train_dataset=train_set,
         eval_dataset=LabelDataset(engine, held_out),
-        data_collator=collate(engine.pad_id, GRAPH_WIDTH_MULTIPLE if config.cuda_graphs else 1),
+        data_collator=collate(engine.pad_id, widths),
         compute_metrics=accuracy,
         callbacks=[
             guard,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,10 @@ def fingerprint_examples(examples: list[Example]) -> str:
     for e in sorted((e.text, e.label) for e in examples):
         digest.update(json.dumps(e).encode())
     return digest.hexdigest()[:16]
+
+
+def elapsed(started: float) -> float:
+    return round(time.perf_counter() - started, 1)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -137,10 +142,12 @@ def train(
 
     `base`, if given, is the settings' base model already loaded; it is trained in place.
     """
+    started = time.perf_counter()
     ensure_new(request.out)  # before hours of training, not at the save
     taxonomy, train_rows, held_out, dropped = prepare_data(request)
     torch.manual_seed(request.config.seed)
     base = base if base is not None else load_configured_base(with_adapter_base(settings, request.init_adapter))
+    log.info("base model ready", model=base.name, seconds=elapsed(started))
     parent = None
     if request.init_adapter is not None:
         model, parent = continue_lora(base, request.init_adapter, taxonomy)
@@ -155,8 +162,10 @@ def train(
     )
     work = request.out.parent / f".{request.out.name}.work"
     speed = fit(model, engine, train_rows, held_out, work, request.config)
+    log.info("trained", epochs=speed["epochs_run"], seconds=elapsed(started))
     model.eval()
     engine, metrics = calibrate_and_report(engine, held_out, work / "report", title=f"adapter on {request.data.name}")
+    log.info("calibrated and evaluated on the held-out rows", seconds=elapsed(started))
     manifest = AdapterManifest(
         version=new_version(),
         taxonomy=taxonomy,
@@ -177,6 +186,7 @@ def train(
     if (work / "runs").exists():
         (work / "runs").rename(directory / "report" / "runs")
     shutil.rmtree(work, ignore_errors=True)  # checkpoints: the adapter directory now holds the best one
+    log.info("adapter saved", path=str(directory), seconds=elapsed(started))
     return directory, metrics | {key: speed[key] for key in SPEED_METRICS}
 
 

@@ -186,8 +186,8 @@ def test_label_smoothing_shapes_the_training_loss_only(tiny: LoadedModel, tmp_pa
         )
 
 
-def test_batches_padded_to_a_width_multiple_score_the_same(tiny: LoadedModel) -> None:
-    """CUDA graphs pad batch widths to a multiple (fewer shapes); right padding must not change any row's logits."""
+def test_batches_padded_to_a_chosen_width_score_the_same(tiny: LoadedModel) -> None:
+    """CUDA graphs pad batches to a few widths (fewer shapes); right padding must not change any row's logits."""
     from qcat.model import attach_label_head, label_logits
     from qcat.training.batches import LabelDataset, collate
 
@@ -196,13 +196,44 @@ def test_batches_padded_to_a_width_multiple_score_the_same(tiny: LoadedModel) ->
     engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
     dataset = LabelDataset(engine, train[:8])
     rows = [dataset[i] for i in range(len(dataset))]
-    exact, padded = collate(engine.pad_id)(rows), collate(engine.pad_id, 16)(rows)
-    assert padded["input_ids"].shape[1] % 16 == 0
-    assert padded["input_ids"].shape[1] > exact["input_ids"].shape[1]
+    exact = collate(engine.pad_id)(rows)
+    width = exact["input_ids"].shape[1]
+    padded = collate(engine.pad_id, (width - 1, width + 5, width + 9))(rows)
+    assert padded["input_ids"].shape[1] == width + 5  # the narrowest width that holds the batch
+    assert collate(engine.pad_id, (width - 1,))(rows)["input_ids"].shape[1] == width  # none holds it: unchanged
     assert torch.equal(padded["last_index"], exact["last_index"])
     with torch.no_grad():
         scores = [label_logits(tiny.lm, batch["input_ids"], batch["last_index"]) for batch in (exact, padded)]
     torch.testing.assert_close(scores[1], scores[0])
+
+
+def test_padded_widths_pad_the_fewest_tokens() -> None:
+    """The widths are multiples of 8, the widest holds the longest row, and no other choice of as many widths pads
+    fewer tokens (checked against every choice on random length distributions)."""
+    import itertools
+    import random
+
+    from qcat.training.batches import padded_widths
+
+    def padded(lengths: list[int], widths: tuple[int, ...]) -> int:
+        return sum(next(w for w in widths if w >= n) for n in lengths)
+
+    generator = random.Random(0)
+    for _ in range(20):
+        lengths = [generator.choice((5, 9, 17, 18, 30, 41, 64, 70)) for _ in range(generator.randint(1, 200))]
+        for count in (1, 2, 3):
+            widths = padded_widths(lengths, count)
+            assert len(widths) == min(count, len({-(-n // 8) * 8 for n in lengths}))
+            assert all(w % 8 == 0 for w in widths)
+            assert widths[-1] >= max(lengths)
+            candidates = range(8, 73, 8)
+            best = min(
+                padded(lengths, c)
+                for k in range(1, count + 1)
+                for c in itertools.combinations(candidates, k)
+                if c[-1] >= max(lengths)
+            )
+            assert padded(lengths, widths) == best, (lengths, count, widths)
 
 
 def test_graphed_decoder_captures_full_training_batches_once_per_width(
