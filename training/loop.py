@@ -93,7 +93,7 @@ class LabelTrainer(Trainer):
     ) -> torch.Tensor:
         """transformers calls `model.train()` on every step: a walk over every module, thousands with LoRA on all
         layers. The mode only changes around evaluation, so that call is skipped while the model is already
-        training."""
+        training (which `fit` makes true of every module before the first step)."""
         if not model.training:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train = lambda mode=True: model  # type: ignore[method-assign]  # shadows Module.train for this step
@@ -221,7 +221,7 @@ def fit(
         output_dir=str(work),
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
+        per_device_eval_batch_size=max(config.batch_size, engine.batch_size),  # no gradients: serving's batches
         learning_rate=config.learning_rate,
         label_smoothing_factor=config.label_smoothing,
         warmup_steps=config.warmup_ratio,
@@ -272,6 +272,10 @@ def fit(
     )
     trainer.remove_callback(ProgressCallback)
     lm: PreTrainedModel = model.get_base_model()  # type: ignore[assignment]  # peft types it as Module
+    # from_pretrained leaves the base model's modules in eval mode while peft's wrapper says it trains:
+    # `training_step` would skip model.train() until the first evaluation, and the first epoch would run without
+    # dropout and without CUDA graphs
+    model.train()
     with (
         peft_saving_quietly(),  # checkpoints are saved through peft
         compiled_layers(lm) if config.compile else nullcontext(),

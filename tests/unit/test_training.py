@@ -120,6 +120,26 @@ def test_seed_makes_training_reproducible(
     assert not torch.allclose(first, other)
 
 
+def test_every_training_step_runs_the_model_in_training_mode(tiny: LoadedModel, tmp_path: Path) -> None:
+    """from_pretrained leaves the modules in eval mode while peft's wrapper says it trains; the first epoch must
+    still train with dropout on and reach `graphed_decoder` (which only graphs training calls)."""
+    train, held_out = learnable()
+    tiny.lm.eval()  # as from_pretrained leaves it
+    model = new_lora(tiny, TAXONOMY, LoraSpec(rank=4, alpha=8))
+    engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    modes: list[bool] = []
+    decoder = tiny.lm.get_decoder()
+    hook = decoder.register_forward_pre_hook(
+        lambda module, _: modes.append(module.training) if torch.is_grad_enabled() else None
+    )
+    try:
+        fit(model, engine, train, held_out, tmp_path / "work", TrainConfig(epochs=1, batch_size=16))
+    finally:
+        hook.remove()
+    assert modes
+    assert all(modes), f"{modes.count(False)} of {len(modes)} training steps ran in eval mode"
+
+
 def test_non_finite_logits_stop_training_naming_the_inputs(
     fresh_tiny: Callable[[], LoadedModel], tmp_path: Path
 ) -> None:
