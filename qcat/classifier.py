@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from qcat.errors import UsageError
+from qcat.routing import RoutingPolicy
 from qcat.schemas.taxonomy import Taxonomy
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ class Classifier(Protocol):
 
     @property
     def model_name(self) -> str: ...
+
+    @property
+    def routing(self) -> RoutingPolicy:
+        """When answers go to review: the serving adapter's policy (its manifest's), else the default."""
+        ...
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]: ...
 
@@ -93,6 +99,10 @@ class ConstantClassifier:
     @property
     def model_name(self) -> str:
         return "constant"
+
+    @property
+    def routing(self) -> RoutingPolicy:
+        return RoutingPolicy()
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
         return [self._prediction] * len(texts)

@@ -20,6 +20,7 @@ import structlog
 
 from qcat.classifier import Prediction
 from qcat.errors import InferenceError
+from qcat.routing import RoutingPolicy
 from qcat.schemas.prompt import PromptFormat, clean_question
 from qcat.schemas.taxonomy import Taxonomy
 
@@ -63,6 +64,7 @@ class Engine:
         batch_tokens: int,
         temperature: float = 1.0,
         adapter_version: str | None = None,
+        routing: RoutingPolicy | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.taxonomy = taxonomy
@@ -74,6 +76,7 @@ class Engine:
         self._temperature = temperature
         self._model_name = model_name
         self._adapter_version = adapter_version
+        self._routing = routing or RoutingPolicy()
         self._prefix = tokenizer(prompt.prefix, add_special_tokens=False)["input_ids"]
         self._suffix = tokenizer(prompt.suffix, add_special_tokens=False)["input_ids"]
         self.pad_id = pad_id(tokenizer)
@@ -85,6 +88,10 @@ class Engine:
     @property
     def adapter_version(self) -> str | None:
         return self._adapter_version
+
+    @property
+    def routing(self) -> RoutingPolicy:
+        return self._routing
 
     @property
     def temperature(self) -> float:

@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from qcat import __version__
 from qcat.errors import AdapterError
+from qcat.routing import RoutingPolicy
 from qcat.schemas.events import VERSION_PATTERN
 from qcat.schemas.prompt import PROMPT_FORMAT_VERSION, TRAINED_PROMPT_STYLE, PromptStyle
 from qcat.schemas.taxonomy import Taxonomy
@@ -42,6 +43,7 @@ class AdapterManifest(BaseModel):
     prompt_style: PromptStyle = TRAINED_PROMPT_STYLE
     max_question_tokens: int = Field(ge=1)
     temperature: float = Field(default=1.0, gt=0.0, description="Softmax temperature fitted on held-out data.")
+    routing: RoutingPolicy = Field(default_factory=RoutingPolicy, description="When its answers go to review.")
     metrics: dict[str, float] = Field(default_factory=dict)
     data_fingerprint: str | None = None
     eval_fingerprint: str | None = Field(default=None, description="The eval set the metrics were measured on.")
@@ -77,6 +79,7 @@ labels each question with one of {len(names)} labels and routes it to that label
   {manifest.max_question_tokens} tokens.
 - Training data fingerprint `{manifest.data_fingerprint}`; metrics measured on eval set `{manifest.eval_fingerprint}`.
 - Calibration: softmax temperature {manifest.temperature:.3f}, fitted on held-out data.
+- Routing: {routing_line(manifest.routing)}
 - Created {manifest.created_at:%Y-%m-%d %H:%M} UTC with qcat {manifest.qcat_version}.
 {chr(10).join(lineage)}
 
@@ -99,6 +102,22 @@ qcat adapters add THIS_DIR --registry REGISTRY && qcat adapters promote {manifes
 Files: `adapter_model.safetensors` (the weights; qcat never loads pickles), `adapter_config.json` (peft's),
 `qcat-manifest.json` (what this card is made from).
 """
+
+
+def routing_line(policy: RoutingPolicy) -> str:
+    target = f"{policy.target or 0:.0%}"
+    chosen = {
+        "precision": f"chosen for {target} precision of routed answers on held-out data",
+        "unknown_recall": f"chosen to send {target} of held-out unknown questions to review",
+        "fixed": "the default",
+    }[policy.goal]
+    expected = ", ".join(f"{key} {value:.1%}" for key, value in sorted(policy.expected.items()))
+    unknown = f"; answers `{policy.unknown_label}` always go to review" if policy.unknown_label else ""
+    return (
+        f"answers under confidence {policy.review_threshold:.3f} go to review ({chosen}"
+        + (f"; there: {expected}" if expected else "")
+        + f"){unknown}."
+    )
 
 
 def read_manifest(directory: Path) -> AdapterManifest:

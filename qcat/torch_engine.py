@@ -15,6 +15,7 @@ from qcat.classifier import DEFAULT_TAXONOMY
 from qcat.engine import Engine, pad_id
 from qcat.manifest import with_adapter_base
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_configured_base, right_pad
+from qcat.routing import RoutingPolicy
 from qcat.schemas.prompt import ZERO_SHOT_PROMPT_STYLE, PromptFormat, prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
@@ -55,6 +56,7 @@ def torch_engine(
     batch_tokens: int | None = None,
     temperature: float = 1.0,
     adapter_version: str | None = None,
+    routing: RoutingPolicy | None = None,
     compile: bool = False,
 ) -> Engine:
     """An engine over `base.lm`, which must already carry its label head."""
@@ -70,6 +72,7 @@ def torch_engine(
         batch_tokens=batch_tokens or default_batch_tokens(scorer.device),
         temperature=temperature,
         adapter_version=adapter_version,
+        routing=routing,
     )
 
 
@@ -81,7 +84,13 @@ def load_engine(settings: EngineSettings, base: LoadedModel | None = None, taxon
         taxonomy = Taxonomy.from_file(settings.taxonomy)
     if settings.adapter is not None:
         manifest = load_adapter(base, settings.adapter, taxonomy)
-        log.info("adapter loaded", adapter=manifest.version, base_model=base.name, labels=len(manifest.taxonomy.labels))
+        log.info(
+            "adapter loaded",
+            adapter=manifest.version,
+            base_model=base.name,
+            labels=len(manifest.taxonomy.labels),
+            review_threshold=manifest.routing.review_threshold,
+        )
         return torch_engine(
             base,
             manifest.taxonomy,
@@ -92,6 +101,7 @@ def load_engine(settings: EngineSettings, base: LoadedModel | None = None, taxon
             compile=settings.compile,
             temperature=manifest.temperature,
             adapter_version=manifest.version,
+            routing=manifest.routing,
         )
     taxonomy = taxonomy or Taxonomy.from_file(DEFAULT_TAXONOMY)
     attach_label_head(base, taxonomy)

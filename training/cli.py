@@ -24,7 +24,7 @@ from qcat.lora import DEFAULT_LORA, LoraSpec
 from qcat.registry import DEFAULT_TOLERANCE
 from qcat.schemas.prompt import MAX_QUESTION_TOKENS
 from qcat.settings import EngineSettings
-from qcat.training.config import TrainConfig, check_device
+from qcat.training.config import RoutingGoal, TrainConfig, check_device
 from qcat.training.data import ConflictPolicy
 
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace the files of an existing --report folder.")]
@@ -70,6 +70,28 @@ LabelSmoothingOption = Annotated[
     typer.Option(min=0.0, max=0.5, help="Move this much of each training target to the other labels (a regulariser)."),
 ]
 
+ReviewPrecisionOption = Annotated[
+    float,
+    typer.Option(
+        min=0.01,
+        max=1.0,
+        help="Choose the adapter's review threshold as the lowest at which this share of routed answers is right on "
+        "the held-out rows (the worker sends answers under it to review).",
+    ),
+]
+UnknownRecallOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.01,
+        max=1.0,
+        help="Instead: the lowest threshold that sends this share of the held-out --unknown-label questions to review.",
+    ),
+]
+UnknownLabelOption = Annotated[
+    str | None,
+    typer.Option(help="A 'none of these' label of the data: trained like any other, its answers always go to review."),
+]
+
 commands = typer.Typer()
 
 
@@ -102,6 +124,9 @@ def train(
             "the label most of their rows carry; dropped rows are listed in the report."
         ),
     ] = "error",
+    review_precision: ReviewPrecisionOption = RoutingGoal.review_precision,
+    unknown_recall: UnknownRecallOption = RoutingGoal.unknown_recall,
+    unknown_label: UnknownLabelOption = RoutingGoal.unknown_label,
     seed: SeedOption = TrainConfig.seed,
     seeds: SeedsOption = 1,
     compile_layers: CompileOption = TrainConfig.compile,
@@ -158,6 +183,7 @@ def train(
         max_question_tokens=max_question_tokens,
         conflicts=conflicts,
         init_adapter=init_adapter,
+        routing=RoutingGoal(review_precision, unknown_recall, unknown_label),
         lora=LoraSpec(
             rank=rank,
             alpha=lora_alpha,

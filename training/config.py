@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from qcat.errors import UsageError
+from qcat.routing import DEFAULT_REVIEW_PRECISION
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +48,18 @@ class TrainConfig:
             cuda_graphs=self.cuda_graphs if self.cuda_graphs is not None else fast and CUDA_SPEED["cuda_graphs"],
             autocast=self.autocast if self.autocast is not None else fast and CUDA_SPEED["autocast"],
         )
+
+
+@dataclass(frozen=True)
+class RoutingGoal:
+    """What the adapter's review threshold is chosen for on held-out rows (`training.open_set.choose_policy`)."""
+
+    review_precision: float = DEFAULT_REVIEW_PRECISION
+    """The lowest threshold at which this share of routed answers is right."""
+    unknown_recall: float | None = None
+    """Instead: the lowest threshold that sends this share of held-out unknown questions to review."""
+    unknown_label: str | None = None
+    """A trained 'none of these' label: its answers always go to review, its held-out rows count as unknown."""
 
 
 CUDA_SPEED = {"compile": False, "cuda_graphs": True, "autocast": True}

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from qcat.routing import DEFAULT_REVIEW_PRECISION, RoutingPolicy
 from qcat.schemas.taxonomy import Taxonomy
+from qcat.training.open_set import open_set_metrics, plot_routing, routing_figures, threshold_for_precision
 
 CALIBRATION_BINS = 10
 
@@ -40,24 +42,10 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(error)
 
 
-def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, target: float) -> dict[str, float] | None:
-    """The lowest confidence threshold whose routed answers (confidence >= threshold) reach `target` precision;
-    the rest would go to review. None if no threshold reaches it."""
-    order = np.argsort(-confidence)
-    hits = np.cumsum(correct[order])
-    precision = hits / np.arange(1, len(order) + 1)
-    reaching = np.nonzero(precision >= target)[0]
-    if len(reaching) == 0:
-        return None
-    last = int(reaching.max())
-    return {
-        "threshold": float(confidence[order][last]),
-        "precision": float(precision[last]),
-        "coverage": float((last + 1) / len(order)),
-    }
-
-
-def evaluate(scored: Sequence[Scored], taxonomy: Taxonomy, *, target_precision: float = 0.95) -> dict[str, Any]:
+def evaluate(
+    scored: Sequence[Scored], taxonomy: Taxonomy, *, target_precision: float = DEFAULT_REVIEW_PRECISION
+) -> dict[str, Any]:
+    """Closed-set metrics: every answer counts, whatever the review threshold."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     labels = list(taxonomy.names)
@@ -83,10 +71,30 @@ def evaluate(scored: Sequence[Scored], taxonomy: Taxonomy, *, target_precision: 
 
 
 def write_report(
-    scored: Sequence[Scored], taxonomy: Taxonomy, directory: Path, *, title: str, target_precision: float = 0.95
+    scored: Sequence[Scored],
+    taxonomy: Taxonomy,
+    directory: Path,
+    *,
+    title: str,
+    routing: RoutingPolicy | None = None,
+    target_precision: float = DEFAULT_REVIEW_PRECISION,
 ) -> dict[str, Any]:
-    """metrics.json, confusion_matrix.csv/.png, calibration.png, misclassified.csv and report.md in `directory`."""
+    """metrics.json, confusion_matrix.csv/.png, calibration.png, routing.png, misclassified.csv, predictions.csv and
+    report.md in `directory`. Closed-set metrics cover the questions whose gold label is one of `taxonomy`'s;
+    `routing` (the adapter's policy) adds what goes to review and, when some questions are unknown, the open-set
+    metrics."""
+    routing = routing or RoutingPolicy()
+    every = scored
+    scored = [s for s in every if s.gold in taxonomy.names]
     metrics = evaluate(scored, taxonomy, target_precision=target_precision)
+    metrics["routing"] = routing_figures(every, taxonomy, routing) | {
+        "unknown_label": routing.unknown_label,
+        "goal": routing.goal,
+        "target": routing.target,
+    }
+    open_set = open_set_metrics(every, taxonomy, routing)
+    if open_set is not None:
+        metrics["open_set"] = open_set
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     labels = metrics["labels"]
@@ -99,11 +107,16 @@ def write_report(
         writer = csv.writer(handle)
         writer.writerow(["text", "gold", "predicted", "confidence"])
         writer.writerows([s.text, s.gold, s.predicted, f"{s.confidence:.4f}"] for s in wrong)
+    with (directory / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)  # every answer, unknown questions included: any other threshold can be studied
+        writer.writerow(["text", "gold", "predicted", "confidence"])
+        writer.writerows([s.text, s.gold, s.predicted, repr(s.confidence)] for s in every)
     matrix = np.array(metrics["confusion_matrix"])
     confusions = top_confusions(matrix, labels)
     _plot_confusion(matrix, labels, directory / "confusion_matrix.png")
     _plot_top_confusions(confusions, directory / "top_confusions.png")
     _plot_calibration(scored, directory / "calibration.png")
+    plot_routing(every, taxonomy, routing, directory / "routing.png")
     (directory / "report.md").write_text(_markdown(metrics, wrong, confusions, title), encoding="utf-8")
     return metrics
 
@@ -219,8 +232,10 @@ def _markdown(
         f"- macro-F1: {metrics['macro_f1']:.4f}",
         f"- expected calibration error: {metrics['expected_calibration_error']:.4f}",
         f"- review threshold for {metrics['target_precision']:.0%} precision: {review}",
+        f"- {_routing_line(metrics['routing'])}",
+        *_open_set_lines(metrics.get("open_set")),
         "",
-        "![confusion matrix](confusion_matrix.png) ![calibration](calibration.png)",
+        "![confusion matrix](confusion_matrix.png) ![calibration](calibration.png) ![routing](routing.png)",
         "",
         "## Most frequent confusions",
         "",
@@ -248,3 +263,26 @@ def _markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def _routing_line(figures: dict[str, Any]) -> str:
+    unknown = f", answers `{figures['unknown_label']}` too" if figures["unknown_label"] else ""
+    line = (
+        f"the adapter's routing (review under confidence {figures['review_threshold']:.3f}{unknown}): "
+        f"{figures['coverage']:.1%} of questions routed, {figures['precision']:.1%} of those right"
+    )
+    if "unknown_recall" in figures:
+        line += f", {figures['unknown_recall']:.1%} of unknown questions sent to review"
+    return line
+
+
+def _open_set_lines(open_set: dict[str, Any] | None) -> list[str]:
+    if open_set is None:
+        return []
+    return [
+        f"- open set ({open_set['unknown_questions']} of {open_set['questions']} questions unknown; unknown = one "
+        f"more class, predicted by review): accuracy {open_set['accuracy']:.4f}, macro-F1 {open_set['macro_f1']:.4f}, "
+        f"known-class accuracy {open_set['known_accuracy']:.4f}, unknown recall {open_set['unknown_recall']:.4f}, "
+        f"unknown precision {open_set['unknown_precision']:.4f}",
+        "- the closed-set figures above count only the questions whose label is one of the adapter's",
+    ]

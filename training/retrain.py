@@ -26,8 +26,9 @@ from qcat.schemas.events import CorrectionEvent
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
 from qcat.torch_engine import load_engine
-from qcat.training.config import TrainConfig
+from qcat.training.config import RoutingGoal, TrainConfig
 from qcat.training.data import Example, load_examples, write_examples
+from qcat.training.open_set import goal_of
 from qcat.training.run import TrainRequest, score, train
 from qcat.training.soup import train_soup
 
@@ -116,6 +117,8 @@ def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]
         eval_data=request.eval_data,
         init_adapter=current if request.from_current else None,
         config=request.config,
+        # the current adapter's routing goal and 'none of these' label carry over to its successor
+        routing=goal_of(current_manifest.routing) if current_manifest else RoutingGoal(),
     )
     if request.seeds > 1:
         candidate_dir, metrics = train_soup(candidate, settings, request.seeds, base=base)

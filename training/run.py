@@ -7,7 +7,8 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,16 @@ import torch
 from qcat.adapter import continue_lora, ensure_new, new_lora, save_adapter
 from qcat.classifier import DEFAULT_TAXONOMY
 from qcat.engine import Engine
-from qcat.errors import OutputExistsError
+from qcat.errors import DataError, OutputExistsError, UsageError
 from qcat.lora import LoraSpec
 from qcat.manifest import AdapterManifest, new_version, read_manifest, with_adapter_base
 from qcat.model import LoadedModel, load_configured_base
+from qcat.routing import RoutingPolicy
 from qcat.schemas.prompt import MAX_QUESTION_TOKENS, TRAINED_PROMPT_STYLE, prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
 from qcat.torch_engine import load_engine, torch_engine
-from qcat.training.config import TrainConfig
+from qcat.training.config import RoutingGoal, TrainConfig
 from qcat.training.data import (
     ConflictPolicy,
     Example,
@@ -38,6 +40,7 @@ from qcat.training.data import (
 )
 from qcat.training.evaluate import Scored, write_report
 from qcat.training.loop import check_reporters, fit
+from qcat.training.open_set import choose_policy
 from qcat.training.progress import counting
 
 log = structlog.get_logger(__name__)
@@ -56,6 +59,7 @@ class TrainRequest:
     """Continue training this adapter (same base model and labels) instead of starting from scratch."""
     lora: LoraSpec = field(default_factory=LoraSpec)
     config: TrainConfig = field(default_factory=TrainConfig)
+    routing: RoutingGoal = field(default_factory=RoutingGoal)
 
 
 def fingerprint_examples(examples: list[Example]) -> str:
@@ -83,14 +87,16 @@ SPEED_METRICS = ("train_seconds_per_epoch", "train_tokens_per_s", "first_epoch_s
 
 
 def calibrate_and_report(
-    engine: Engine, held_out: list[Example], directory: Path, *, title: str
-) -> tuple[Engine, dict[str, Any]]:
-    """Fit the softmax temperature on `held_out`, then write the calibrated engine's report there; returns that
-    engine and the report's metrics."""
+    engine: Engine, held_out: list[Example], directory: Path, *, title: str, goal: RoutingGoal
+) -> tuple[Engine, dict[str, Any], RoutingPolicy]:
+    """Fit the softmax temperature on `held_out`, choose the review threshold for `goal` there, then write the
+    calibrated engine's report; returns that engine, the report's metrics and the routing policy."""
     labels = torch.tensor([engine.taxonomy.index(e.label) for e in held_out])
     logits = torch.from_numpy(engine.logits(engine.encode([e.text for e in held_out]).ids))
     engine = engine.with_temperature(fit_temperature(logits, labels))
-    return engine, write_report(score(engine, held_out), engine.taxonomy, directory, title=title)
+    scored = score(engine, held_out)
+    policy = choose_policy(scored, engine.taxonomy, goal)
+    return engine, write_report(scored, engine.taxonomy, directory, title=title, routing=policy), policy
 
 
 SCORING_CHUNK = 256
@@ -132,7 +138,29 @@ def prepare_data(request: TrainRequest) -> tuple[Taxonomy, list[Example], list[E
     for warning in data_report.warnings:
         log.warning("data", warning=warning)
     data_report.raise_on_errors()
+    problems = check_goal(request.routing, taxonomy, held_out)
+    if problems:
+        raise UsageError("; ".join(problems))
     return taxonomy, train_rows, held_out, dropped
+
+
+def check_goal(goal: RoutingGoal, taxonomy: Taxonomy, held_out: list[Example]) -> list[str]:
+    """What makes the routing goal impossible on this data."""
+    errors = []
+    if goal.unknown_label is not None and goal.unknown_label not in taxonomy.names:
+        errors.append(f"--unknown-label {goal.unknown_label!r} is not one of the labels ({_few(taxonomy.names)})")
+    if goal.unknown_recall is not None:
+        if goal.unknown_label is None:
+            errors.append("--unknown-recall needs --unknown-label (its held-out rows are the unknown questions)")
+        elif not any(e.label == goal.unknown_label for e in held_out):
+            errors.append(
+                f"no held-out row carries --unknown-label {goal.unknown_label!r}: --unknown-recall cannot be measured"
+            )
+    return errors
+
+
+def _few(names: Sequence[str]) -> str:
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
 def train(
@@ -149,8 +177,11 @@ def train(
     base = base if base is not None else load_configured_base(with_adapter_base(settings, request.init_adapter))
     log.info("base model ready", model=base.name, seconds=elapsed(started))
     parent = None
+    goal = request.routing
     if request.init_adapter is not None:
         model, parent = continue_lora(base, request.init_adapter, taxonomy)
+        if goal.unknown_label is None:  # a warm start keeps its 'none of these' label
+            goal = replace(goal, unknown_label=parent.routing.unknown_label)
     else:
         model = new_lora(base, taxonomy, request.lora)
     engine = torch_engine(
@@ -164,7 +195,8 @@ def train(
     speed = fit(model, engine, train_rows, held_out, work, request.config)
     log.info("trained", epochs=speed["epochs_run"], seconds=elapsed(started))
     model.eval()
-    engine, metrics = calibrate_and_report(engine, held_out, work / "report", title=f"adapter on {request.data.name}")
+    title = f"adapter on {request.data.name}"
+    engine, metrics, routing = calibrate_and_report(engine, held_out, work / "report", title=title, goal=goal)
     log.info("calibrated and evaluated on the held-out rows", seconds=elapsed(started))
     manifest = AdapterManifest(
         version=new_version(),
@@ -173,6 +205,7 @@ def train(
         base_fingerprint=base.fingerprint,
         max_question_tokens=request.max_question_tokens,
         temperature=engine.temperature,
+        routing=routing,
         metrics={key: metrics[key] for key in MANIFEST_METRICS},
         data_fingerprint=fingerprint_examples(train_rows),
         parent_version=parent.version if parent else None,
@@ -194,7 +227,8 @@ def evaluate_model(
     data: Path, report_dir: Path, settings: EngineSettings, *, overwrite: bool = False
 ) -> dict[str, Any]:
     """Evaluate an adapter (settings.adapter) or, without one, the base model zero-shot, on labeled data. Zero-shot
-    without a taxonomy ranks the default labels if the data's are among them, else the data's own labels."""
+    without a taxonomy ranks the default labels if the data's are among them, else the data's own labels. Questions
+    whose label is not one of the engine's are unknown questions: the report measures where they end (open set)."""
     if report_dir.is_dir() and any(report_dir.iterdir()) and not overwrite:
         raise OutputExistsError(f"{report_dir} already holds files; pick a new --report folder or pass --overwrite")
     examples = load_examples(data)
@@ -205,6 +239,13 @@ def evaluate_model(
             log.info("zero-shot over the data's own labels", labels=len(labels), hint="--taxonomy to choose them")
             taxonomy = Taxonomy.from_names(labels)
     engine = load_engine(settings, taxonomy=taxonomy)
-    report(examples, engine.taxonomy).raise_on_errors()
+    names = engine.taxonomy.names
+    outside = sorted({e.label for e in examples} - set(names))
+    if len(outside) == len({e.label for e in examples}):
+        raise DataError(f"no row of {data} carries one of the {len(names)} labels it is evaluated on ({_few(names)})")
+    if outside:
+        unknown = sum(e.label in outside for e in examples)
+        log.info("labels outside the taxonomy: scored as unknown questions", rows=unknown, labels=_few(outside))
+    report(examples, Taxonomy.from_names([*names, *outside])).raise_on_errors()
     title = f"{engine.adapter_version or 'zero-shot baseline'} ({engine.model_name}) on {data.name}"
-    return write_report(score(engine, examples), engine.taxonomy, report_dir, title=title)
+    return write_report(score(engine, examples), engine.taxonomy, report_dir, title=title, routing=engine.routing)

@@ -32,6 +32,7 @@ from qcat.model import LoadedModel, load_configured_base, private_copy
 from qcat.settings import EngineSettings
 from qcat.torch_engine import load_engine
 from qcat.training.data import load_examples, report, write_examples
+from qcat.training.open_set import goal_of
 from qcat.training.run import (
     MANIFEST_METRICS,
     SPEED_METRICS,
@@ -120,10 +121,12 @@ def make_soup(
         manifest.write(staged)  # the engine loads the adapter through its manifest, before it is calibrated
         engine = load_engine(settings.model_copy(update={"adapter": staged}), base=base)
         title = f"soup of {len(manifests)} adapters on {eval_data.name}"
-        engine, metrics = calibrate_and_report(engine, examples, staged / "report", title=title)
+        goal = goal_of(manifests[0].routing)  # the ingredients share their recipe, their routing goal with it
+        engine, metrics, routing = calibrate_and_report(engine, examples, staged / "report", title=title, goal=goal)
         manifest.model_copy(
             update={
                 "temperature": engine.temperature,
+                "routing": routing,
                 "metrics": {key: metrics[key] for key in MANIFEST_METRICS},
                 "eval_fingerprint": fingerprint_examples(examples),
             }

@@ -89,7 +89,7 @@ def create_app(
     incoming = app.topic(topics.incoming, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     ready = asyncio.Event()
     executor = inference or ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-inference")
-    metrics.model.info({"base_model": classifier.model_name, "adapter": classifier.adapter_version or "zero-shot"})
+    metrics.serving(classifier, settings.confidence_threshold)
     handle = partial(
         process_batch,
         topics=topics,

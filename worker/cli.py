@@ -87,7 +87,8 @@ def worker(
     max_batch: Annotated[int | None, typer.Option(help="Most events per micro-batch. \\[env: QCAT_MAX_BATCH]")] = None,
     max_wait: Annotated[float | None, typer.Option(help="Seconds to fill a batch. \\[env: QCAT_MAX_WAIT]")] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Below: review topic. \\[env: QCAT_CONFIDENCE_THRESHOLD]")
+        float | None,
+        typer.Option(help="Below: review topic. Default: the adapter's own. \\[env: QCAT_CONFIDENCE_THRESHOLD]"),
     ] = None,
     list_settings: Annotated[
         bool,

@@ -140,8 +140,13 @@ class AdapterWatcher:
         self.serving.classifier = loaded
         self.metrics.adapter_swaps.labels("swapped").inc()
         self.metrics.adapter_behind.set(0)
-        self.metrics.model.info({"base_model": loaded.model_name, "adapter": loaded.adapter_version or "zero-shot"})
-        log.info("adapter swapped", previous=current.adapter_version, adapter=loaded.adapter_version)
+        self.metrics.serving(loaded, self.settings.confidence_threshold)
+        log.info(
+            "adapter swapped",
+            previous=current.adapter_version,
+            adapter=loaded.adapter_version,
+            adapter_review_threshold=loaded.routing.review_threshold,
+        )
 
     async def _load_in_passing_thread(self, load: Callable[[], Classifier]) -> Classifier:
         """Load off the event loop in a thread that ends afterwards: torch's OpenMP worker threads belong to the

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from qcat.classifier import Classifier
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -59,4 +61,14 @@ class WorkerMetrics:
             "qcat_adapter_behind", "1 while the last announced adapter could not be loaded.", registry=r
         )
         self.model = Info("qcat_model", "The base model and adapter serving.", registry=r)
+        self.review_threshold = Gauge(
+            "qcat_review_threshold",
+            "Answers under this confidence go to review (the adapter's own, or the setting).",
+            registry=r,
+        )
         self.ready = Gauge("qcat_ready", "1 once the model is loaded and the worker consumes.", registry=r)
+
+    def serving(self, classifier: Classifier, threshold: float | None) -> None:
+        """What serves now: the model and adapter, and the review threshold in force (`threshold` overrides)."""
+        self.model.info({"base_model": classifier.model_name, "adapter": classifier.adapter_version or "zero-shot"})
+        self.review_threshold.set(classifier.routing.review_threshold if threshold is None else threshold)

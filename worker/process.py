@@ -69,9 +69,10 @@ def process_batch(
     classifier: Classifier,
     topics: Topics,
     *,
-    threshold: float,
+    threshold: float | None,
     max_text_chars: int,
 ) -> BatchResult:
+    """Decode, classify and route `records`; `threshold`, if set, replaces the classifier's own review threshold."""
     result = BatchResult()
     valid: list[tuple[Record, QuestionEvent]] = []
     for record in records:
@@ -95,7 +96,8 @@ def process_batch(
         )
         value = categorized_json(event, prediction, labelled.latency_ms, now, classifier)
         key = event.event_id.encode()
-        route = topics.routes[prediction.label] if prediction.confidence >= threshold else topics.review
+        routed = classifier.routing.routes(prediction.label, prediction.confidence, threshold)
+        route = topics.routes[prediction.label] if routed else topics.review
         result.outputs += [
             Output(topics.categorized, key, value, record.headers, record),
             Output(route, key, value, record.headers, record),

@@ -24,7 +24,13 @@ class WorkerSettings(EngineSettings, KafkaSettings):
 
     max_batch: int = Field(default=64, ge=1, le=4096, description="Most events per micro-batch.")
     max_wait: float = Field(default=0.05, gt=0, le=60, description="Seconds to wait to fill a micro-batch.")
-    confidence_threshold: float = Field(default=0.5, ge=0, le=1, description="Below it, events go to review.")
+    confidence_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Below it, events go to review. Default: the serving adapter's own threshold (chosen when it was "
+        "trained, switched with it on a hot swap), 0.5 for an adapter without one and for zero-shot.",
+    )
     max_text_chars: int = Field(default=2000, ge=1, le=10_000, description="Longer questions are dead-lettered.")
 
     registry: str | None = Field(

@@ -230,3 +230,52 @@ def test_baseline_and_registry_commands(tmp_path: Path) -> None:
     back = qcat("adapters", "rollback", *registry)
     assert back.exit_code == 0, back.output
     assert versions["strong"] in back.output
+
+
+def test_an_unknown_label_trains_chooses_its_threshold_and_eval_measures_the_open_set(tmp_path: Path) -> None:
+    """--unknown-label and --unknown-recall end in the manifest's routing policy, met on the held-out rows; eval on
+    data with labels outside the adapter's counts them as unknown questions (open-set metrics) instead of refusing."""
+    rows = [json.loads(line) for line in write_learnable(tmp_path / "learn.jsonl").read_text().splitlines()]
+    chatter = ["I like {}.", "Tell {} hello.", "{} is nice.", "Thanks for {}."]
+    rows += [{"text": t.format(s), "label": "NONE"} for t in chatter for s in SUBJECTS]
+    data = tmp_path / "with-none.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    goal = ("--unknown-label", "NONE", "--unknown-recall", 0.8)
+    result = qcat(
+        "train", data, "--out", tmp_path / "adapter", "--epochs", 8, "--learning-rate", "2e-3", *goal, *FAST_TRAINING
+    )
+    assert result.exit_code == 0, result.output
+    routing = read_manifest(tmp_path / "adapter").routing
+    assert (routing.goal, routing.target, routing.unknown_label) == ("unknown_recall", 0.8, "NONE")
+    assert routing.expected["unknown_recall"] >= 0.8
+
+    test = tmp_path / "test.jsonl"
+    outside = [{"text": f"Why did {s} fall?", "label": "WHY"} for s in SUBJECTS]
+    test.write_text("\n".join(json.dumps(row) for row in rows[::3] + outside) + "\n")
+    report = tmp_path / "report"
+    evaluated = qcat("eval", test, "--adapter", tmp_path / "adapter", "--report", report, *TINY)
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads((report / "metrics.json").read_text())
+    unknown = sum(row["label"] in ("NONE", "WHY") for row in rows[::3] + outside)
+    assert metrics["open_set"]["unknown_questions"] == unknown
+    assert metrics["examples"] == len(rows[::3])  # closed-set figures: the adapter's own labels only
+    assert metrics["routing"]["review_threshold"] == routing.review_threshold
+    assert 0.0 <= metrics["open_set"]["macro_f1"] <= 1.0
+    assert (report / "routing.png").is_file()
+    assert "open set" in (report / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (("--unknown-label", "MISSING"), "is not one of the labels"),
+        (("--unknown-recall", 0.9), "needs --unknown-label"),
+    ],
+)
+def test_an_impossible_routing_goal_is_refused_before_loading(
+    tmp_path: Path, options: tuple[object, ...], said: str
+) -> None:
+    data = write_learnable(tmp_path / "learn.jsonl")
+    result = qcat("train", data, "--out", tmp_path / "adapter", *options, "--base-model", "/nonexistent")
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.output.split())

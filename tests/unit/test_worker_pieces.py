@@ -13,6 +13,7 @@ from aiokafka import errors
 
 from qcat.classifier import ConstantClassifier, Prediction, backend
 from qcat.errors import ContractError, InferenceError, UsageError
+from qcat.routing import RoutingPolicy
 from qcat.schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.schemas.topics import Topics
@@ -82,6 +83,35 @@ def test_a_dead_letter_stays_under_its_byte_bound_however_its_payload_escapes(un
 
 def record(offset: int, value: bytes, key: bytes = b"k") -> Record:
     return Record(key=key, value=value, topic="q.incoming", partition=0, offset=offset, headers=[("h", b"v")])
+
+
+class Confident(ConstantClassifier):
+    """Answers one label at one confidence, under a given routing policy (what an adapter's manifest brings)."""
+
+    def __init__(self, label: str, confidence: float, routing: RoutingPolicy) -> None:
+        super().__init__(TAXONOMY)
+        self._prediction = Prediction(label, confidence, {label: confidence}, False)
+        self._routing = routing
+
+    @property
+    def routing(self) -> RoutingPolicy:
+        return self._routing
+
+
+def test_the_serving_adapter_s_policy_routes_unless_the_setting_overrides_it() -> None:
+    """The classifier's own threshold applies when QCAT_CONFIDENCE_THRESHOLD is unset (a hot swap brings the new
+    adapter's with it); a set threshold wins; the 'none of these' label always goes to review."""
+    records = [record(0, b'{"event_id": "a", "text": "Who ?"}')]
+
+    def route(classifier: Confident, threshold: float | None) -> str:
+        result = process_batch(records, classifier, TOPICS, threshold=threshold, max_text_chars=100)
+        return result.outputs[1].topic
+
+    strict, lenient = RoutingPolicy(review_threshold=0.9), RoutingPolicy(review_threshold=0.6)
+    assert route(Confident("NUM", 0.7, strict), None) == "q.review"
+    assert route(Confident("NUM", 0.7, lenient), None) == "q.route.NUM"
+    assert route(Confident("NUM", 0.7, strict), 0.5) == "q.route.NUM"
+    assert route(Confident("NUM", 1.0, RoutingPolicy(unknown_label="NUM")), 0.0) == "q.review"
 
 
 def test_batch_routes_by_confidence_and_dead_letters_bad_records() -> None:

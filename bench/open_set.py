@@ -1,0 +1,176 @@
+"""Open-set intent classification on Banking77 through qcat's own CLI, by the open-intent protocol of Zhang et al.
+(AAAI 2021, "Adaptive Decision Boundary"): train on a random 25%, 50% or 75% of the intents (their training rows
+only), test on the whole test set with the other intents as one unknown class, several random class splits each.
+
+    python bench/open_set.py BASE_MODEL [--ratios 0.25 0.5 0.75 1.0] [--splits 3] [--parallel 3] [--device cuda]
+        [-- extra qcat train options]
+
+Each run is `qcat train` on the known intents' training rows (its threshold chosen on its own held-out 10% of them,
+for the default goal unless options say otherwise) and `qcat eval` on the full test set, whose unknown intents it
+scores as unknown questions. The figures are eval's own metrics.json at the adapter's threshold: open-set accuracy
+and macro-F1 (unknown as one class), known-class accuracy, unknown recall. Ratio 1.0 is the closed set: argmax
+accuracy, with the coverage and precision of routed answers at the adapter's threshold. From every run's
+predictions.csv the trade-off over thresholds is plotted (bench/results/open-set-banking77.png).
+
+Writes bench/results/open-set-banking77.json keyed by ratio ("0.25", ...), each with mean `accuracy` and `macro_f1`
+(fractions) and every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.train_defaults import qcat  # noqa: E402 - the same runner: output to a log, loud failure
+from qcat.routing import RoutingPolicy  # noqa: E402
+from qcat.schemas.taxonomy import Taxonomy  # noqa: E402
+from qcat.training.evaluate import Scored  # noqa: E402
+from qcat.training.open_set import open_set_metrics  # noqa: E402
+
+DATA = ROOT / "data" / "banking77"
+ADB = {"0.25": (78.85, 71.62), "0.5": (78.86, 80.90), "0.75": (81.08, 85.96)}
+"""ADB with BERT-base, (accuracy, macro-F1) in percent, from the paper."""
+
+
+def rows(split: str) -> list[dict[str, str]]:
+    return [json.loads(line) for line in (DATA / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+
+
+def run(ratio: float, split: int, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    """One class split: train on its known intents, evaluate on the whole test set."""
+    train = rows("train")
+    labels = sorted({row["label"] for row in train})
+    known = set(random.Random(split).sample(labels, round(ratio * len(labels))))
+    name = f"r{ratio}-s{split}"
+    data = args.work / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in train if row["label"] in known))
+    adapter, report = args.work / name, args.work / f"{name}-test"
+    model = ("--base-model", args.base_model, "--device", args.device)
+    started = time.perf_counter()
+    qcat("train", data, "--out", adapter, "--seed", split, *model, *extra, log=args.work / f"{name}.train.log")
+    seconds = time.perf_counter() - started
+    qcat("eval", DATA / "test.jsonl", "--adapter", adapter, "--report", report, *model, log=args.work / f"{name}.log")
+    metrics = json.loads((report / "metrics.json").read_text())
+    manifest = json.loads((adapter / "qcat-manifest.json").read_text())
+    result = {
+        "ratio": ratio,
+        "split": split,
+        "known_intents": len(known),
+        "seconds_to_adapter": round(seconds, 1),
+        "review_threshold": manifest["routing"]["review_threshold"],
+        "held_out_expected": manifest["routing"]["expected"],
+        "closed_set_accuracy": metrics["accuracy"],
+        "routing": metrics["routing"],
+        "open_set": metrics.get("open_set"),
+        "curve": curve(report / "predictions.csv", Taxonomy.from_names(sorted(known))),
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+    return result
+
+
+THRESHOLDS = [round(t, 2) for t in np.linspace(0.0, 1.0, 51)]
+
+
+def curve(predictions: Path, taxonomy: Taxonomy) -> dict[str, list[float]]:
+    """Open-set figures at every threshold, from eval's predictions.csv (qcat's own metric code)."""
+    with predictions.open(newline="", encoding="utf-8") as handle:
+        scored = [Scored(r["text"], r["gold"], r["predicted"], float(r["confidence"])) for r in csv.DictReader(handle)]
+    figures: dict[str, list[float]] = {"threshold": THRESHOLDS, "accuracy": [], "macro_f1": [], "unknown_recall": []}
+    figures["known_accuracy"] = []
+    for threshold in THRESHOLDS:
+        metrics = open_set_metrics(scored, taxonomy, RoutingPolicy(review_threshold=threshold)) or {}
+        for key in ("accuracy", "macro_f1", "unknown_recall", "known_accuracy"):
+            figures[key].append(round(float(metrics.get(key, float("nan"))), 4))
+    return figures
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per ratio: the means over class splits (open set; closed set for ratio 1.0), beside ADB's."""
+    summary: dict[str, Any] = {}
+    for ratio in sorted({r["ratio"] for r in runs}):
+        these = [r for r in runs if r["ratio"] == ratio]
+        key = str(ratio)
+        if ratio == 1.0:
+            summary[key] = {
+                "accuracy": statistics.mean(r["closed_set_accuracy"] for r in these),
+                "macro_f1": None,
+                "coverage_at_own_threshold": statistics.mean(r["routing"]["coverage"] for r in these),
+                "precision_at_own_threshold": statistics.mean(r["routing"]["precision"] for r in these),
+            }
+        else:
+            summary[key] = {
+                metric: statistics.mean(r["open_set"][metric] for r in these)
+                for metric in ("accuracy", "macro_f1", "known_accuracy", "unknown_recall", "unknown_precision")
+            } | {"adb_accuracy_macro_f1_percent": ADB.get(key)}
+        summary[key]["splits"] = len(these)
+    return summary
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    """Per known ratio, open-set macro-F1 against the threshold and unknown recall against known-class accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ratio in sorted({r["ratio"] for r in runs if r["ratio"] < 1.0}):
+        curves = [r["curve"] for r in runs if r["ratio"] == ratio]
+        mean = {key: np.nanmean([c[key] for c in curves], axis=0) for key in ("macro_f1", "unknown_recall")}
+        known = np.nanmean([c["known_accuracy"] for c in curves], axis=0)
+        chosen = statistics.mean(r["review_threshold"] for r in runs if r["ratio"] == ratio)
+        (line,) = left.plot(THRESHOLDS, mean["macro_f1"], label=f"{ratio:.0%} known")
+        left.axvline(chosen, color=line.get_color(), linestyle=":", linewidth=1)
+        right.plot(known, mean["unknown_recall"], color=line.get_color(), label=f"{ratio:.0%} known")
+    left.set_xlabel("review threshold (dotted: chosen by qcat train on held-out rows)")
+    left.set_ylabel("open-set macro-F1 (unknown = one class)")
+    right.set_xlabel("known questions routed to their right label")
+    right.set_ylabel("unknown questions sent to review")
+    for axes in (left, right):
+        axes.set_ylim(0, 1.02)
+        axes.legend(loc="lower left", fontsize=8)
+        axes.grid(alpha=0.3)
+    figure.suptitle("Banking77 open set, qcat train defaults (mean over class splits)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("base_model")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--splits", type=int, default=3)
+    parser.add_argument("--parallel", type=int, default=3)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--work", type=Path, default=Path("/tmp") / f"qcat-open-set-{time.time_ns()}")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "open-set-banking77.json")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    jobs = [(ratio, split) for ratio in args.ratios for split in range(args.splits)]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        runs = list(pool.map(lambda job: run(job[0], job[1], args, extra), jobs))
+    report = {"command": "python bench/open_set.py " + " ".join(sys.argv[1:])} | summarize(runs) | {"runs": runs}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(runs, args.out.with_suffix(".png"))
+    print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
