@@ -3,7 +3,13 @@
 Runs on a random-weight model of Qwen3-0.6B's exact shape (speed does not depend on weight values) over real
 questions (TREC test set). Prints a table and, last, `speedup_vs_naive=X mfu=Y`; writes bench/results/.
 
-    python bench/engine.py [--quick] [--device cuda] [--batch-sizes 1,8,32,64]
+    python bench/engine.py [--quick] [--device cuda] [--batch-sizes 1,8,32,64] [--quantize int8]
+
+`--quantize int8` also times the engine with int8 weights and dynamically quantized activations in every decoder
+linear layer (the label head stays float32), alternating with the unquantized engine at the best batch size, and
+ends with `speedup_vs_naive=X int8_vs_bf16=Y` (X for the int8 engine). `int8` is torch's own dynamic quantization
+(fbgemm/x86 kernels, eager); `int8-torchao` is torchao's Int8DynamicActivationInt8Weight (needs torchao installed).
+Both run the way the best unquantized variant ran (eager or compiled).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from copy import deepcopy
 from pathlib import Path
 from typing import Any, cast
 
@@ -205,6 +212,8 @@ def main() -> None:
     parser.add_argument("--naive-questions", type=int, default=None, help="default: 24, quick: 6")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (default: engine's)")
+    parser.add_argument("--quantize", choices=["int8", "int8-torchao"], default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds for --quantize")
     args = parser.parse_args()
     configure_logging(json=False, level="WARNING")
 
@@ -264,6 +273,18 @@ def main() -> None:
             f" (forward only {fixed['forward_only_mfu']:.1%})"
         )
 
+    quantized = None
+    if args.quantize:
+        compiled = best_variant == "compiled"
+        plain = make_engine(model, tokenizer, "compact", args.batch_tokens, compile=compiled)
+        int8 = make_engine(
+            quantized_copy(model, args.quantize), tokenizer, "compact", args.batch_tokens, compile=compiled
+        )
+        quantized = side_by_side(plain, int8, sample(best["batch_size"]), args.rounds)
+        quantized |= {"kind": args.quantize, "batch_size": best["batch_size"], "variant": best_variant}
+        quantized["speedup_vs_naive"] = quantized["candidate_questions_per_s"] / naive["questions_per_s"]
+        print(json.dumps(quantized), flush=True)
+
     speedup = best["questions_per_s"] / naive["questions_per_s"]
     name = "engine-cpu.json" if device.type == "cpu" else "engine-h200.json"
     out = args.out or ROOT / "bench" / "results" / name
@@ -282,11 +303,50 @@ def main() -> None:
         "speedup_vs_naive": speedup,
         "best_batch_size": best["batch_size"],
         "mfu_at_best": best["mfu"],
+        "quantized": quantized,
         "seconds": time.perf_counter() - started,
     }
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
-    print(f"speedup_vs_naive={speedup:.1f} mfu={(fixed or best)['mfu']:.3f}")
+    if quantized:
+        ratio = quantized["ratio"]
+        print(f"speedup_vs_naive={quantized['speedup_vs_naive']:.1f} {args.quantize}_vs_{args.dtype}={ratio:.2f}")
+    else:
+        print(f"speedup_vs_naive={speedup:.1f} mfu={(fixed or best)['mfu']:.3f}")
+
+
+def quantized_copy(model: Qwen3ForCausalLM, kind: str) -> Qwen3ForCausalLM:
+    """A copy whose decoder linear layers hold int8 weights and quantize their activations per call; embeddings and
+    the (later attached) label head are untouched."""
+    copy = deepcopy(model)
+    if kind == "int8":  # torch's eager dynamic quantization takes float32 layers
+        copy.model = torch.ao.quantization.quantize_dynamic(copy.model.float(), {torch.nn.Linear}, dtype=torch.qint8)
+    else:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_  # type: ignore[import-untyped]
+
+        quantize_(copy.model, Int8DynamicActivationInt8WeightConfig())
+    return copy
+
+
+def side_by_side(baseline: Engine, candidate: Engine, questions: list[str], rounds: int) -> dict[str, Any]:
+    """Questions/s of both engines over the same questions, alternating for `rounds` (this CPU's speed drifts), the
+    median of the candidate's ratio to the baseline per round, and how far their answers differ."""
+    for engine in (baseline, candidate):
+        engine.classify(questions[: engine.batch_size])  # warm-up (and compilation)
+    rates: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for engine, rate in zip((baseline, candidate), rates, strict=True):
+            started = time.perf_counter()
+            engine.classify(questions)
+            rate.append(len(questions) / (time.perf_counter() - started))
+    pairs = list(zip(baseline.classify(questions), candidate.classify(questions), strict=True))
+    return {
+        "questions_per_s_rounds": {"baseline": rates[0], "candidate": rates[1]},
+        "ratio": statistics.median(b / a for a, b in zip(*rates, strict=True)),
+        "candidate_questions_per_s": statistics.median(rates[1]),
+        "same_label": sum(a.label == b.label for a, b in pairs) / len(pairs),
+        "max_confidence_difference": max(abs(a.confidence - b.confidence) for a, b in pairs),
+    }
 
 
 if __name__ == "__main__":
