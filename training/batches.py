@@ -67,9 +67,12 @@ def collate(pad_id: int, widths: Sequence[int] = ()) -> Any:
     narrowest that holds the batch (fewer distinct shapes for CUDA graphs; right padding never changes a row's
     logits). A batch wider than all of them keeps its width."""
 
+    narrowest_first = sorted(widths)
+
     def collate_rows(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         input_ids, last_index = right_pad([row["input_ids"] for row in rows], pad_id)
-        extra = next((w for w in sorted(widths) if w >= input_ids.shape[1]), input_ids.shape[1]) - input_ids.shape[1]
+        width = input_ids.shape[1]
+        extra = next((w for w in narrowest_first if w >= width), width) - width
         if extra:
             input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=pad_id)
         return {

@@ -105,7 +105,8 @@ class DataReport:
             raise DataError("The data has errors:\n- " + "\n- ".join(self.errors))
 
 
-def _shown(items: Sequence[str]) -> str:
+def shown(items: Sequence[str]) -> str:
+    """The first few of `items` and how many more: an error line names examples, not thousands of them."""
     more = f" and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else ""
     return ", ".join(items[:MAX_SHOWN]) + more
 
@@ -118,26 +119,24 @@ def report(
     known = set(taxonomy.names)
     unknown = [f"{e.source} ({e.label!r})" for e in everything if e.label not in known]
     if unknown:
-        result.errors.append(f"{len(unknown)} rows have labels outside the taxonomy: {_shown(unknown)}")
+        result.errors.append(f"{len(unknown)} rows have labels outside the taxonomy: {shown(unknown)}")
     empty = [e.source for e in everything if not e.text.strip()]
     if empty:
-        result.errors.append(f"{len(empty)} rows have empty text: {_shown(empty)}")
+        result.errors.append(f"{len(empty)} rows have empty text: {shown(empty)}")
     labels_of: dict[str, set[str]] = defaultdict(set)
     sources_of: dict[str, list[str]] = defaultdict(list)
     for e in everything:
         labels_of[normalized(e.text)].add(e.label)
         sources_of[normalized(e.text)].append(e.source)
-    conflicts = [
-        f"{_shown(sources_of[key])} ({sorted(labels)})" for key, labels in labels_of.items() if len(labels) > 1
-    ]
+    conflicts = [f"{shown(sources_of[key])} ({sorted(labels)})" for key, labels in labels_of.items() if len(labels) > 1]
     if conflicts:
         result.errors.append(
-            f"{len(conflicts)} texts carry different labels: {_shown(conflicts)}; fix the data, or pass `qcat train "
+            f"{len(conflicts)} texts carry different labels: {shown(conflicts)}; fix the data, or pass `qcat train "
             "--conflicts drop` (drop those rows) or `--conflicts majority` (keep each text's majority label)"
         )
     long_rows = [e.source for e in everything if len(e.text) > max_chars]
     if long_rows:
-        result.warnings.append(f"{len(long_rows)} texts are longer than {max_chars} characters: {_shown(long_rows)}")
+        result.warnings.append(f"{len(long_rows)} texts are longer than {max_chars} characters: {shown(long_rows)}")
     exact = Counter((e.text, e.label) for e in train)
     duplicates = sum(count - 1 for count in exact.values() if count > 1)
     if duplicates:
@@ -150,11 +149,11 @@ def report(
         train_keys = {normalized(e.text) for e in train}
         overlap = [e.source for e in eval_examples if normalized(e.text) in train_keys]
         if overlap:
-            result.warnings.append(f"{len(overlap)} eval rows also occur in training: {_shown(overlap)}")
+            result.warnings.append(f"{len(overlap)} eval rows also occur in training: {shown(overlap)}")
     counts = [result.per_label.get(name, 0) for name in taxonomy.names]
     lacking = [name for name, count in zip(taxonomy.names, counts, strict=True) if count == 0]
     if lacking:
-        result.warnings.append(f"{len(lacking)} taxonomy labels have no training examples: {_shown(lacking)}")
+        result.warnings.append(f"{len(lacking)} taxonomy labels have no training examples: {shown(lacking)}")
     present = [count for count in counts if count]
     if present and max(present) / min(present) > IMBALANCE_RATIO:
         result.warnings.append(

@@ -29,10 +29,7 @@ class RichProgress(TrainerCallback):
 
     def __init__(self, console: Console | None = None) -> None:
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
+            *_columns(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"),
             console=console or Console(stderr=True),

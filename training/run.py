@@ -7,7 +7,6 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from qcat.training.data import (
     load_examples,
     report,
     resolve_conflicts,
+    shown,
     stratified_split,
     write_examples,
 )
@@ -148,7 +148,7 @@ def check_goal(goal: RoutingGoal, taxonomy: Taxonomy, held_out: list[Example]) -
     """What makes the routing goal impossible on this data."""
     errors = []
     if goal.unknown_label is not None and goal.unknown_label not in taxonomy.names:
-        errors.append(f"--unknown-label {goal.unknown_label!r} is not one of the labels ({_few(taxonomy.names)})")
+        errors.append(f"--unknown-label {goal.unknown_label!r} is not one of the labels ({shown(taxonomy.names)})")
     if goal.unknown_recall is not None:
         if goal.unknown_label is None:
             errors.append("--unknown-recall needs --unknown-label (its held-out rows are the unknown questions)")
@@ -157,10 +157,6 @@ def check_goal(goal: RoutingGoal, taxonomy: Taxonomy, held_out: list[Example]) -
                 f"no held-out row carries --unknown-label {goal.unknown_label!r}: --unknown-recall cannot be measured"
             )
     return errors
-
-
-def _few(names: Sequence[str]) -> str:
-    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
 def train(
@@ -242,10 +238,10 @@ def evaluate_model(
     names = engine.taxonomy.names
     outside = sorted({e.label for e in examples} - set(names))
     if len(outside) == len({e.label for e in examples}):
-        raise DataError(f"no row of {data} carries one of the {len(names)} labels it is evaluated on ({_few(names)})")
+        raise DataError(f"no row of {data} carries one of the {len(names)} labels it is evaluated on ({shown(names)})")
     if outside:
         unknown = sum(e.label in outside for e in examples)
-        log.info("labels outside the taxonomy: scored as unknown questions", rows=unknown, labels=_few(outside))
+        log.info("labels outside the taxonomy: scored as unknown questions", rows=unknown, labels=shown(outside))
     report(examples, Taxonomy.from_names([*names, *outside])).raise_on_errors()
     title = f"{engine.adapter_version or 'zero-shot baseline'} ({engine.model_name}) on {data.name}"
     return write_report(score(engine, examples), engine.taxonomy, report_dir, title=title, routing=engine.routing)

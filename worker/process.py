@@ -86,6 +86,7 @@ def process_batch(
     started = time.perf_counter()
     predictions = _classify(classifier, [event.text for _, event in valid])
     result.inference_seconds = time.perf_counter() - started
+    routing = classifier.routing
     for (record, event), prediction in zip(valid, predictions, strict=True):
         if isinstance(prediction, Rejected):
             add_dead_letter(result, topics.dlq, record, prediction)
@@ -96,7 +97,7 @@ def process_batch(
         )
         value = categorized_json(event, prediction, labelled.latency_ms, now, classifier)
         key = event.event_id.encode()
-        routed = classifier.routing.routes(prediction.label, prediction.confidence, threshold)
+        routed = routing.routes(prediction.label, prediction.confidence, threshold)
         route = topics.routes[prediction.label] if routed else topics.review
         result.outputs += [
             Output(topics.categorized, key, value, record.headers, record),
