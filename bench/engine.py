@@ -5,11 +5,11 @@ questions (TREC test set). Prints a table and, last, `speedup_vs_naive=X mfu=Y`;
 
     python bench/engine.py [--quick] [--device cuda] [--batch-sizes 1,8,32,64] [--quantize int8]
 
-`--quantize int8` also times the engine with int8 weights and dynamically quantized activations in every decoder
-linear layer (the label head stays float32), alternating with the unquantized engine at the best batch size, and
-ends with `speedup_vs_naive=X int8_vs_bf16=Y` (X for the int8 engine). `int8` is torch's own dynamic quantization
-(fbgemm/x86 kernels, eager); `int8-torchao` is torchao's Int8DynamicActivationInt8Weight (needs torchao installed).
-Both run the way the best unquantized variant ran (eager or compiled).
+`--quantize int8|fp8` also times the engine at that serving precision (qcat/quantize.py, what QCAT_QUANTIZE does:
+int8 on CPUs, fp8 on Hopper GPUs; the label head stays float32), alternating with the unquantized engine at the best
+batch size, and ends with `speedup_vs_naive=X int8_vs_bf16=Y` (X for the quantized engine). `int8-torchao`, an
+experiment not shipped, is torchao's Int8DynamicActivationInt8Weight. Each runs the way the best unquantized variant
+ran (eager or compiled).
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ sys.path.insert(0, str(ROOT))
 from qcat.engine import Engine  # noqa: E402
 from qcat.logs import configure_logging  # noqa: E402
 from qcat.model import LoadedModel, attach_label_head, fingerprint  # noqa: E402
+from qcat.quantize import quantize_decoder  # noqa: E402
 from qcat.schemas.prompt import PromptStyle, prompt_format, verbalize  # noqa: E402
 from qcat.schemas.taxonomy import Taxonomy  # noqa: E402
+from qcat.settings import Quantize  # noqa: E402
 from qcat.tiny import fit_tokenizer  # noqa: E402
 from qcat.torch_engine import TorchScorer, torch_engine  # noqa: E402
 
@@ -212,7 +214,7 @@ def main() -> None:
     parser.add_argument("--naive-questions", type=int, default=None, help="default: 24, quick: 6")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (default: engine's)")
-    parser.add_argument("--quantize", choices=["int8", "int8-torchao"], default=None)
+    parser.add_argument("--quantize", choices=["int8", "fp8", "int8-torchao"], default=None)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds for --quantize")
     args = parser.parse_args()
     configure_logging(json=False, level="WARNING")
@@ -319,12 +321,12 @@ def quantized_copy(model: Qwen3ForCausalLM, kind: str) -> Qwen3ForCausalLM:
     """A copy whose decoder linear layers hold int8 weights and quantize their activations per call; embeddings and
     the (later attached) label head are untouched."""
     copy = deepcopy(model)
-    if kind == "int8":  # torch's eager dynamic quantization takes float32 layers
-        copy.model = torch.ao.quantization.quantize_dynamic(copy.model.float(), {torch.nn.Linear}, dtype=torch.qint8)
-    else:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_  # type: ignore[import-untyped]
+    if kind == "int8-torchao":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
         quantize_(copy.model, Int8DynamicActivationInt8WeightConfig())
+    else:
+        quantize_decoder(copy, cast(Quantize, kind))
     return copy
 
 

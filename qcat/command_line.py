@@ -21,6 +21,10 @@ BaseModelOption = Annotated[
 ]
 AdapterOption = Annotated[Path | None, typer.Option("--adapter", help="Adapter directory. \\[env: QCAT_ADAPTER]")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N. \\[env: QCAT_DEVICE]")]
+QuantizeOption = Annotated[
+    str | None,
+    typer.Option("--quantize", help="Decoder precision: none, int8 (CPU) or fp8 (Hopper GPU). \\[env: QCAT_QUANTIZE]"),
+]
 
 
 def settings_from(kind: type[Settings], **flags: Any) -> Settings:

@@ -149,11 +149,17 @@ class Engine:
             return []
         started = time.perf_counter()
         encoded = self.encode(texts)
-        logits = self.logits(encoded.ids)
+        predictions = self.predictions(self.logits(encoded.ids), encoded.truncated)
+        log.debug("classified", n=len(texts), ms=round(1000 * (time.perf_counter() - started), 1))
+        return predictions
+
+    def predictions(self, logits: np.ndarray, truncated: Sequence[bool]) -> list[Prediction]:
+        """Logits (from `logits`) to labelled distributions at this engine's temperature; calibration fits the
+        temperature on the same logits it then turns into predictions, without a second forward pass."""
         bad = np.flatnonzero(~np.isfinite(logits).all(axis=1)).tolist()
         if bad:
             raise InferenceError(
-                f"non-finite logits for {len(bad)} of {len(texts)} questions (first at index {bad[0]}); "
+                f"non-finite logits for {len(bad)} of {len(logits)} questions (first at index {bad[0]}); "
                 f"try --dtype float32",
                 bad_indices=tuple(bad),
             )
@@ -163,8 +169,7 @@ class Engine:
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         names = self.taxonomy.names
         predictions = []
-        for row, truncated in zip(probabilities.tolist(), encoded.truncated, strict=True):
+        for row, cut in zip(probabilities.tolist(), truncated, strict=True):
             best = max(range(len(row)), key=row.__getitem__)
-            predictions.append(Prediction(names[best], row[best], dict(zip(names, row, strict=True)), truncated))
-        log.debug("classified", n=len(texts), ms=round(1000 * (time.perf_counter() - started), 1))
+            predictions.append(Prediction(names[best], row[best], dict(zip(names, row, strict=True)), cut))
         return predictions

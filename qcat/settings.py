@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from qcat.schemas.prompt import MAX_QUESTION_TOKENS
 
 DEFAULT_BASE_MODEL = "Qwen/Qwen3-0.6B"
+Quantize = Literal["none", "int8", "fp8"]  # serving precisions: qcat/quantize.py
 
 
 class EngineSettings(BaseSettings):
@@ -47,6 +48,9 @@ class EngineSettings(BaseSettings):
     )
     batch_size: int = Field(default=64, ge=1, le=4096, description="Largest forward pass, in questions.")
     compile: bool = Field(default=False, description="torch.compile the forward pass (worth it on GPUs).")
+    quantize: Quantize = Field(
+        default="none", description="Serving precision of the decoder: none, int8 (CPUs) or fp8 (Hopper GPUs)."
+    )
     batch_tokens: int | None = Field(
         default=None, ge=16, description="Largest forward pass, in padded tokens (default: 256 on CPU, 32768 on GPU)."
     )

@@ -15,6 +15,7 @@ from qcat.classifier import DEFAULT_TAXONOMY
 from qcat.engine import Engine, pad_id
 from qcat.manifest import with_adapter_base
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_configured_base, right_pad
+from qcat.quantize import quantize_decoder
 from qcat.routing import RoutingPolicy
 from qcat.schemas.prompt import ZERO_SHOT_PROMPT_STYLE, PromptFormat, prompt_format
 from qcat.schemas.taxonomy import Taxonomy
@@ -84,6 +85,7 @@ def load_engine(settings: EngineSettings, base: LoadedModel | None = None, taxon
         taxonomy = Taxonomy.from_file(settings.taxonomy)
     if settings.adapter is not None:
         manifest = load_adapter(base, settings.adapter, taxonomy)
+        quantize_decoder(base.lm, settings.quantize)
         log.info(
             "adapter loaded",
             adapter=manifest.version,
@@ -105,6 +107,7 @@ def load_engine(settings: EngineSettings, base: LoadedModel | None = None, taxon
         )
     taxonomy = taxonomy or Taxonomy.from_file(DEFAULT_TAXONOMY)
     attach_label_head(base, taxonomy)
+    quantize_decoder(base.lm, settings.quantize)
     log.info(
         "zero-shot: no adapter, the base model ranks the labels", base_model=base.name, labels=len(taxonomy.labels)
     )

@@ -13,6 +13,7 @@ from qcat.command_line import (
     AnnounceOption,
     BaseModelOption,
     DeviceOption,
+    QuantizeOption,
     RegistryOption,
     announce,
     console,
@@ -217,12 +218,13 @@ def evaluate(
     adapter: AdapterOption = None,
     base_model: BaseModelOption = None,
     device: DeviceOption = None,
+    quantize: QuantizeOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Evaluate an adapter (or, without --adapter, the base model zero-shot) and write a report."""
     from qcat.training.run import evaluate_model
 
-    settings = settings_from(EngineSettings, base_model=base_model, adapter=adapter, device=device)
+    settings = settings_from(EngineSettings, base_model=base_model, adapter=adapter, device=device, quantize=quantize)
     try:
         metrics = evaluate_model(data, report, settings, overwrite=overwrite)
     except QcatError as error:

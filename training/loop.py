@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from peft import PeftModel
 from transformers import (
-    EarlyStoppingCallback,
     PreTrainedModel,
     ProgressCallback,
     Trainer,
@@ -28,7 +27,6 @@ from transformers import (
     TrainingArguments,
 )
 
-from qcat.adapter import peft_saving_quietly
 from qcat.engine import Engine
 from qcat.errors import TrainingError, UsageError
 from qcat.model import label_logits
@@ -77,6 +75,39 @@ class NonFiniteGuard(TrainerCallback):
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         self.check()
+
+
+class BestEpoch(TrainerCallback):
+    """Keeps the trainable weights (LoRA and head) of the epoch with the best held-out accuracy in device memory, and
+    stops after `patience` epochs without a better one. The Trainer's own way, a checkpoint on disk per epoch and a
+    reload at the end, spends seconds per run writing what a few megabytes of device memory hold."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.metrics: dict[str, float] = {}
+        self.weights: dict[str, torch.Tensor] = {}
+        self.waited = 0
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+    ) -> None:
+        if not metrics:
+            return
+        if self.metrics and metrics["eval_accuracy"] <= self.metrics["eval_accuracy"]:
+            self.waited += 1
+            control.should_training_stop = self.waited >= self.patience
+            return
+        self.metrics, self.waited = dict(metrics), 0
+        model: torch.nn.Module = kwargs["model"]
+        self.weights = {
+            name: parameter.detach().clone() for name, parameter in model.named_parameters() if parameter.requires_grad
+        }
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        parameters = dict(kwargs["model"].named_parameters())
+        with torch.no_grad():
+            for name, weight in self.weights.items():
+                parameters[name].copy_(weight)
 
 
 class LabelTrainer(Trainer):
@@ -139,7 +170,6 @@ class CsvMetrics(TrainerCallback):
         self.started = 0.0
         self.seconds = float("nan")
         self.epoch_seconds: list[float] = []
-        self.training = True
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         synchronize()
@@ -150,13 +180,10 @@ class CsvMetrics(TrainerCallback):
         self.seconds = time.perf_counter() - self.started
         self.epoch_seconds.append(self.seconds)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        self.training = False  # the evaluation after training re-scores the best epoch: not a new row
-
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **_: Any
     ) -> None:
-        if not metrics or not self.training:
+        if not metrics:
             return
         new = not self.path.exists()
         with self.path.open("a", newline="", encoding="utf-8") as handle:
@@ -208,9 +235,9 @@ def fit(
 ) -> dict[str, float]:
     """Train `model` (already wrapping engine.base.lm) in place; the best epoch's weights are kept.
 
-    `work` receives the checkpoints, metrics.csv and, when reporting to TensorBoard, runs/.
+    `work` receives metrics.csv and, when reporting to TensorBoard, runs/.
 
-    Returns the final evaluation plus `train_seconds_per_epoch` and `train_tokens_per_s` (median over epochs),
+    Returns the best epoch's evaluation plus `train_seconds_per_epoch` and `train_tokens_per_s` (median over epochs),
     `first_epoch_seconds` (which includes compiling) and `epochs_run`.
     """
     device = next(model.parameters()).device
@@ -227,14 +254,7 @@ def fit(
         warmup_steps=config.warmup_ratio,
         train_sampling_strategy="group_by_length" if config.batching == "length" else "random",
         eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=2,
-        save_only_model=True,  # the best epoch's weights are all that is reloaded; no optimizer state to write
-        load_best_model_at_end=True,
-        # accuracy, not loss, picks the epoch: held-out loss often rises with confidence while accuracy still
-        # improves (docs/training.md); temperature scaling afterwards repairs the calibration
-        metric_for_best_model="eval_accuracy",
-        greater_is_better=True,
+        save_strategy="no",  # BestEpoch keeps the best epoch's weights in memory
         label_names=["labels"],
         remove_unused_columns=False,
         seed=config.seed,
@@ -254,6 +274,9 @@ def fit(
     widths = padded_widths(train_set.lengths, config.graph_widths) if config.cuda_graphs else ()
     timing = CsvMetrics(work / "metrics.csv", tokens_per_epoch=train_set.tokens)
     guard = NonFiniteGuard(list(train))
+    # accuracy, not loss, picks the epoch: held-out loss often rises with confidence while accuracy still improves
+    # (docs/training.md); temperature scaling afterwards repairs the calibration
+    best = BestEpoch(config.patience)
     trainer = LabelTrainer(
         model=model,
         args=args,
@@ -263,7 +286,7 @@ def fit(
         compute_metrics=accuracy,
         callbacks=[
             guard,
-            EarlyStoppingCallback(early_stopping_patience=config.patience),
+            best,
             timing,
             RichProgress(),
         ],
@@ -277,15 +300,13 @@ def fit(
     # dropout and without CUDA graphs
     model.train()
     with (
-        peft_saving_quietly(),  # checkpoints are saved through peft
         compiled_layers(lm) if config.compile else nullcontext(),
         graphed_decoder(lm, config.batch_size, compiled=bool(config.compile)) if config.cuda_graphs else nullcontext(),
     ):
         trainer.train()
-    result: dict[str, float] = trainer.evaluate()
     epochs = timing.epoch_seconds
     seconds = float(np.median(epochs[1:] if len(epochs) > 1 else epochs))  # the first epoch also compiles
-    return result | {
+    return best.metrics | {
         "train_seconds_per_epoch": seconds,
         "train_tokens_per_s": train_set.tokens / seconds,
         "first_epoch_seconds": epochs[0],

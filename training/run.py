@@ -16,7 +16,7 @@ import structlog
 import torch
 
 from qcat.adapter import continue_lora, ensure_new, new_lora, save_adapter
-from qcat.classifier import DEFAULT_TAXONOMY
+from qcat.classifier import DEFAULT_TAXONOMY, Prediction
 from qcat.engine import Engine
 from qcat.errors import DataError, OutputExistsError, UsageError
 from qcat.lora import LoraSpec
@@ -92,9 +92,9 @@ def calibrate_and_report(
     """Fit the softmax temperature on `held_out`, choose the review threshold for `goal` there, then write the
     calibrated engine's report; returns that engine, the report's metrics and the routing policy."""
     labels = torch.tensor([engine.taxonomy.index(e.label) for e in held_out])
-    logits = torch.from_numpy(engine.logits(engine.encode([e.text for e in held_out]).ids))
-    engine = engine.with_temperature(fit_temperature(logits, labels))
-    scored = score(engine, held_out)
+    logits, truncated = scoring_logits(engine, held_out)
+    engine = engine.with_temperature(fit_temperature(torch.from_numpy(logits), labels))
+    scored = as_scored(held_out, engine.predictions(logits, truncated))
     policy = choose_policy(scored, engine.taxonomy, goal)
     return engine, write_report(scored, engine.taxonomy, directory, title=title, routing=policy), policy
 
@@ -103,16 +103,26 @@ SCORING_CHUNK = 256
 """Questions classified per call when scoring a data set: large enough to batch well, small enough to show progress."""
 
 
-def score(engine: Engine, examples: list[Example]) -> list[Scored]:
-    """Classify every example, with a progress bar (a Banking77 test set takes minutes on a CPU)."""
-    scored: list[Scored] = []
+def scoring_logits(engine: Engine, examples: list[Example]) -> tuple[np.ndarray, list[bool]]:
+    """Every example's label logits and whether it was truncated, with a progress bar (a Banking77 test set takes
+    minutes on a CPU)."""
+    parts, truncated = [], []
     with counting(f"classifying {len(examples)} questions", len(examples)) as advance:
         for start in range(0, len(examples), SCORING_CHUNK):
-            chunk = examples[start : start + SCORING_CHUNK]
-            predictions = engine.classify([e.text for e in chunk])
-            scored += [Scored(e.text, e.label, p.label, p.confidence) for e, p in zip(chunk, predictions, strict=True)]
-            advance(len(chunk))
-    return scored
+            encoded = engine.encode([e.text for e in examples[start : start + SCORING_CHUNK]])
+            parts.append(engine.logits(encoded.ids))
+            truncated += encoded.truncated
+            advance(len(encoded.ids))
+    return np.concatenate(parts), truncated
+
+
+def as_scored(examples: list[Example], predictions: list[Prediction]) -> list[Scored]:
+    return [Scored(e.text, e.label, p.label, p.confidence) for e, p in zip(examples, predictions, strict=True)]
+
+
+def score(engine: Engine, examples: list[Example]) -> list[Scored]:
+    """Classify every example (`scoring_logits`, then the engine's predictions)."""
+    return as_scored(examples, engine.predictions(*scoring_logits(engine, examples)))
 
 
 def prepare_data(request: TrainRequest) -> tuple[Taxonomy, list[Example], list[Example], list[Example]]:
@@ -243,5 +253,6 @@ def evaluate_model(
         unknown = sum(e.label in outside for e in examples)
         log.info("labels outside the taxonomy: scored as unknown questions", rows=unknown, labels=shown(outside))
     report(examples, Taxonomy.from_names([*names, *outside])).raise_on_errors()
-    title = f"{engine.adapter_version or 'zero-shot baseline'} ({engine.model_name}) on {data.name}"
+    precision = "" if settings.quantize == "none" else f", {settings.quantize}"
+    title = f"{engine.adapter_version or 'zero-shot baseline'} ({engine.model_name}{precision}) on {data.name}"
     return write_report(score(engine, examples), engine.taxonomy, report_dir, title=title, routing=engine.routing)

@@ -10,7 +10,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qcat.command_line import AdapterOption, BaseModelOption, DeviceOption, console, fail, settings_from
+from qcat.command_line import (
+    AdapterOption,
+    BaseModelOption,
+    DeviceOption,
+    QuantizeOption,
+    console,
+    fail,
+    settings_from,
+)
 from qcat.errors import QcatError
 from qcat.settings import EngineSettings
 
@@ -26,13 +34,20 @@ def classify(
     taxonomy: Annotated[Path | None, typer.Option(help="Labels for zero-shot (JSON or one per line).")] = None,
     device: DeviceOption = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float16, float32.")] = None,
+    quantize: QuantizeOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")] = False,
 ) -> None:
     """Categorize questions ad hoc with the base model (zero-shot) or an adapter."""
     from qcat.torch_engine import load_engine
 
     settings = settings_from(
-        EngineSettings, base_model=base_model, adapter=adapter, taxonomy=taxonomy, device=device, dtype=dtype
+        EngineSettings,
+        base_model=base_model,
+        adapter=adapter,
+        taxonomy=taxonomy,
+        device=device,
+        dtype=dtype,
+        quantize=quantize,
     )
     try:
         engine = load_engine(settings)
@@ -83,6 +98,7 @@ def worker(
     brokers: BrokersOption = None,
     base_model: BaseModelOption = None,
     adapter: AdapterOption = None,
+    quantize: QuantizeOption = None,
     topic_prefix: Annotated[str | None, typer.Option(help="Topic name prefix. \\[env: QCAT_TOPIC_PREFIX]")] = None,
     max_batch: Annotated[int | None, typer.Option(help="Most events per micro-batch. \\[env: QCAT_MAX_BATCH]")] = None,
     max_wait: Annotated[float | None, typer.Option(help="Seconds to fill a batch. \\[env: QCAT_MAX_WAIT]")] = None,
@@ -106,6 +122,7 @@ def worker(
         brokers=brokers,
         base_model=base_model,
         adapter=adapter,
+        quantize=quantize,
         topic_prefix=topic_prefix,
         max_batch=max_batch,
         max_wait=max_wait,

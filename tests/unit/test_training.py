@@ -22,7 +22,7 @@ from qcat.settings import EngineSettings
 from qcat.torch_engine import load_engine, torch_engine
 from qcat.training.config import Batching, TrainConfig
 from qcat.training.data import Example
-from qcat.training.loop import fit
+from qcat.training.loop import BestEpoch, fit
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])
 SUBJECTS = [
@@ -395,3 +395,23 @@ def test_speed_switches_left_unset_take_the_device_s_defaults() -> None:
     assert (cuda.compile, cuda.cuda_graphs, cuda.autocast) == (False, True, True)
     forced = TrainConfig(compile=True, cuda_graphs=False).on(torch.device("cuda"))
     assert (forced.compile, forced.cuda_graphs, forced.autocast) == (True, False, True)
+
+
+def test_best_epoch_restores_the_best_weights_and_stops_after_patience() -> None:
+    """The best held-out epoch's trainable weights come back at the end; frozen ones are not copied; training stops
+    once `patience` evaluations in a row fail to beat it (a tie does not count as better)."""
+    from transformers import TrainerControl
+
+    model = torch.nn.Linear(2, 2)
+    model.bias.requires_grad_(False)
+    best, control = BestEpoch(patience=2), TrainerControl()
+    kept = None
+    for epoch, accuracy in enumerate([0.5, 0.7, 0.7, 0.6]):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        best.on_evaluate(None, None, control, metrics={"eval_accuracy": accuracy}, model=model)
+        kept = model.weight.detach().clone() if accuracy == 0.7 and kept is None else kept
+        assert control.should_training_stop == (epoch == 3)
+    best.on_train_end(None, None, control, model=model)
+    assert kept is not None and torch.equal(model.weight, kept)
+    assert best.metrics["eval_accuracy"] == 0.7 and set(best.weights) == {"weight"}
