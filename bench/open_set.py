@@ -3,7 +3,9 @@
 only), test on the whole test set with the other intents as one unknown class, several random class splits each.
 
     python bench/open_set.py BASE_MODEL [--ratios 0.25 0.5 0.75 1.0] [--splits 3] [--parallel 3] [--device cuda]
-        [-- extra qcat train options]
+        [--work DIR] [-- extra qcat train options]
+
+A run finished under --work is kept there and not repeated: a call cut short resumes with the same --work.
 
 Each run is `qcat train` on the known intents' training rows (its threshold chosen on its own held-out 10% of them,
 for the default goal unless options say otherwise) and `qcat eval` on the full test set, whose unknown intents it
@@ -22,6 +24,7 @@ import argparse
 import csv
 import json
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -57,7 +60,11 @@ def run(ratio: float, split: int, args: argparse.Namespace, extra: list[str]) ->
     name = f"r{ratio}-s{split}"
     data = args.work / f"{name}.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in train if row["label"] in known))
-    adapter, report = args.work / name, args.work / f"{name}-test"
+    adapter, report, saved = args.work / name, args.work / f"{name}-test", args.work / f"{name}.json"
+    if saved.exists():  # finished by an earlier call with the same --work (a device call has a time limit)
+        return dict(json.loads(saved.read_text()))
+    shutil.rmtree(adapter, ignore_errors=True)  # left half-done by a call that ran out of time
+    shutil.rmtree(report, ignore_errors=True)
     model = ("--base-model", args.base_model, "--device", args.device)
     started = time.perf_counter()
     qcat("train", data, "--out", adapter, "--seed", split, *model, *extra, log=args.work / f"{name}.train.log")
@@ -78,6 +85,7 @@ def run(ratio: float, split: int, args: argparse.Namespace, extra: list[str]) ->
         "curve": curve(report / "predictions.csv", Taxonomy.from_names(sorted(known))),
     }
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+    saved.write_text(json.dumps(result))
     return result
 
 
@@ -163,7 +171,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "open-set-banking77.json")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    jobs = [(ratio, split) for ratio in args.ratios for split in range(args.splits)]
+    # the largest training sets first, so the last ones to finish are short; an interrupted call resumes with --work
+    jobs = [(ratio, split) for ratio in sorted(args.ratios, reverse=True) for split in range(args.splits)]
     with ThreadPoolExecutor(args.parallel) as pool:
         runs = list(pool.map(lambda job: run(job[0], job[1], args, extra), jobs))
     report = {"command": "python bench/open_set.py " + " ".join(sys.argv[1:])} | summarize(runs) | {"runs": runs}

@@ -157,11 +157,12 @@ def train(
     ] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on labeled questions, evaluate it and save it with its report."""
+    settings = settings_from(EngineSettings, base_model=base_model, device=device, dtype=dtype)
+    start_cuda(settings.device)
     from qcat.model import resolve_device
     from qcat.training.run import SPEED_METRICS, TrainRequest
     from qcat.training.run import train as run_train
 
-    settings = settings_from(EngineSettings, base_model=base_model, device=device, dtype=dtype)
     config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -209,6 +210,17 @@ def train(
     )
     keys = ("accuracy", "macro_f1", *SPEED_METRICS, "seeds")
     print(json.dumps({"adapter": str(directory)} | {key: metrics[key] for key in keys if key in metrics}))
+
+
+def start_cuda(device: str) -> None:
+    """Create the CUDA context on a thread while transformers and peft import: each takes seconds when a run starts
+    cold, and neither needs the other (docs/training.md, where TREC-6's seconds go)."""
+    import threading
+
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        threading.Thread(target=torch.cuda.init, name="cuda-init", daemon=True).start()
 
 
 @commands.command(name="eval")
