@@ -20,6 +20,7 @@ from the first batch's outputs to the last's (`steady_rate`), the same steady st
 Prints a table and, last, `events_per_s=N speedup_vs_naive_faust=X`.
 
     python bench/pipeline.py [--quick]
+    python bench/pipeline.py --fetch-wait --out bench/results/pipeline-fetch-wait.json   # low-load latency only
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from qcat.worker.broker import FAST_JOIN_SESSION_TIMEOUT, EmbeddedBroker, free_port  # noqa: E402
 from qcat.worker.processes import terminate, wait_ready  # noqa: E402
+from qcat.worker.settings import WorkerSettings  # noqa: E402
 
 RUN_NUMBERS = itertools.count()
 QUESTIONS = [json.loads(line)["text"] for line in (ROOT / "data" / "trec" / "test.jsonl").open()]
@@ -246,8 +248,20 @@ def main() -> None:
     parser.add_argument(
         "--read-during", action="store_true", help="read the outputs while a no-op worker runs (default: afterwards)"
     )
+    parser.add_argument(
+        "--fetch-wait",
+        action="store_true",
+        help="only the no-op worker's latency at 50 events/s, Faust's fetch wait against qcat's (3 rounds)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
+    if args.fetch_wait:
+        with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp_name:
+            result = fetch_wait_latency(broker.address, Path(tmp_name), rounds=3)
+        report = {"command": "python bench/pipeline.py " + " ".join(sys.argv[1:]), "cores": os.cpu_count()}
+        args.out.write_text(json.dumps(report | result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return
     count = args.events or (4000 if args.quick else 20000)
     args.noop_rounds = args.noop_rounds or (1 if args.quick else 3)
     batch = str(args.max_batch)
@@ -362,12 +376,38 @@ def latency_at_half_load(
     address: str, tmp: Path, settings: dict[str, str], engine: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Send at half the engine's throughput for ~20 s; p99 of the events' own created->categorized latency."""
-    prefix = f"bench-latency-{os.getpid()}"
-    web_port = free_port()
-    env = worker_env(address, prefix, tmp / "latency", web_port, settings)
-    process = start([sys.executable, "-m", "qcat", "worker"], env, tmp / "latency.log", web_port)
     rate = engine["events_per_s"] / 2
-    count = int(rate * 20)
+    result = paced_latency(address, tmp, settings, rate, int(rate * 20))
+    budget = 1000 * (float(settings["QCAT_MAX_WAIT"]) + 2 * engine["p50_batch_s"])
+    print(
+        f"latency at {rate:.1f} events/s: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms "
+        f"(budget max_wait + 2 x batch = {budget:.0f} ms)"
+    )
+    return result | {"budget_ms": budget}
+
+
+def fetch_wait_latency(address: str, tmp: Path, rounds: int) -> dict[str, Any]:
+    """The no-op worker at 50 events/s, Faust's fetch wait (1.5 s) against qcat's default, alternating rounds."""
+    waits = {"faust_1.5s": "1.5", "qcat_default": str(WorkerSettings.model_fields["fetch_max_wait"].default)}
+    noop = {"QCAT_CLASSIFIER": "constant", "QCAT_MAX_WAIT": "0.05"}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in waits}
+    for _ in range(rounds):
+        for name, wait in waits.items():
+            runs[name].append(paced_latency(address, tmp, noop | {"QCAT_FETCH_MAX_WAIT": wait}, 50, 500))
+            print(f"fetch wait {name:13}: p50 {runs[name][-1]['p50_ms']:.0f} ms, p99 {runs[name][-1]['p99_ms']:.0f} ms")
+    return {
+        name: {"fetch_max_wait_s": float(waits[name]), "p99_ms_median": statistics.median(r["p99_ms"] for r in rs)}
+        | {"rounds": rs}
+        for name, rs in runs.items()
+    }
+
+
+def paced_latency(address: str, tmp: Path, settings: dict[str, str], rate: float, count: int) -> dict[str, Any]:
+    """Send `count` events at `rate` per second to a fresh worker; p50 and p99 of their created->categorized ms."""
+    prefix = f"bench-latency-{os.getpid()}-{next(RUN_NUMBERS)}"
+    web_port = free_port()
+    env = worker_env(address, prefix, tmp / prefix, web_port, settings)
+    process = start([sys.executable, "-m", "qcat", "worker"], env, tmp / f"{prefix}.log", web_port)
     try:
 
         async def run() -> list[Any]:
@@ -380,12 +420,7 @@ def latency_at_half_load(
         terminate(process)
     latencies = sorted(v["latency_ms"] for v in values)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    budget = 1000 * (float(settings["QCAT_MAX_WAIT"]) + 2 * engine["p50_batch_s"])
-    print(
-        f"latency at {rate:.1f} events/s: p50 {statistics.median(latencies):.0f} ms, p99 {p99:.0f} ms "
-        f"(budget max_wait + 2 x batch = {budget:.0f} ms)"
-    )
-    return {"rate": rate, "events": count, "p50_ms": statistics.median(latencies), "p99_ms": p99, "budget_ms": budget}
+    return {"rate": rate, "events": count, "p50_ms": statistics.median(latencies), "p99_ms": p99}
 
 
 if __name__ == "__main__":

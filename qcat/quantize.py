@@ -42,6 +42,8 @@ def quantize_decoder(lm: nn.Module, kind: Quantize) -> None:
     else:
         raise UsageError(f"unknown QCAT_QUANTIZE {kind!r}: none, int8 or fp8")
     log.info("decoder quantized", quantize=kind, device=str(device))
+    if kind == "int8":
+        log.warning("int8 costs accuracy (docs/engine.md): measure it on your data with `qcat eval --quantize int8`")
 
 
 def _float8(decoder: nn.Module, device: torch.device) -> None:

@@ -85,7 +85,7 @@ def create_app(
     topics = Topics.build(settings.topic_prefix, classifier.taxonomy)
     serving = Serving(classifier)
     app = _faust_app(settings)
-    use_fast_transport(app)  # before the first topic asks for it
+    use_fast_transport(app, settings.fetch_max_wait)  # before the first topic asks for it
     incoming = app.topic(topics.incoming, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     ready = asyncio.Event()
     executor = inference or ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-inference")

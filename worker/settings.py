@@ -24,6 +24,13 @@ class WorkerSettings(EngineSettings, KafkaSettings):
 
     max_batch: int = Field(default=64, ge=1, le=4096, description="Most events per micro-batch.")
     max_wait: float = Field(default=0.05, gt=0, le=60, description="Seconds to wait to fill a micro-batch.")
+    fetch_max_wait: float = Field(
+        default=0.05,
+        gt=0,
+        le=10,
+        description="Seconds an empty fetch waits on the broker. Kafka answers as soon as an event arrives; a broker "
+        "that holds each fetch for the whole wait (the embedded one) adds it to an event's latency at low load.",
+    )
     confidence_threshold: float | None = Field(
         default=None,
         ge=0,

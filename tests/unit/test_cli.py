@@ -111,6 +111,7 @@ def test_bad_settings_are_one_usage_error_naming_the_setting(monkeypatch: pytest
     monkeypatch.delenv("QCAT_MAX_BATCH")
     tiny = ["classify", "--base-model", "tiny-qwen3"]
     one_error(runner.invoke(app, [*tiny, "--dtype", "float64", "Why ?"]), 2, "QCAT_DTYPE")
+    one_error(runner.invoke(app, [*tiny, "--quantize", "int4", "Why ?"]), 2, "QCAT_QUANTIZE")
     if not torch.cuda.is_available():
         monkeypatch.setenv("QCAT_DEVICE", "cuda")
         one_error(runner.invoke(app, [*tiny, "Why ?"]), 2, "no usable CUDA device")

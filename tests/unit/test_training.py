@@ -413,5 +413,7 @@ def test_best_epoch_restores_the_best_weights_and_stops_after_patience() -> None
         kept = model.weight.detach().clone() if accuracy == 0.7 and kept is None else kept
         assert control.should_training_stop == (epoch == 3)
     best.on_train_end(None, None, control, model=model)
-    assert kept is not None and torch.equal(model.weight, kept)
-    assert best.metrics["eval_accuracy"] == 0.7 and set(best.weights) == {"weight"}
+    assert kept is not None
+    assert torch.equal(model.weight, kept)
+    assert best.metrics["eval_accuracy"] == 0.7
+    assert set(best.weights) == {"weight"}

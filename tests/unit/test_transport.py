@@ -19,7 +19,7 @@ TP0 = TP("questions.incoming", 0)
 
 
 @contextlib.contextmanager
-def consumer() -> Iterator[Any]:
+def consumer(fetch_max_wait: float | None = None) -> Iterator[Any]:
     """The consumer of an app that never connects (enter in a coroutine): the tests drive its flow-control marks."""
     app = faust.App(
         "t-transport",
@@ -28,7 +28,7 @@ def consumer() -> Iterator[Any]:
         autodiscover=False,
         loop=asyncio.get_running_loop(),  # Faust would open a loop of its own, never closed
     )
-    use_fast_transport(app)
+    use_fast_transport(app, fetch_max_wait)
     assert isinstance(app.consumer, Consumer)
     try:
         yield app.consumer
@@ -65,3 +65,18 @@ def test_a_mark_nothing_will_clear_is_dropped(monkeypatch: pytest.MonkeyPatch) -
             return TP0 in fetcher._buffered_partitions
 
     assert asyncio.run(run()) is False
+
+
+@pytest.mark.parametrize(("fetch_max_wait", "expected_ms"), [(None, 1500), (0.05, 50)])
+def test_the_fetch_wait_reaches_the_kafka_consumer(fetch_max_wait: float | None, expected_ms: int) -> None:
+    """QCAT_FETCH_MAX_WAIT becomes aiokafka's fetch_max_wait_ms (Faust fixes 1500 ms, kept when none is given)."""
+
+    async def run() -> int:
+        with consumer(fetch_max_wait) as fetcher:
+            kafka = fetcher._thread._create_worker_consumer(fetcher.transport)
+            try:
+                return int(kafka._fetch_max_wait_ms)
+            finally:
+                await kafka.stop()  # never started: closes the client it made
+
+    assert asyncio.run(run()) == expected_ms
