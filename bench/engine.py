@@ -318,8 +318,8 @@ def main() -> None:
 
 
 def quantized_copy(model: Qwen3ForCausalLM, kind: str) -> Qwen3ForCausalLM:
-    """A copy whose decoder linear layers hold int8 weights and quantize their activations per call; embeddings and
-    the (later attached) label head are untouched."""
+    """A copy whose decoder linear layers are quantized as `kind` says (weights, and activations per call);
+    embeddings and the (later attached) label head are untouched."""
     copy = deepcopy(model)
     if kind == "int8-torchao":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_

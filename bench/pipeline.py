@@ -21,18 +21,20 @@ Prints a table and, last, `events_per_s=N speedup_vs_naive_faust=X`.
 
     python bench/pipeline.py [--quick]
     python bench/pipeline.py --fetch-wait --out bench/results/pipeline-fetch-wait.json   # low-load latency only
+    QCAT_DEVICE=cuda python bench/pipeline.py --model-only --max-batch 512 --workers 2 --out ...  # a GPU: N replicas
+
+With `--workers N` the model runs start N worker processes in one consumer group (replicas sharing the device, as N
+pods on one GPU would), settled in the group before the events are produced; every event id must come back.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,125 +42,24 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qcat.worker.broker import FAST_JOIN_SESSION_TIMEOUT, EmbeddedBroker, free_port  # noqa: E402
-from qcat.worker.processes import terminate, wait_ready  # noqa: E402
+from bench.stream import (  # noqa: E402
+    QUESTIONS,
+    RUN_NUMBERS,
+    drain,
+    inference_per_batch,
+    paced_latency,
+    preload,
+    start,
+    start_workers,
+    steady_rate,
+    worker_env,
+)
+from qcat.worker.broker import EmbeddedBroker, free_port  # noqa: E402
+from qcat.worker.processes import terminate  # noqa: E402
 from qcat.worker.settings import WorkerSettings  # noqa: E402
-
-RUN_NUMBERS = itertools.count()
-QUESTIONS = [json.loads(line)["text"] for line in (ROOT / "data" / "trec" / "test.jsonl").open()]
-
-
-def event(index: int, created_at: str | None = None) -> bytes:
-    body: dict[str, Any] = {"event_id": f"b{index}", "text": QUESTIONS[index % len(QUESTIONS)]}
-    if created_at:
-        body["created_at"] = created_at
-    return json.dumps(body).encode()
-
-
-async def preload(address: str, topic: str, count: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=address, linger_ms=20, max_batch_size=256 * 1024)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, event(i), key=f"b{i}".encode()) for i in range(count)]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def paced(address: str, topic: str, count: int, rate: float) -> None:
-    from datetime import UTC, datetime
-
-    producer = AIOKafkaProducer(bootstrap_servers=address, linger_ms=0)
-    await producer.start()
-    try:
-        started = time.monotonic()
-        for i in range(count):
-            delay = started + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await producer.send(topic, event(i, datetime.now(UTC).isoformat()), key=f"b{i}".encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def drain(
-    address: str, topic: str, count: int, timeout: float, parse: bool = False, when_complete: bool = False
-) -> tuple[list[float], list[Any]]:
-    """Read `count` records of `topic`; return their producer-side timestamps (seconds since the epoch, sorted) and,
-    if asked, their values. `when_complete`: read only once all `count` are on the broker (watching its end offsets),
-    so that reading does not take CPU from the worker being timed: on 2 cores it competed with it and the broker."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=address,
-        enable_auto_commit=False,
-        metadata_max_age_ms=500,
-        fetch_max_wait_ms=500,  # producer-side timestamps time the worker; a lazy reader disturbs it less
-    )
-    await consumer.start()
-    # its partitions assigned directly, not through a consumer group: joining one took ~30 s on the embedded broker
-    deadline = time.monotonic() + timeout
-    while not (partitions := consumer.partitions_for_topic(topic)) and time.monotonic() < deadline:
-        await consumer.topics()  # refreshes the metadata; the topic appears once the worker has created it
-        await asyncio.sleep(0.2)
-    assigned = [TopicPartition(topic, partition) for partition in sorted(partitions or ())]
-    consumer.assign(assigned)
-    # "complete" is "stopped growing": the embedded broker's end offset can stop short of a multi-record batch's end
-    # (9,986 of 10,000 records while all were readable)
-    previous = -1
-    while when_complete and time.monotonic() < deadline:
-        present = sum((await consumer.end_offsets(assigned)).values())
-        if present >= count or present == previous > 0:
-            break
-        previous = present
-        await asyncio.sleep(0.5)
-    await consumer.seek_to_beginning()
-    seen, values, stamps = 0, [], []
-    try:
-        while seen < count and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
-                seen += len(records)
-                stamps += [record.timestamp / 1000 for record in records]
-                if parse:
-                    values.extend(json.loads(r.value) for r in records)
-    finally:
-        await consumer.stop()
-    if seen < count:
-        raise RuntimeError(f"only {seen} of {count} records on {topic} within {timeout:.0f}s")
-    return sorted(stamps), values
-
-
-def steady_rate(stamps: list[float], gap: float = 0.3) -> float:
-    """Events per second after the first micro-batch: a batch's outputs share one timestamp (within a few ms), so
-    the span from the first batch's outputs to the last batch's covers every batch but the first; count those."""
-    first_batch = next((i for i in range(1, len(stamps)) if stamps[i] - stamps[i - 1] > gap), len(stamps))
-    return (len(stamps) - first_batch) / (stamps[-1] - stamps[first_batch - 1])
-
-
-def start(command: list[str], env: dict[str, str], log: Path, web_port: int) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    wait_ready(process, web_port, log)
-    return process
-
-
-def worker_env(address: str, prefix: str, data_dir: Path, web_port: int, settings: dict[str, str]) -> dict[str, str]:
-    return {
-        **os.environ,
-        "QCAT_BROKERS": address,
-        "QCAT_TOPIC_PREFIX": prefix,
-        "QCAT_APP_ID": prefix,
-        "QCAT_WEB_PORT": str(web_port),
-        "QCAT_DATA_DIR": str(data_dir),
-        "QCAT_PARTITIONS": "2",
-        "QCAT_SESSION_TIMEOUT": str(FAST_JOIN_SESSION_TIMEOUT),
-        "QCAT_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-        **settings,
-    }
 
 
 def run_variant(
@@ -193,16 +94,30 @@ def run_variant(
     return result
 
 
+def run_replicas(name: str, address: str, tmp: Path, count: int, settings: dict[str, str], workers: int) -> dict:
+    """`workers` worker processes in one consumer group (replicas sharing this machine's device), started and settled
+    in the group before `count` events are produced as fast as the producer goes (started after a preload, the first
+    replica would take everything until the others joined). Every event must come back: outputs are counted by
+    event id, since a rebalance may redeliver some."""
+    prefix = f"bench-{name}-{os.getpid()}-{next(RUN_NUMBERS)}"
+    processes, ports = start_workers(address, prefix, tmp, settings, workers)
+    result: dict[str, Any] = {"variant": name, "events": count, "workers": workers}
+    try:
+        asyncio.run(preload(address, f"{prefix}.incoming", count))
+        stamps, values = asyncio.run(drain(address, f"{prefix}.categorized", count, 600, parse=True, distinct=True))
+        result["events_per_s"] = steady_rate(stamps)
+        result["outputs"], result["distinct_events"] = len(values), len({v["event_id"] for v in values})
+        result["inference_s_per_batch"] = statistics.mean(inference_per_batch(port) for port in ports)
+    finally:
+        for process in processes:
+            terminate(process)
+    print(f"{name:28} {count:7d} events  {result['events_per_s']:9.0f} events/s ({workers} workers)", flush=True)
+    return result
+
+
 def paired_median(numerators: list[float], denominators: list[float]) -> float:
     """The median of the rounds' ratios (each round's runs ran minutes apart at most)."""
     return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
-
-
-def inference_per_batch(web_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    values = dict(line.split(" ") for line in text.splitlines() if line.startswith("qcat_inference_seconds_"))
-    return float(values["qcat_inference_seconds_sum"]) / float(values["qcat_inference_seconds_count"])
 
 
 def consumed_seconds(web_port: int, count: int, timeout: float) -> float:
@@ -253,6 +168,10 @@ def main() -> None:
         action="store_true",
         help="only the no-op worker's latency at 50 events/s, Faust's fetch wait against qcat's (3 rounds)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker replicas in one group for the model runs (sharing the device)"
+    )
+    parser.add_argument("--model-only", action="store_true", help="only the model runs and the latency")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
     if args.fetch_wait:
@@ -261,6 +180,14 @@ def main() -> None:
         report = {"command": "python bench/pipeline.py " + " ".join(sys.argv[1:]), "cores": os.cpu_count()}
         args.out.write_text(json.dumps(report | result, indent=2) + "\n")
         print(f"wrote {args.out}")
+        return
+    if args.model_only:
+        report = {"command": "python bench/pipeline.py " + " ".join(sys.argv[1:]), "cores": os.cpu_count()}
+        with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp_name:
+            report |= model_runs(broker.address, Path(tmp_name), args, {"QCAT_EVENT_LOOP": args.event_loop})
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        print(f"events_per_s={report['events_per_s']:.0f} worker_vs_engine={report['worker_vs_engine']:.2f}")
         return
     count = args.events or (4000 if args.quick else 20000)
     args.noop_rounds = args.noop_rounds or (1 if args.quick else 3)
@@ -307,55 +234,7 @@ def main() -> None:
             if name in by_name:
                 report[name.replace("-", "_")] = by_name[name]
         if not args.quick:
-            model = {
-                **loop,
-                "QCAT_CLASSIFIER": "bench.models:qwen3_shape",
-                "QCAT_MAX_BATCH": batch,
-                "QCAT_MAX_WAIT": "0.05",
-                "QCAT_BATCH_SIZE": batch,
-            }
-            model_events = 12 * args.max_batch
-            # this machine drifts by 10-20% within minutes: each round times the engine alone just before and just
-            # after the worker and takes the worker's ratio to their mean; the rounds' median ratio is reported
-            rounds = []
-            for _ in range(args.model_rounds):
-                before = engine_throughput(args.max_batch, model_events // 2)
-                worker = run_variant("qcat-qwen3-shape", broker.address, tmp, model_events, model, steady=True)
-                after = engine_throughput(args.max_batch, model_events // 2)
-                alone = statistics.fmean([before["events_per_s"], after["events_per_s"]])
-                batch_s = statistics.fmean([before["p50_batch_s"], after["p50_batch_s"]])
-                rounds.append(
-                    worker
-                    | {
-                        "engine_alone_events_per_s": alone,
-                        "vs_engine": worker["events_per_s"] / alone,
-                        "model_slowdown_in_worker": worker["inference_s_per_batch"] / batch_s,
-                        "engine_runs": [before, after],
-                    }
-                )
-                print(
-                    f"{'engine alone, batch ' + batch:28} before {before['events_per_s']:.1f}, after "
-                    f"{after['events_per_s']:.1f} events/s; worker / engine {rounds[-1]['vs_engine']:.2f}"
-                )
-            engine = {
-                "events_per_s": statistics.median(r["engine_alone_events_per_s"] for r in rounds),
-                "p50_batch_s": statistics.median(run["p50_batch_s"] for r in rounds for run in r["engine_runs"]),
-            }
-            worker = {
-                "variant": "qcat-qwen3-shape",
-                "events": model_events,
-                "events_per_s": statistics.median(r["events_per_s"] for r in rounds),
-                "vs_engine": statistics.median(r["vs_engine"] for r in rounds),
-                "model_slowdown_in_worker": statistics.median(r["model_slowdown_in_worker"] for r in rounds),
-                "rounds": rounds,
-            }
-            print(
-                f"worker / engine, median of {len(rounds)} rounds: {worker['vs_engine']:.2f} "
-                f"({[round(r['vs_engine'], 2) for r in rounds]}); the model's own batch time in the worker / alone: "
-                f"{worker['model_slowdown_in_worker']:.2f}"
-            )
-            report |= {"engine_alone": engine, "qcat_qwen3_shape": worker}
-            report["latency_at_half_load"] = latency_at_half_load(broker.address, tmp, model, engine, args)
+            report |= model_runs(broker.address, tmp, args, loop)
     speedup = paired_median(runs["qcat-noop"], runs["naive-faust"])
     report["speedup_vs_naive_faust"] = speedup
     if "naive-faust-records" in runs:
@@ -372,12 +251,83 @@ def main() -> None:
     print(f"events_per_s={qcat['events_per_s']:.0f} speedup_vs_naive_faust={speedup:.1f}")
 
 
+def model_runs(address: str, tmp: Path, args: argparse.Namespace, loop: dict[str, str]) -> dict[str, Any]:
+    """The worker with the engine on a random-weight Qwen3-0.6B-shaped model (`--workers` replicas in one group),
+    against the engine alone in this process, in rounds; then the latency at half the worker's load."""
+    batch = str(args.max_batch)
+    model = {
+        **loop,
+        "QCAT_CLASSIFIER": "bench.models:qwen3_shape",
+        "QCAT_MAX_BATCH": batch,
+        "QCAT_MAX_WAIT": "0.05",
+        "QCAT_BATCH_SIZE": batch,
+    }
+    model_events = 12 * args.max_batch
+    # this machine drifts by 10-20% within minutes: each round times the engine alone just before and just
+    # after the worker and takes the worker's ratio to their mean; the rounds' median ratio is reported
+    rounds = []
+    for _ in range(args.model_rounds):
+        before = engine_throughput(args.max_batch, model_events // 2)
+        if args.workers > 1:
+            worker = run_replicas("qcat-qwen3-shape", address, tmp, model_events, model, args.workers)
+        else:
+            worker = run_variant("qcat-qwen3-shape", address, tmp, model_events, model, steady=True)
+        after = engine_throughput(args.max_batch, model_events // 2)
+        alone = statistics.fmean([before["events_per_s"], after["events_per_s"]])
+        batch_s = statistics.fmean([before["p50_batch_s"], after["p50_batch_s"]])
+        rounds.append(
+            worker
+            | {
+                "engine_alone_events_per_s": alone,
+                "vs_engine": worker["events_per_s"] / alone,
+                "model_slowdown_in_worker": worker["inference_s_per_batch"] / batch_s,
+                "engine_runs": [before, after],
+            }
+        )
+        print(
+            f"{'engine alone, batch ' + batch:28} before {before['events_per_s']:.1f}, after "
+            f"{after['events_per_s']:.1f} events/s; worker / engine {rounds[-1]['vs_engine']:.2f}"
+        )
+    engine = {
+        "events_per_s": statistics.median(r["engine_alone_events_per_s"] for r in rounds),
+        "p50_batch_s": statistics.median(run["p50_batch_s"] for r in rounds for run in r["engine_runs"]),
+    }
+    worker = {
+        "variant": "qcat-qwen3-shape",
+        "events": model_events,
+        "events_per_s": statistics.median(r["events_per_s"] for r in rounds),
+        "vs_engine": statistics.median(r["vs_engine"] for r in rounds),
+        "model_slowdown_in_worker": statistics.median(r["model_slowdown_in_worker"] for r in rounds),
+        "rounds": rounds,
+    }
+    print(
+        f"worker / engine, median of {len(rounds)} rounds: {worker['vs_engine']:.2f} "
+        f"({[round(r['vs_engine'], 2) for r in rounds]}); the model's own batch time in the worker / alone: "
+        f"{worker['model_slowdown_in_worker']:.2f}"
+    )
+    latency = latency_at_half_load(address, tmp, model, engine, worker, args)
+    return {
+        "events_per_s": worker["events_per_s"],
+        "engine_questions_per_s": engine["events_per_s"],
+        "worker_vs_engine": worker["vs_engine"],
+        "p99_ms_half_load": latency["p99_ms"],
+        "engine_alone": engine,
+        "qcat_qwen3_shape": worker,
+        "latency_at_half_load": latency,
+    }
+
+
 def latency_at_half_load(
-    address: str, tmp: Path, settings: dict[str, str], engine: dict[str, Any], args: argparse.Namespace
+    address: str,
+    tmp: Path,
+    settings: dict[str, str],
+    engine: dict[str, Any],
+    worker: dict[str, Any],
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Send at half the engine's throughput for ~20 s; p99 of the events' own created->categorized latency."""
-    rate = engine["events_per_s"] / 2
-    result = paced_latency(address, tmp, settings, rate, int(rate * 20))
+    """Send at half the worker's measured throughput for ~20 s; p99 of the events' created->categorized latency."""
+    rate = worker["events_per_s"] / 2
+    result = paced_latency(address, tmp, settings, rate, int(rate * 20), workers=args.workers)
     budget = 1000 * (float(settings["QCAT_MAX_WAIT"]) + 2 * engine["p50_batch_s"])
     print(
         f"latency at {rate:.1f} events/s: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms "
@@ -400,27 +350,6 @@ def fetch_wait_latency(address: str, tmp: Path, rounds: int) -> dict[str, Any]:
         | {"rounds": rs}
         for name, rs in runs.items()
     }
-
-
-def paced_latency(address: str, tmp: Path, settings: dict[str, str], rate: float, count: int) -> dict[str, Any]:
-    """Send `count` events at `rate` per second to a fresh worker; p50 and p99 of their created->categorized ms."""
-    prefix = f"bench-latency-{os.getpid()}-{next(RUN_NUMBERS)}"
-    web_port = free_port()
-    env = worker_env(address, prefix, tmp / prefix, web_port, settings)
-    process = start([sys.executable, "-m", "qcat", "worker"], env, tmp / f"{prefix}.log", web_port)
-    try:
-
-        async def run() -> list[Any]:
-            reader = asyncio.create_task(drain(address, f"{prefix}.categorized", count, timeout=300, parse=True))
-            await paced(address, f"{prefix}.incoming", count, rate)
-            return (await reader)[1]
-
-        values = asyncio.run(run())
-    finally:
-        terminate(process)
-    latencies = sorted(v["latency_ms"] for v in values)
-    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    return {"rate": rate, "events": count, "p50_ms": statistics.median(latencies), "p99_ms": p99}
 
 
 if __name__ == "__main__":
