@@ -216,6 +216,9 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward (default: engine's)")
     parser.add_argument("--quantize", choices=["int8", "fp8", "int8-torchao"], default=None)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds for --quantize")
+    parser.add_argument(
+        "--quantized-only", action="store_true", help="with --quantize: only that comparison, at the largest batch size"
+    )
     args = parser.parse_args()
     configure_logging(json=False, level="WARNING")
 
@@ -243,6 +246,15 @@ def main() -> None:
 
     naive = run_naive(model, tokenizer, questions[:n_naive])
     print(f"naive generate() batch 1: {naive['questions_per_s']:.2f} q/s", flush=True)
+    if args.quantized_only:  # at the largest --batch-sizes, compiled with --compile: no sweep first
+        variant, batch = "compiled" if args.compile else "eager", batch_sizes[-1]
+        quantized = compare_quantized(model, tokenizer, args, sample(batch), batch, variant, naive)
+        report = {"command": "python bench/engine.py " + " ".join(sys.argv[1:]), "machine": machine(device)}
+        out = args.out or ROOT / "bench" / "results" / f"engine-{device.type}-{args.quantize}.json"
+        out.write_text(json.dumps(report | {"naive_generate_batch1": naive, "quantized": quantized}, indent=2) + "\n")
+        ratio, speedup = quantized["ratio"], quantized["speedup_vs_naive"]
+        print(f"speedup_vs_naive={speedup:.1f} {args.quantize}_vs_{args.dtype}={ratio:.2f}")
+        return
     results: dict[str, list[dict[str, Any]]] = {}
     for variant in ["eager", "compiled"] if args.compile else ["eager"]:
         engine = make_engine(model, tokenizer, "compact", args.batch_tokens, compile=variant == "compiled")
@@ -277,15 +289,8 @@ def main() -> None:
 
     quantized = None
     if args.quantize:
-        compiled = best_variant == "compiled"
-        plain = make_engine(model, tokenizer, "compact", args.batch_tokens, compile=compiled)
-        int8 = make_engine(
-            quantized_copy(model, args.quantize), tokenizer, "compact", args.batch_tokens, compile=compiled
-        )
-        quantized = side_by_side(plain, int8, sample(best["batch_size"]), args.rounds)
-        quantized |= {"kind": args.quantize, "batch_size": best["batch_size"], "variant": best_variant}
-        quantized["speedup_vs_naive"] = quantized["candidate_questions_per_s"] / naive["questions_per_s"]
-        print(json.dumps(quantized), flush=True)
+        batch = best["batch_size"]
+        quantized = compare_quantized(model, tokenizer, args, sample(batch), batch, best_variant, naive)
 
     speedup = best["questions_per_s"] / naive["questions_per_s"]
     name = "engine-cpu.json" if device.type == "cpu" else "engine-h200.json"
@@ -328,6 +333,29 @@ def quantized_copy(model: Qwen3ForCausalLM, kind: str) -> Qwen3ForCausalLM:
     else:
         quantize_decoder(copy, cast(Quantize, kind))
     return copy
+
+
+def compare_quantized(
+    model: Qwen3ForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    args: argparse.Namespace,
+    questions: list[str],
+    batch_size: int,
+    variant: str,
+    naive: dict[str, Any],
+) -> dict[str, Any]:
+    """The engine at `--quantize` against the unquantized one, alternating, at `batch_size`, eager or compiled."""
+    compiled = variant == "compiled"
+    plain = make_engine(model, tokenizer, "compact", args.batch_tokens, compile=compiled, batch_size=batch_size)
+    quantized_model = quantized_copy(model, args.quantize)
+    candidate = make_engine(
+        quantized_model, tokenizer, "compact", args.batch_tokens, compile=compiled, batch_size=batch_size
+    )
+    result = side_by_side(plain, candidate, questions, args.rounds)
+    result |= {"kind": args.quantize, "batch_size": batch_size, "variant": variant}
+    result["speedup_vs_naive"] = result["candidate_questions_per_s"] / naive["questions_per_s"]
+    print(json.dumps(result), flush=True)
+    return result
 
 
 def side_by_side(baseline: Engine, candidate: Engine, questions: list[str], rounds: int) -> dict[str, Any]:
