@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from qcat.kafka import KafkaSettings
@@ -22,7 +22,12 @@ class WorkerSettings(EngineSettings, KafkaSettings):
     app_id: str = Field(default="qcat-worker", description="Kafka consumer group id.")
     partitions: int = Field(default=8, ge=1, description="Partitions of the topics the worker creates.")
 
-    max_batch: int = Field(default=64, ge=1, le=4096, description="Most events per micro-batch.")
+    max_batch: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Most events per micro-batch; also the largest forward pass unless QCAT_BATCH_SIZE is set.",
+    )
     max_wait: float = Field(default=0.05, gt=0, le=60, description="Seconds to wait to fill a micro-batch.")
     fetch_max_wait: float = Field(
         default=0.05,
@@ -89,3 +94,12 @@ class WorkerSettings(EngineSettings, KafkaSettings):
     log_json: bool = Field(default=True, description="JSON log lines (false: lines for people).")
     log_text: bool = Field(default=False, description="Include question text in logs (off: privacy).")
     log_level: str = Field(default="INFO", description="DEBUG adds each batch's event ids.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def forward_pass_follows_max_batch(cls, values: Any) -> Any:
+        """A micro-batch is classified in one forward pass where the engine's token budget allows: a GPU worker set
+        to QCAT_MAX_BATCH=512 would otherwise run eight passes of the engine's default 64 questions."""
+        if isinstance(values, dict) and "max_batch" in values and "batch_size" not in values:
+            return {**values, "batch_size": values["max_batch"]}
+        return values

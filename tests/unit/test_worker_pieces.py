@@ -156,6 +156,17 @@ def test_secrets_never_print() -> None:
     assert settings.kafka_client_options()["sasl_plain_password"] == "hunter2"
 
 
+def test_the_forward_pass_follows_max_batch_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QCAT_MAX_BATCH=512 (the GPU overlay) classifies a micro-batch in one forward pass of up to 512 questions, not
+    eight of the engine's default 64; an explicit QCAT_BATCH_SIZE still wins."""
+    assert WorkerSettings().batch_size == 64
+    monkeypatch.setenv("QCAT_MAX_BATCH", "512")
+    assert WorkerSettings().batch_size == 512
+    assert WorkerSettings(max_batch=128).batch_size == 128
+    monkeypatch.setenv("QCAT_BATCH_SIZE", "32")
+    assert WorkerSettings().batch_size == 32
+
+
 def test_fast_categorized_json_is_exactly_the_contract() -> None:
     """The hot path's hand-written JSON parses as a strict CategorizedEvent and has exactly the model's fields."""
     raw = b'{"event_id": "a", "text": "Wh\\u00f6 ?", "metadata": {"tenant": "t1"}}'
