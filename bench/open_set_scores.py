@@ -27,6 +27,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.open_set import DATA, rows  # noqa: E402
 from qcat.engine import Engine  # noqa: E402
-from qcat.model import HEAD, right_pad  # noqa: E402
+from qcat.model import HEAD  # noqa: E402
 from qcat.routing import RoutingPolicy  # noqa: E402
 from qcat.settings import EngineSettings  # noqa: E402
 from qcat.torch_engine import TorchScorer, load_engine  # noqa: E402
@@ -54,42 +55,59 @@ SCORES = ("msp", "energy", "centroid", "mahalanobis")
 
 @torch.inference_mode()
 def features(engine: Engine, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Each text's last hidden state (what the label head reads) and its label logits, float32, in input order."""
+    """Each text's label logits, from the engine's own path, and the last hidden state its label head read (caught
+    by a hook on the head), float32, in input order."""
     scorer = engine.scorer
     assert isinstance(scorer, TorchScorer)
-    lm, device = scorer.base.lm, scorer.device
-    ids = engine.encode(texts).ids
-    hidden = np.empty((len(ids), lm.config.hidden_size), dtype=np.float32)
-    for chunk in engine.chunks([len(row) for row in ids]):
-        batch, last = right_pad([ids[i] for i in chunk], engine.pad_id)
-        states = lm.get_decoder()(input_ids=batch.to(device), use_cache=False).last_hidden_state
-        hidden[chunk] = states[torch.arange(len(chunk), device=device), last.to(device)].float().cpu().numpy()
-    head = getattr(lm, HEAD)
-    logits = head(torch.from_numpy(hidden).to(device)).float().cpu().numpy()
+    caught: list[np.ndarray] = []
+    hook = getattr(scorer.base.lm, HEAD).register_forward_hook(
+        lambda module, inputs, output: caught.append(inputs[0].float().cpu().numpy())
+    )
+    try:
+        ids = engine.encode(texts).ids
+        logits = engine.logits(ids)
+    finally:
+        hook.remove()
+    hidden = np.empty((len(ids), caught[0].shape[1]), dtype=np.float32)
+    for chunk, states in zip(engine.chunks([len(row) for row in ids]), caught, strict=True):  # the passes' order
+        hidden[chunk] = states
     return hidden, logits
 
 
-def scores(engine: Engine, train: tuple[np.ndarray, list[int]], hidden: np.ndarray, logits: np.ndarray) -> dict:
-    """The four scores of each row of `hidden` / `logits` (higher: more likely known)."""
-    from sklearn.covariance import LedoitWolf
+@dataclass(frozen=True)
+class Anchor:
+    """The training rows' hidden states summed up once per adapter: class means, their unit directions, and the
+    whitening of the shared (Ledoit-Wolf) covariance."""
 
-    t = engine.temperature
-    scaled = logits / t
+    means: np.ndarray
+    unit: np.ndarray
+    whiten: np.ndarray
+
+    @classmethod
+    def fit(cls, hidden: np.ndarray, labels: list[int]) -> Anchor:
+        from sklearn.covariance import LedoitWolf
+
+        label_of, classes = np.array(labels), sorted(set(labels))
+        means = np.stack([hidden[label_of == c].mean(axis=0) for c in classes])
+        covariance = LedoitWolf().fit(hidden - means[np.searchsorted(classes, label_of)])
+        # precision = L L^T, so Mahalanobis distances are Euclidean after x @ L
+        return cls(
+            means, means / np.linalg.norm(means, axis=1, keepdims=True), np.linalg.cholesky(covariance.precision_)
+        )
+
+
+def scores(anchor: Anchor, temperature: float, hidden: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+    """The four scores of each row of `hidden` / `logits` (higher: more likely known)."""
+    scaled = logits / temperature
     top = scaled.max(axis=1, keepdims=True)
     log_partition = top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1))
-    train_hidden, train_labels = train[0], np.array(train[1])
-    classes = sorted(set(train[1]))
-    means = np.stack([train_hidden[train_labels == c].mean(axis=0) for c in classes])
-    unit = means / np.linalg.norm(means, axis=1, keepdims=True)
     normed = hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
-    covariance = LedoitWolf().fit(train_hidden - means[np.searchsorted(classes, train_labels)])
-    whiten = np.linalg.cholesky(covariance.precision_)  # precision = L L^T, so distances are Euclidean after x @ L
-    projected, centres = hidden @ whiten, means @ whiten
+    projected, centres = hidden @ anchor.whiten, anchor.means @ anchor.whiten
     squared = (projected**2).sum(1)[:, None] - 2 * projected @ centres.T + (centres**2).sum(1)[None, :]
     return {
         "msp": np.exp(top[:, 0] - log_partition),
-        "energy": t * log_partition,
-        "centroid": (normed @ unit.T).max(axis=1),
+        "energy": temperature * log_partition,
+        "centroid": (normed @ anchor.unit.T).max(axis=1),
         "mahalanobis": -squared.min(axis=1),
     }
 
@@ -113,10 +131,10 @@ def run(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     test = [Example(row["text"], row["label"], f"test:{i}") for i, row in enumerate(rows("test"))]
     per_set = {}
     train_hidden, _ = features(engine, [e.text for e in train])
-    anchor = (train_hidden, [names.index(e.label) for e in train])
+    anchor = Anchor.fit(train_hidden, [names.index(e.label) for e in train])
     for key, examples_ in (("held_out", held_out), ("test", test)):
         hidden, logits = features(engine, [e.text for e in examples_])
-        per_set[key] = (scores(engine, anchor, hidden, logits), logits.argmax(axis=1))
+        per_set[key] = (scores(anchor, engine.temperature, hidden, logits), logits.argmax(axis=1))
     known = np.array([e.label in names for e in test])
     result: dict[str, Any] = {"ratio": ratio, "split": split}
     for score in SCORES:

@@ -107,8 +107,9 @@ async def drain(
                 seen += len(records)
                 stamps += [record.timestamp / 1000 for record in records]
                 if parse:
-                    values.extend(json.loads(r.value) for r in records)
-                    ids.update(value["event_id"] for value in values[-len(records) :])
+                    parsed = [json.loads(r.value) for r in records]
+                    values += parsed
+                    ids.update(value["event_id"] for value in parsed)
     finally:
         await consumer.stop()
     if seen < count:

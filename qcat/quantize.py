@@ -37,13 +37,12 @@ def quantize_decoder(lm: nn.Module, kind: Quantize) -> None:
         with warnings.catch_warnings():  # torch deprecates its quantized tensors; docs/engine.md says what that means
             warnings.filterwarnings("ignore", message=".*quantiz.*deprecated")
             torch.ao.quantization.quantize_dynamic(decoder, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        log.warning("int8 costs accuracy (docs/engine.md): measure it on your data with `qcat eval --quantize int8`")
     elif kind == "fp8":
         _float8(decoder, device)
     else:
         raise UsageError(f"unknown QCAT_QUANTIZE {kind!r}: none, int8 or fp8")
     log.info("decoder quantized", quantize=kind, device=str(device))
-    if kind == "int8":
-        log.warning("int8 costs accuracy (docs/engine.md): measure it on your data with `qcat eval --quantize int8`")
 
 
 def _float8(decoder: nn.Module, device: torch.device) -> None:
