@@ -1,0 +1,96 @@
+"""Where the engine's time goes on a GPU: one micro-batch's forward pass under the torch profiler, and the engine's
+speed against the padded-token budget per forward pass (`batch_tokens`: smaller budgets cut padding but add passes).
+
+Random weights of Qwen3-0.6B's shape over TREC test questions, eager, as the worker serves by default.
+
+    python bench/engine_profile.py [--device cuda] [--batch-sizes 512 2048] [--out FILE]
+
+Prints, per batch size, the wall time of `classify`, of the forward passes alone and of tokenizing, the GPU's busy
+time and the kernels that take it; then questions/s for each `batch_tokens` budget. Writes the text to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.engine import build_model, make_engine, sync  # noqa: E402
+from qcat.logs import configure_logging  # noqa: E402
+
+
+def mean_seconds(fn: object, device: torch.device, repeats: int = 5) -> float:
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()  # type: ignore[operator]
+    sync(device)
+    return (time.perf_counter() - started) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[32768, 16384, 8192, 4096, 2048])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    configure_logging(json=False, level="WARNING")
+    device = torch.device(args.device)
+    questions = [json.loads(line)["text"] for line in (ROOT / "data" / "trec" / "test.jsonl").open()] * 8
+    model, tokenizer = build_model(device, torch.bfloat16)
+    text = io.StringIO()
+    with redirect_stdout(text):
+        print(f"# python bench/engine_profile.py {' '.join(sys.argv[1:])}  ({torch.__version__})")
+        engine = make_engine(model, tokenizer, "compact", None, batch_size=max(args.batch_sizes))
+        for size in args.batch_sizes:
+            batch = questions[:size]
+            for _ in range(3):
+                engine.classify(batch)
+            ids = engine.encode(batch).ids
+            classify = mean_seconds(lambda: engine.classify(batch), device)
+            forward = mean_seconds(lambda: engine.logits(ids), device)
+            encode = mean_seconds(lambda: engine.encode(batch), device)
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=activities) as profiled:
+                engine.logits(ids)
+                sync(device)
+            events = profiled.key_averages()
+            busy = sum(event.self_device_time_total for event in events) / 1e3
+            print(
+                f"\nbatch {size}: classify {classify * 1e3:.1f} ms, forward passes alone {forward * 1e3:.1f} ms, "
+                f"tokenizing {encode * 1e3:.1f} ms, GPU busy {busy:.1f} ms"
+            )
+            print(events.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
+        print("\npadded-token budget per forward pass (batch_tokens):")
+        for budget in args.budgets:
+            engine = make_engine(model, tokenizer, "compact", budget, batch_size=max(args.batch_sizes))
+            for size in args.batch_sizes:
+                batch = questions[:size]
+                for _ in range(3):
+                    engine.classify(batch)
+                lengths = [len(row) for row in engine.encode(batch).ids]
+                chunks = engine.chunks(lengths)
+                padded = sum(len(chunk) * max(lengths[i] for i in chunk) for chunk in chunks)
+                seconds = mean_seconds(lambda: engine.classify(batch), device, repeats=6)
+                print(
+                    f"batch_tokens {budget:6d}, batch {size:5d}: {size / seconds:7.0f} q/s, {seconds * 1e3:6.1f} ms, "
+                    f"{len(chunks)} passes, padded / real tokens {padded / sum(lengths):.2f}"
+                )
+    sys.stdout.write(text.getvalue())
+    if args.out:
+        args.out.write_text(text.getvalue())
+
+
+if __name__ == "__main__":
+    main()
