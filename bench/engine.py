@@ -170,6 +170,7 @@ def make_engine(
     batch_tokens: int | None,
     *,
     compile: bool = False,
+    cuda_graphs: bool = False,
     batch_size: int = 64,
 ) -> Engine:
     base = LoadedModel(model, tokenizer, "random-qwen3-0.6b-shape", fingerprint(model), offline_builtin=True)
@@ -182,6 +183,7 @@ def make_engine(
         batch_size=batch_size,
         batch_tokens=batch_tokens,
         compile=compile,
+        cuda_graphs=cuda_graphs,
     )
 
 

@@ -17,4 +17,12 @@ def qwen3_shape(settings: EngineSettings) -> Engine:
     if device.type == "cpu":
         configure_cpu(settings.threads, settings.keep_freed_memory)
     model, tokenizer = build_model(device, resolve_dtype(settings.dtype, device))
-    return make_engine(model, tokenizer, "compact", settings.batch_tokens, batch_size=settings.batch_size)
+    return make_engine(
+        model,
+        tokenizer,
+        "compact",
+        settings.batch_tokens,
+        batch_size=settings.batch_size,
+        compile=settings.compile,
+        cuda_graphs=settings.cuda_graphs,
+    )

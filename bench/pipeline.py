@@ -132,12 +132,13 @@ def consumed_seconds(web_port: int, count: int, timeout: float) -> float:
     raise RuntimeError(f"the consume-only agent saw {stats['events']} of {count} events within {timeout:.0f}s")
 
 
-def engine_throughput(batch_size: int, count: int) -> dict[str, Any]:
-    """The engine alone on the same model and batch size, in this process: the ceiling for the worker."""
+def engine_throughput(batch_size: int, count: int, pass_size: int | None = None) -> dict[str, Any]:
+    """The engine alone on the same model and micro-batch size (forward passes of `pass_size` questions, default the
+    micro-batch), in this process: the ceiling for the worker."""
     from bench.models import qwen3_shape
     from qcat.settings import EngineSettings
 
-    engine = qwen3_shape(EngineSettings(batch_size=batch_size))
+    engine = qwen3_shape(EngineSettings(batch_size=pass_size or batch_size))
     texts = [QUESTIONS[i % len(QUESTIONS)] for i in range(count)]
     engine.classify(texts[:batch_size])
     latencies = []
@@ -172,6 +173,9 @@ def main() -> None:
         "--workers", type=int, default=1, help="worker replicas in one group for the model runs (sharing the device)"
     )
     parser.add_argument("--model-only", action="store_true", help="only the model runs and the latency")
+    parser.add_argument(
+        "--pass-size", type=int, default=None, help="questions per forward pass (QCAT_BATCH_SIZE; default --max-batch)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
     if args.fetch_wait:
@@ -260,19 +264,19 @@ def model_runs(address: str, tmp: Path, args: argparse.Namespace, loop: dict[str
         "QCAT_CLASSIFIER": "bench.models:qwen3_shape",
         "QCAT_MAX_BATCH": batch,
         "QCAT_MAX_WAIT": "0.05",
-        "QCAT_BATCH_SIZE": batch,
+        "QCAT_BATCH_SIZE": str(args.pass_size or args.max_batch),
     }
     model_events = 12 * args.max_batch
     # this machine drifts by 10-20% within minutes: each round times the engine alone just before and just
     # after the worker and takes the worker's ratio to their mean; the rounds' median ratio is reported
     rounds = []
     for _ in range(args.model_rounds):
-        before = engine_throughput(args.max_batch, model_events // 2)
+        before = engine_throughput(args.max_batch, model_events // 2, args.pass_size)
         if args.workers > 1:
             worker = run_replicas("qcat-qwen3-shape", address, tmp, model_events, model, args.workers)
         else:
             worker = run_variant("qcat-qwen3-shape", address, tmp, model_events, model, steady=True)
-        after = engine_throughput(args.max_batch, model_events // 2)
+        after = engine_throughput(args.max_batch, model_events // 2, args.pass_size)
         alone = statistics.fmean([before["events_per_s"], after["events_per_s"]])
         batch_s = statistics.fmean([before["p50_batch_s"], after["p50_batch_s"]])
         rounds.append(

@@ -42,7 +42,8 @@ RECIPES: dict[str, tuple[str, ...]] = {
 """The defaults, the fast recipe of docs/training.md, the defaults trained longer, the defaults without the GPU
 speed-ups (what the defaults were before they took the fast path on CUDA), the defaults capturing a graph for every
 batch width (a multiple of 8) met, as they did before `--graph-widths`, and candidates for a faster default (one
-capture fewer; one epoch fewer; both), each of which must hold accuracy on every set before it may become the default."""
+capture fewer; one epoch fewer; both), each of which must hold accuracy on every set before it may become the
+default."""
 DATA_OPTIONS = {"trec50": ("--conflicts", "majority")}
 """TREC-50's training set gives one question two fine labels: a data decision, the same for every recipe."""
 

@@ -176,22 +176,32 @@ def attach_label_head(base: LoadedModel, taxonomy: Taxonomy) -> nn.Linear:
     return head
 
 
-def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows as one right-padded batch, plus each row's last real position (where `label_logits` reads)."""
-    batch = np.full((len(rows), max(len(row) for row in rows)), pad_id, dtype=np.int64)
+def right_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, shape: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded batch, plus each row's last real position (where `label_logits` reads).
+    `shape` (rows, width), if given, pads further, with rows of padding only (their last position is 0)."""
+    rows_out, width = shape or (len(rows), max(len(row) for row in rows))
+    batch = np.full((rows_out, width), pad_id, dtype=np.int64)
+    last = np.zeros(rows_out, dtype=np.int64)
     for index, row in enumerate(rows):
         batch[index, : len(row)] = row
-    return torch.from_numpy(batch), torch.tensor([len(row) - 1 for row in rows])
+        last[index] = len(row) - 1
+    return torch.from_numpy(batch), torch.from_numpy(last)
 
 
-def label_logits(lm: nn.Module, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+def label_logits(
+    lm: nn.Module, input_ids: torch.Tensor, last_index: torch.Tensor, attention_mask: object = None
+) -> torch.Tensor:
     """One forward pass of the decoder; the head reads each row's last real token. Returns float32 logits.
 
     Rows are right-padded and attention is causal, so a real token never sees the padding after it: no
-    attention mask is needed, and a question scores the same alone or in any batch.
+    attention mask is needed, and a question scores the same alone or in any batch. `attention_mask` is passed on
+    to the decoder (`causal_masks`: said explicitly when a CUDA graph captures the pass).
     """
     decoder: nn.Module = lm.get_decoder()  # type: ignore[operator]
-    hidden: torch.Tensor = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
+    output = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden: torch.Tensor = output.last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
     head: nn.Module = getattr(lm, HEAD)
     # the head computes in float32 always: serving runs no autocast, and `qcat train --autocast` must not turn the

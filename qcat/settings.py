@@ -48,6 +48,10 @@ class EngineSettings(BaseSettings):
     )
     batch_size: int = Field(default=64, ge=1, le=4096, description="Largest forward pass, in questions.")
     compile: bool = Field(default=False, description="torch.compile the forward pass (worth it on GPUs).")
+    cuda_graphs: bool = Field(
+        default=False,
+        description="Replay the forward passes as CUDA graphs, one per padded shape (GPUs; not with compile).",
+    )
     quantize: Quantize = Field(
         default="none", description="Serving precision of the decoder: none, int8 (CPUs) or fp8 (Hopper GPUs)."
     )

@@ -12,7 +12,9 @@ import torch
 
 from qcat.adapter import load_adapter
 from qcat.classifier import DEFAULT_TAXONOMY
-from qcat.engine import Engine, pad_id
+from qcat.cuda_graphs import GraphedScorer
+from qcat.engine import Engine, Scorer, pad_id
+from qcat.errors import UsageError
 from qcat.manifest import with_adapter_base
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_configured_base, right_pad
 from qcat.quantize import quantize_decoder
@@ -59,9 +61,13 @@ def torch_engine(
     adapter_version: str | None = None,
     routing: RoutingPolicy | None = None,
     compile: bool = False,
+    cuda_graphs: bool = False,
 ) -> Engine:
     """An engine over `base.lm`, which must already carry its label head."""
-    scorer = TorchScorer(base, compile=compile)
+    if compile and cuda_graphs:
+        raise UsageError("QCAT_COMPILE and QCAT_CUDA_GRAPHS exclude each other: set one")
+    scorer: Scorer = GraphedScorer(base) if cuda_graphs else TorchScorer(base, compile=compile)
+    device = next(base.lm.parameters()).device
     return Engine(
         base.tokenizer,
         taxonomy,
@@ -70,7 +76,7 @@ def torch_engine(
         model_name=base.name,
         max_question_tokens=max_question_tokens,
         batch_size=batch_size,
-        batch_tokens=batch_tokens or default_batch_tokens(scorer.device),
+        batch_tokens=batch_tokens or default_batch_tokens(device),
         temperature=temperature,
         adapter_version=adapter_version,
         routing=routing,
@@ -101,6 +107,7 @@ def load_engine(settings: EngineSettings, base: LoadedModel | None = None, taxon
             batch_size=settings.batch_size,
             batch_tokens=settings.batch_tokens,
             compile=settings.compile,
+            cuda_graphs=settings.cuda_graphs,
             temperature=manifest.temperature,
             adapter_version=manifest.version,
             routing=manifest.routing,
@@ -119,4 +126,5 @@ def load_engine(settings: EngineSettings, base: LoadedModel | None = None, taxon
         batch_size=settings.batch_size,
         batch_tokens=settings.batch_tokens,
         compile=settings.compile,
+        cuda_graphs=settings.cuda_graphs,
     )

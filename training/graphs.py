@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from qcat.cuda_graphs import causal_masks
 from qcat.errors import TrainingError
 
 log = structlog.get_logger(__name__)
@@ -101,22 +102,6 @@ class _LastHidden(torch.nn.Module):
         output = self.eager(input_ids=input_ids, attention_mask=self.masks, use_cache=False)
         hidden: torch.Tensor = output.last_hidden_state
         return hidden
-
-
-def causal_masks(decoder: torch.nn.Module) -> dict[str, None] | None:
-    """The decoder's attention masks when plain causal attention is exact, else None (let transformers build them).
-
-    Rows are right-padded, so causal attention needs no mask (`label_logits`). Said explicitly for CUDA graphs:
-    while a stream captures, transformers cannot inspect the inputs and builds a mask tensor instead, which costs
-    SDPA's fused causal kernels and makes compiled layers recompile inside the capture (which fails).
-    """
-    config = getattr(decoder, "config", None)
-    sdpa = getattr(config, "_attn_implementation", None) == "sdpa"
-    return (
-        {"full_attention": None}
-        if sdpa and set(getattr(config, "layer_types", None) or ()) == {"full_attention"}
-        else None
-    )
 
 
 def _when_training(compiled: Any, eager: Any) -> Any:

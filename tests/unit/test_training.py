@@ -294,7 +294,8 @@ def test_graphed_decoder_captures_full_training_batches_once_per_width(
 def test_compiled_cuda_graphs_refuse_attention_masks_they_cannot_capture(tiny: LoadedModel) -> None:
     """With SDPA and full attention the graphed decoder states causal attention itself; other attention would
     build masks inside the capture and recompile the compiled layers there, so that combination stops early."""
-    from qcat.training.graphs import causal_masks, graphed_decoder
+    from qcat.cuda_graphs import causal_masks
+    from qcat.training.graphs import graphed_decoder
 
     decoder = tiny.lm.get_decoder()
     assert causal_masks(decoder) == {"full_attention": None}

@@ -1,0 +1,109 @@
+"""Serving forward passes replayed as CUDA graphs (`QCAT_CUDA_GRAPHS`): the engine's `Scorer` on a GPU, without the
+host's cost per pass.
+
+Why: an eager pass of a small decoder costs a fixed stretch of host time, hundreds of kernel launches from
+transformers' Python, whatever its size (docs/engine.md has the H200's profile). The engine therefore packs a
+micro-batch into as few passes as it can, each padded to its longest question. A graph replays a pass's recorded
+kernels with one launch, so passes become cheap, and a micro-batch can run as several passes of similar lengths
+with little padding (`QCAT_BATCH_SIZE` questions each).
+
+Graphs have fixed shapes: a pass is padded to a multiple of `ROW_STEP` rows and `WIDTH_STEP` tokens (rows of padding
+only, read by nobody), and one graph is captured per shape the first time it is met. They share one memory pool:
+they replay one at a time on one stream, and each pass's logits are copied out before the next replays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+import torch
+
+from qcat.engine import pad_id
+from qcat.errors import UsageError
+from qcat.model import LoadedModel, label_logits, right_pad
+
+log = structlog.get_logger(__name__)
+
+ROW_STEP = 32
+WIDTH_STEP = 8
+
+
+def padded_shape(rows: int, width: int) -> tuple[int, int]:
+    """The graph shape a pass of `rows` questions of at most `width` tokens runs in."""
+    return -(-rows // ROW_STEP) * ROW_STEP, -(-width // WIDTH_STEP) * WIDTH_STEP
+
+
+def causal_masks(decoder: torch.nn.Module) -> dict[str, None] | None:
+    """The decoder's attention masks when plain causal attention is exact, else None (let transformers build them).
+
+    Rows are right-padded, so causal attention needs no mask (`label_logits`). Said explicitly for CUDA graphs:
+    while a stream captures, transformers cannot inspect the inputs and builds a mask tensor instead, which costs
+    SDPA's fused causal kernels and makes compiled layers recompile inside the capture (which fails).
+    """
+    config = getattr(decoder, "config", None)
+    sdpa = getattr(config, "_attn_implementation", None) == "sdpa"
+    return (
+        {"full_attention": None}
+        if sdpa and set(getattr(config, "layer_types", None) or ()) == {"full_attention"}
+        else None
+    )
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    input_ids: torch.Tensor
+    last_index: torch.Tensor
+    logits: torch.Tensor
+
+
+class GraphedScorer:
+    """`TorchScorer`'s forward pass, replayed from a CUDA graph per padded shape."""
+
+    def __init__(self, base: LoadedModel) -> None:
+        self.base = base
+        self.device = next(base.lm.parameters()).device
+        self.masks = causal_masks(base.lm.get_decoder())
+        if self.device.type != "cuda" or self.masks is None:
+            raise UsageError(
+                f"QCAT_CUDA_GRAPHS needs a CUDA device and a decoder with SDPA causal attention in every layer "
+                f"(here: {self.device}); unset it to run the passes eagerly"
+            )
+        self.pad_id = pad_id(base.tokenizer)
+        self._pool = torch.cuda.graph_pool_handle()
+        self._graphs: dict[tuple[int, int], _Graph] = {}
+
+    @torch.inference_mode()
+    def __call__(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        shape = padded_shape(len(rows), max(len(row) for row in rows))
+        graph = self._graphs.get(shape) or self._capture(shape)
+        batch, last = right_pad(rows, self.pad_id, shape)
+        graph.input_ids.copy_(batch)
+        graph.last_index.copy_(last)
+        graph.graph.replay()
+        return graph.logits[: len(rows)].cpu().numpy()
+
+    def _forward(self, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+        return label_logits(self.base.lm, input_ids, last_index, attention_mask=self.masks)
+
+    def _capture(self, shape: tuple[int, int]) -> _Graph:
+        started = time.perf_counter()
+        input_ids = torch.full(shape, self.pad_id, dtype=torch.long, device=self.device)
+        last_index = torch.zeros(shape[0], dtype=torch.long, device=self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # cuBLAS and cuDNN choose their kernels here, outside the capture
+            for _ in range(2):
+                self._forward(input_ids, last_index)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = self._forward(input_ids, last_index)
+        captured = self._graphs[shape] = _Graph(graph, input_ids, last_index, logits)
+        seconds = round(time.perf_counter() - started, 2)
+        log.info("captured a CUDA graph", rows=shape[0], width=shape[1], seconds=seconds)
+        return captured
