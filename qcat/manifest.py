@@ -109,6 +109,7 @@ def routing_line(policy: RoutingPolicy) -> str:
     chosen = {
         "precision": f"chosen for {target} precision of routed answers on held-out data",
         "unknown_recall": f"chosen to send {target} of held-out unknown questions to review",
+        "coverage": f"chosen to route {target} of held-out answers",
         "fixed": "the default",
     }[policy.goal]
     expected = ", ".join(f"{key} {value:.1%}" for key, value in sorted(policy.expected.items()))

@@ -14,9 +14,10 @@ DEFAULT_REVIEW_THRESHOLD = 0.5
 DEFAULT_REVIEW_PRECISION = 0.95
 """What `qcat train` aims for unless told otherwise: 95% of the answers routed to a label are right."""
 
-Goal = Literal["precision", "unknown_recall", "fixed"]
+Goal = Literal["precision", "unknown_recall", "coverage", "fixed"]
 """How the threshold was chosen: the lowest reaching a precision of routed answers, the lowest sending a share of
-the held-out unknown questions to review, or given (`DEFAULT_REVIEW_THRESHOLD`)."""
+the held-out unknown questions to review, the highest still routing a share of the held-out answers, or given
+(`DEFAULT_REVIEW_THRESHOLD`)."""
 
 
 class RoutingPolicy(BaseModel):
@@ -29,7 +30,9 @@ class RoutingPolicy(BaseModel):
         default=None, description="A trained 'none of these' label: its answers always go to review."
     )
     goal: Goal = "fixed"
-    target: float | None = Field(default=None, gt=0.0, le=1.0, description="The precision or unknown recall aimed at.")
+    target: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="The precision, unknown recall or coverage aimed at."
+    )
     expected: dict[str, float] = Field(
         default_factory=dict, description="Held-out figures at the threshold: precision, coverage, unknown_recall."
     )

@@ -88,6 +88,15 @@ UnknownRecallOption = Annotated[
         help="Instead: the lowest threshold that sends this share of the held-out --unknown-label questions to review.",
     ),
 ]
+ReviewCoverageOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.01,
+        max=1.0,
+        help="Instead: the highest threshold that still routes this share of the held-out answers; for streams "
+        "that hold questions outside the taxonomy when none are labelled.",
+    ),
+]
 UnknownLabelOption = Annotated[
     str | None,
     typer.Option(help="A 'none of these' label of the data: trained like any other, its answers always go to review."),
@@ -127,6 +136,7 @@ def train(
     ] = "error",
     review_precision: ReviewPrecisionOption = RoutingGoal.review_precision,
     unknown_recall: UnknownRecallOption = RoutingGoal.unknown_recall,
+    review_coverage: ReviewCoverageOption = RoutingGoal.review_coverage,
     unknown_label: UnknownLabelOption = RoutingGoal.unknown_label,
     seed: SeedOption = TrainConfig.seed,
     seeds: SeedsOption = 1,
@@ -185,7 +195,12 @@ def train(
         max_question_tokens=max_question_tokens,
         conflicts=conflicts,
         init_adapter=init_adapter,
-        routing=RoutingGoal(review_precision, unknown_recall, unknown_label),
+        routing=RoutingGoal(
+            review_precision=review_precision,
+            unknown_recall=unknown_recall,
+            review_coverage=review_coverage,
+            unknown_label=unknown_label,
+        ),
         lora=LoraSpec(
             rank=rank,
             alpha=lora_alpha,

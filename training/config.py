@@ -58,6 +58,9 @@ class RoutingGoal:
     """The lowest threshold at which this share of routed answers is right."""
     unknown_recall: float | None = None
     """Instead: the lowest threshold that sends this share of held-out unknown questions to review."""
+    review_coverage: float | None = None
+    """Instead: the highest threshold that still routes this share of the held-out answers (the rest go to review):
+    for streams that hold questions outside the taxonomy when none are labelled (docs/training.md)."""
     unknown_label: str | None = None
     """A trained 'none of these' label: its answers always go to review, its held-out rows count as unknown."""
 

@@ -106,16 +106,20 @@ def open_set_metrics(scored: Sequence[Scored], taxonomy: Taxonomy, policy: Routi
 def choose_policy(scored: Sequence[Scored], taxonomy: Taxonomy, goal: RoutingGoal) -> RoutingPolicy:
     """The lowest review threshold meeting `goal` on held-out answers, with the figures expected there.
 
-    Lowest, because every step up sends more right answers to review. Without a threshold that meets the goal the
-    adapter keeps the default one, and says so.
+    Lowest, because every step up sends more right answers to review (for a coverage goal, the lowest meeting it is
+    the highest that still routes the share asked for). Without a threshold that meets the goal the adapter keeps the
+    default one, and says so.
     """
     unknown_label = goal.unknown_label
+    answers = [s for s in scored if s.predicted != unknown_label]
+    confidence = np.array([s.confidence for s in answers], dtype=float)
     if goal.unknown_recall is not None:
         threshold = _threshold_for_unknown_recall(scored, taxonomy, unknown_label, goal.unknown_recall)
         target, kind = goal.unknown_recall, "unknown_recall"
+    elif goal.review_coverage is not None:
+        threshold = _threshold_for_coverage(confidence, goal.review_coverage) if answers else None
+        target, kind = goal.review_coverage, "coverage"
     else:
-        answers = [s for s in scored if s.predicted != unknown_label]
-        confidence = np.array([s.confidence for s in answers], dtype=float)
         correct = np.array([s.predicted == s.gold for s in answers], dtype=float)
         reached = threshold_for_precision(confidence, correct, goal.review_precision) if answers else None
         threshold = reached["threshold"] if reached else None
@@ -140,8 +144,16 @@ def goal_of(policy: RoutingPolicy) -> RoutingGoal:
     return RoutingGoal(
         review_precision=policy.target if policy.goal == "precision" and policy.target else DEFAULT_REVIEW_PRECISION,
         unknown_recall=policy.target if policy.goal == "unknown_recall" else None,
+        review_coverage=policy.target if policy.goal == "coverage" else None,
         unknown_label=policy.unknown_label,
     )
+
+
+def _threshold_for_coverage(confidence: np.ndarray, target: float) -> float:
+    """The highest threshold that routes at least `target` of these answers: the confidence of the answer that
+    completes that share, most confident first."""
+    needed = max(1, math.ceil(target * len(confidence) - 1e-9))
+    return float(np.sort(confidence)[::-1][needed - 1])
 
 
 def _threshold_for_unknown_recall(

@@ -159,6 +159,8 @@ def check_goal(goal: RoutingGoal, taxonomy: Taxonomy, held_out: list[Example]) -
     errors = []
     if goal.unknown_label is not None and goal.unknown_label not in taxonomy.names:
         errors.append(f"--unknown-label {goal.unknown_label!r} is not one of the labels ({shown(taxonomy.names)})")
+    if goal.unknown_recall is not None and goal.review_coverage is not None:
+        errors.append("--unknown-recall and --review-coverage are two goals: give one")
     if goal.unknown_recall is not None:
         if goal.unknown_label is None:
             errors.append("--unknown-recall needs --unknown-label (its held-out rows are the unknown questions)")

@@ -20,7 +20,8 @@ ROWS = [[5, 9, 2, 7], [3, 3], [11, 4, 8, 6, 1, 2, 9], [10]]
 @pytest.mark.parametrize(("rows", "width", "shape"), [(1, 1, (32, 8)), (32, 8, (32, 8)), (33, 9, (64, 16))])
 def test_padded_shape_rounds_up_to_the_steps(rows: int, width: int, shape: tuple[int, int]) -> None:
     assert padded_shape(rows, width) == shape
-    assert shape[0] % ROW_STEP == 0 and shape[1] % WIDTH_STEP == 0
+    assert shape[0] % ROW_STEP == 0
+    assert shape[1] % WIDTH_STEP == 0
 
 
 def test_padding_to_a_graph_shape_changes_no_score(tiny: LoadedModel) -> None:
@@ -29,7 +30,8 @@ def test_padding_to_a_graph_shape_changes_no_score(tiny: LoadedModel) -> None:
     exact_ids, exact_last = right_pad(ROWS, 0)
     shape = padded_shape(len(ROWS), exact_ids.shape[1])
     padded_ids, padded_last = right_pad(ROWS, 0, shape)
-    assert tuple(padded_ids.shape) == shape and padded_last[len(ROWS) :].eq(0).all()
+    assert tuple(padded_ids.shape) == shape
+    assert padded_last[len(ROWS) :].eq(0).all()
     with torch.inference_mode():
         exact = label_logits(tiny.lm, exact_ids, exact_last)
         padded = label_logits(tiny.lm, padded_ids, padded_last, attention_mask={"full_attention": None})

@@ -97,10 +97,29 @@ def test_the_unknown_recall_goal_sends_that_share_of_unknown_questions_to_review
     assert goal_of(policy) == goal
 
 
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.95, 1.0])
+def test_the_coverage_goal_takes_the_highest_threshold_still_routing_that_share(target: float) -> None:
+    """No unknown question is labelled: the threshold keeps `target` of the held-out answers routed, the least
+    confident of the rest (and answers naming the 'none of these' label) going to review."""
+    generator = random.Random(2)
+    scored = [Scored(f"q{i}", "HUM", generator.choice(["HUM", "LOC"]), generator.random()) for i in range(200)]
+    scored += [Scored("Pizza ?", "NONE", "NONE", 0.99)]
+    goal = RoutingGoal(review_coverage=target, unknown_label="NONE")
+    policy = choose_policy(scored, TAXONOMY, goal)
+    assert (policy.goal, policy.target) == ("coverage", target)
+    answers = [s for s in scored if s.predicted != "NONE"]
+    routed = sum(POLICY.routes(s.predicted, s.confidence, policy.review_threshold) for s in answers)
+    assert routed >= target * len(answers)
+    above = [s.confidence for s in answers if s.confidence > policy.review_threshold]
+    assert sum(POLICY.routes(s.predicted, s.confidence, min(above)) for s in answers) < target * len(answers)
+    assert goal_of(policy) == goal
+
+
 @pytest.mark.parametrize(
     "policy",
     [
         RoutingPolicy(),
+        RoutingPolicy(review_threshold=0.5, goal="coverage", target=0.95, expected={"coverage": 0.95}),
         RoutingPolicy(review_threshold=0.7, goal="precision", target=0.95, expected={"coverage": 0.8}),
         RoutingPolicy(review_threshold=0.6, goal="unknown_recall", target=0.9, unknown_label="NONE"),
     ],

@@ -270,6 +270,7 @@ def test_an_unknown_label_trains_chooses_its_threshold_and_eval_measures_the_ope
     [
         (("--unknown-label", "MISSING"), "is not one of the labels"),
         (("--unknown-recall", 0.9), "needs --unknown-label"),
+        (("--unknown-recall", 0.9, "--review-coverage", 0.9), "two goals: give one"),
     ],
 )
 def test_an_impossible_routing_goal_is_refused_before_loading(
