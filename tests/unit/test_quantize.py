@@ -9,7 +9,7 @@ from torch import nn
 
 from qcat.errors import InferenceError, UsageError
 from qcat.model import HEAD, LoadedModel
-from qcat.quantize import quantize_decoder
+from qcat.quantize import INT8_KEPT, quantize_decoder
 from tests.unit.test_engine import QUESTIONS, TAXONOMY, zero_shot
 
 # int8 activations take one scale per forward pass (fbgemm's dynamic quantization scales the whole input), so a
@@ -22,13 +22,19 @@ def int8_linears(lm: nn.Module) -> int:
 
 
 def test_int8_keeps_labels_batch_invariance_and_a_float32_head(tiny: LoadedModel) -> None:
-    """Every decoder linear becomes int8; the head stays float32; scores stay close to float and to themselves
-    alone or batched; labels do not change on these questions."""
+    """Every decoder linear but the MLPs' output projections becomes int8, those keep the model's dtype; the head
+    stays float32; scores stay close to float and to themselves alone or batched; labels do not change on these
+    questions."""
     engine = zero_shot(tiny, batch_size=3)
     reference = engine.classify(QUESTIONS)
-    linears = sum(isinstance(module, nn.Linear) for module in tiny.lm.get_decoder().modules())
+    dtype = next(tiny.lm.parameters()).dtype
+    names = [name for name, module in tiny.lm.get_decoder().named_modules() if isinstance(module, nn.Linear)]
+    kept = [name for name in names if name.endswith(INT8_KEPT)]
     quantize_decoder(tiny.lm, "int8")
-    assert int8_linears(tiny.lm) == linears > 0
+    assert int8_linears(tiny.lm) == len(names) - len(kept) > 0
+    decoder = tiny.lm.get_decoder()
+    assert kept
+    assert all(decoder.get_submodule(f"{name}.linear").weight.dtype == dtype for name in kept)
     assert getattr(tiny.lm, HEAD).weight.dtype == torch.float32
     batched = engine.classify(QUESTIONS)
     for question, plain, together in zip(QUESTIONS, reference, batched, strict=True):
