@@ -12,6 +12,11 @@ from pydantic_settings import SettingsConfigDict
 from qcat.kafka import KafkaSettings
 from qcat.settings import EngineSettings
 
+CPU_MAX_BATCH = 64
+GPU_MAX_BATCH = 512
+"""The micro-batch a worker takes when QCAT_MAX_BATCH is unset: a GPU needs hundreds of questions per pass to be
+used well (docs/worker.md, "On a GPU"); a CPU gains nothing past 64, and a larger batch there only waits longer."""
+
 
 class WorkerSettings(EngineSettings, KafkaSettings):
     """Batching, routing, adapters and operations, on top of the engine's model settings and the Kafka connection
@@ -23,10 +28,11 @@ class WorkerSettings(EngineSettings, KafkaSettings):
     partitions: int = Field(default=8, ge=1, description="Partitions of the topics the worker creates.")
 
     max_batch: int = Field(
-        default=64,
+        default=CPU_MAX_BATCH,
         ge=1,
         le=4096,
-        description="Most events per micro-batch; also the largest forward pass unless QCAT_BATCH_SIZE is set.",
+        description=f"Most events per micro-batch (unset: {GPU_MAX_BATCH} on a GPU, {CPU_MAX_BATCH} on a CPU); also "
+        "the largest forward pass unless QCAT_BATCH_SIZE is set.",
     )
     max_wait: float = Field(default=0.05, gt=0, le=60, description="Seconds to wait to fill a micro-batch.")
     fetch_max_wait: float = Field(
@@ -97,9 +103,24 @@ class WorkerSettings(EngineSettings, KafkaSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def forward_pass_follows_max_batch(cls, values: Any) -> Any:
-        """A micro-batch is classified in one forward pass where the engine's token budget allows: a GPU worker set
-        to QCAT_MAX_BATCH=512 would otherwise run eight passes of the engine's default 64 questions."""
-        if isinstance(values, dict) and "max_batch" in values and "batch_size" not in values:
-            return {**values, "batch_size": values["max_batch"]}
+    def micro_batch_fits_the_device(cls, values: Any) -> Any:
+        """Unset, QCAT_MAX_BATCH follows the device (`GPU_MAX_BATCH`, `CPU_MAX_BATCH`). A micro-batch is classified
+        in one forward pass where the engine's token budget allows: a GPU worker at 512 would otherwise run eight
+        passes of the engine's default 64 questions."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        if values.get("max_batch") is None:
+            values["max_batch"] = GPU_MAX_BATCH if on_gpu(str(values.get("device") or "auto")) else CPU_MAX_BATCH
+        if values.get("batch_size") is None:
+            values["batch_size"] = values["max_batch"]
         return values
+
+
+def on_gpu(device: str) -> bool:
+    """Whether the engine will run on a GPU (`qcat.model.resolve_device`'s rule, without loading anything)."""
+    if device == "auto":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return device.startswith("cuda")

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 
 import pytest
+import torch
 from aiokafka import errors
 
 from qcat.classifier import ConstantClassifier, Prediction, backend
@@ -158,8 +159,11 @@ def test_secrets_never_print() -> None:
 
 def test_the_forward_pass_follows_max_batch_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
     """QCAT_MAX_BATCH=512 (the GPU overlay) classifies a micro-batch in one forward pass of up to 512 questions, not
-    eight of the engine's default 64; an explicit QCAT_BATCH_SIZE still wins."""
-    assert WorkerSettings().batch_size == 64
+    eight of the engine's default 64; an explicit QCAT_BATCH_SIZE still wins. Unset, the micro-batch follows the
+    device."""
+    assert (WorkerSettings(device="cpu").max_batch, WorkerSettings(device="cpu").batch_size) == (64, 64)
+    assert (WorkerSettings(device="cuda:1").max_batch, WorkerSettings(device="cuda:1").batch_size) == (512, 512)
+    assert WorkerSettings().max_batch == (512 if torch.cuda.is_available() else 64)
     monkeypatch.setenv("QCAT_MAX_BATCH", "512")
     assert WorkerSettings().batch_size == 512
     assert WorkerSettings(max_batch=128).batch_size == 128
