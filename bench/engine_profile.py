@@ -31,17 +31,13 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.engine import build_model, make_engine, sync  # noqa: E402
+from bench.engine import build_model, make_engine, sync, timed  # noqa: E402
 from qcat.logs import configure_logging  # noqa: E402
 
 
 def mean_seconds(device: torch.device, fn: Callable[[Any], Any], argument: Any, repeats: int = 5) -> float:
-    sync(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        fn(argument)
-    sync(device)
-    return (time.perf_counter() - started) / repeats
+    """`fn(argument)`'s mean wall time over `repeats` calls in a row."""
+    return timed(lambda: [fn(argument) for _ in range(repeats)], device) / repeats
 
 
 def main() -> None:

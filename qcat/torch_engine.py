@@ -13,7 +13,7 @@ import torch
 from qcat.adapter import load_adapter
 from qcat.classifier import DEFAULT_TAXONOMY
 from qcat.cuda_graphs import GraphedScorer
-from qcat.engine import Engine, Scorer, pad_id
+from qcat.engine import Engine, pad_id
 from qcat.errors import UsageError
 from qcat.manifest import with_adapter_base
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_configured_base, right_pad
@@ -66,8 +66,7 @@ def torch_engine(
     """An engine over `base.lm`, which must already carry its label head."""
     if compile and cuda_graphs:
         raise UsageError("QCAT_COMPILE and QCAT_CUDA_GRAPHS exclude each other: set one")
-    scorer: Scorer = GraphedScorer(base) if cuda_graphs else TorchScorer(base, compile=compile)
-    device = next(base.lm.parameters()).device
+    scorer: TorchScorer | GraphedScorer = GraphedScorer(base) if cuda_graphs else TorchScorer(base, compile=compile)
     return Engine(
         base.tokenizer,
         taxonomy,
@@ -76,7 +75,7 @@ def torch_engine(
         model_name=base.name,
         max_question_tokens=max_question_tokens,
         batch_size=batch_size,
-        batch_tokens=batch_tokens or default_batch_tokens(device),
+        batch_tokens=batch_tokens or default_batch_tokens(scorer.device),
         temperature=temperature,
         adapter_version=adapter_version,
         routing=routing,
