@@ -171,6 +171,7 @@ def make_engine(
     *,
     compile: bool = False,
     cuda_graphs: bool = False,
+    packed: bool = False,
     batch_size: int = 64,
 ) -> Engine:
     base = LoadedModel(model, tokenizer, "random-qwen3-0.6b-shape", fingerprint(model), offline_builtin=True)
@@ -184,7 +185,26 @@ def make_engine(
         batch_tokens=batch_tokens,
         compile=compile,
         cuda_graphs=cuda_graphs,
+        packed=packed,
     )
+
+
+VARIANTS: dict[str, dict[str, bool]] = {
+    "eager": {},
+    "compiled": {"compile": True},
+    "graphs": {"cuda_graphs": True},
+    "packed": {"packed": True},
+    "packed-graphs": {"packed": True, "cuda_graphs": True},
+    "packed-compiled": {"packed": True, "compile": True},
+    "packed-compiled-graphs": {"packed": True, "compile": True, "cuda_graphs": True},
+}
+"""The engine's ways to run a pass (QCAT_COMPILE, QCAT_CUDA_GRAPHS, QCAT_PACKED), by name."""
+
+
+def agreement(engine: Engine, reference: Engine, questions: list[str]) -> float:
+    """The largest difference between two engines' label logits on the same questions."""
+    ids = engine.encode(questions).ids
+    return float(abs(engine.logits(ids) - reference.logits(ids)).max())
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -212,6 +232,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
     parser.add_argument("--batch-sizes", default=None, help="default: 1,8,32,64 (cuda: 1,8,64,256,1024,2048)")
     parser.add_argument("--compile", action="store_true", help="also measure the engine under torch.compile")
+    parser.add_argument(
+        "--variants", default=None, help=f"of {', '.join(VARIANTS)} (default: eager, and compiled with --compile)"
+    )
     parser.add_argument("--questions", type=int, default=None, help="engine questions (default: 500, quick: 128)")
     parser.add_argument("--naive-questions", type=int, default=None, help="default: 24, quick: 6")
     parser.add_argument("--out", type=Path, default=None)
@@ -258,8 +281,11 @@ def main() -> None:
         print(f"speedup_vs_naive={speedup:.1f} {args.quantize}_vs_{args.dtype}={ratio:.2f}")
         return
     results: dict[str, list[dict[str, Any]]] = {}
-    for variant in ["eager", "compiled"] if args.compile else ["eager"]:
-        engine = make_engine(model, tokenizer, "compact", args.batch_tokens, compile=variant == "compiled")
+    variants = args.variants.split(",") if args.variants else ["eager", "compiled"] if args.compile else ["eager"]
+    reference = make_engine(model, tokenizer, "compact", args.batch_tokens, batch_size=batch_sizes[-1])
+    differences = {}
+    for variant in variants:
+        engine = make_engine(model, tokenizer, "compact", args.batch_tokens, **VARIANTS[variant])
         results[variant] = []
         for batch_size in batch_sizes:
             result = run_engine(engine, sample(batch_size), batch_size, ceiling)
@@ -270,17 +296,19 @@ def main() -> None:
                 f"  mfu {result['mfu']:.1%} (forward only {result['forward_only_mfu']:.1%})",
                 flush=True,
             )
+        differences[variant] = agreement(engine, reference, sample(batch_sizes[-1])[: batch_sizes[-1]])
+        print(f"engine {variant}: largest logit difference from eager {differences[variant]:.2e}", flush=True)
     best_variant, best = max(
         ((variant, row) for variant, rows in results.items() for row in rows),
         key=lambda item: item[1]["questions_per_s"],
     )
-    instruct_engine = make_engine(model, tokenizer, "instruct", args.batch_tokens, compile=best_variant == "compiled")
+    instruct_engine = make_engine(model, tokenizer, "instruct", args.batch_tokens, **VARIANTS[best_variant])
     instruct = run_engine(instruct_engine, sample(best["batch_size"]), best["batch_size"], ceiling)
     print(f"engine, zero-shot instruct prompt, batch {best['batch_size']}: {instruct['questions_per_s']:.1f} q/s")
 
     fixed: dict[str, Any] | None = None
     if device.type == "cuda":  # the GPU target is stated for 32-token prompts at large batch
-        fixed_engine = make_engine(model, tokenizer, "compact", args.batch_tokens, compile=best_variant == "compiled")
+        fixed_engine = make_engine(model, tokenizer, "compact", args.batch_tokens, **VARIANTS[best_variant])
         fixed_engine.max_question_tokens = 32 - fixed_engine.prompt_overhead
         words = " ".join(["word"] * 64)
         fixed = run_engine(fixed_engine, [words] * (best["batch_size"] * 8), best["batch_size"], ceiling)
@@ -307,6 +335,7 @@ def main() -> None:
         "naive_generate_batch1": naive,
         "engine_compact_prompt": results,
         "best_variant": best_variant,
+        "largest_logit_difference_from_eager": differences,
         "engine_instruct_prompt_best_batch": instruct,
         "engine_32_token_prompts": fixed,
         "speedup_vs_naive": speedup,

@@ -25,4 +25,5 @@ def qwen3_shape(settings: EngineSettings) -> Engine:
         batch_size=settings.batch_size,
         compile=settings.compile,
         cuda_graphs=settings.cuda_graphs,
+        packed=settings.packed,
     )

@@ -132,13 +132,16 @@ def consumed_seconds(web_port: int, count: int, timeout: float) -> float:
     raise RuntimeError(f"the consume-only agent saw {stats['events']} of {count} events within {timeout:.0f}s")
 
 
-def engine_throughput(batch_size: int, count: int, pass_size: int | None = None) -> dict[str, Any]:
+def engine_throughput(
+    batch_size: int, count: int, pass_size: int | None = None, variant: str = "eager"
+) -> dict[str, Any]:
     """The engine alone on the same model and micro-batch size (forward passes of `pass_size` questions, default the
     micro-batch), in this process: the ceiling for the worker."""
+    from bench.engine import VARIANTS
     from bench.models import qwen3_shape
     from qcat.settings import EngineSettings
 
-    engine = qwen3_shape(EngineSettings(batch_size=pass_size or batch_size))
+    engine = qwen3_shape(EngineSettings(batch_size=pass_size or batch_size, **VARIANTS[variant]))
     texts = [QUESTIONS[i % len(QUESTIONS)] for i in range(count)]
     engine.classify(texts[:batch_size])
     latencies = []
@@ -175,6 +178,9 @@ def main() -> None:
     parser.add_argument("--model-only", action="store_true", help="only the model runs and the latency")
     parser.add_argument(
         "--pass-size", type=int, default=None, help="questions per forward pass (QCAT_BATCH_SIZE; default --max-batch)"
+    )
+    parser.add_argument(
+        "--variant", default="eager", help="how the engine runs its passes: a name from bench/engine.py's VARIANTS"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
@@ -258,6 +264,8 @@ def main() -> None:
 def model_runs(address: str, tmp: Path, args: argparse.Namespace, loop: dict[str, str]) -> dict[str, Any]:
     """The worker with the engine on a random-weight Qwen3-0.6B-shaped model (`--workers` replicas in one group),
     against the engine alone in this process, in rounds; then the latency at half the worker's load."""
+    from bench.engine import VARIANTS
+
     batch = str(args.max_batch)
     model = {
         **loop,
@@ -265,18 +273,19 @@ def model_runs(address: str, tmp: Path, args: argparse.Namespace, loop: dict[str
         "QCAT_MAX_BATCH": batch,
         "QCAT_MAX_WAIT": "0.05",
         "QCAT_BATCH_SIZE": str(args.pass_size or args.max_batch),
+        **{f"QCAT_{name.upper()}": "true" for name in VARIANTS[args.variant]},
     }
     model_events = 12 * args.max_batch
     # this machine drifts by 10-20% within minutes: each round times the engine alone just before and just
     # after the worker and takes the worker's ratio to their mean; the rounds' median ratio is reported
     rounds = []
     for _ in range(args.model_rounds):
-        before = engine_throughput(args.max_batch, model_events // 2, args.pass_size)
+        before = engine_throughput(args.max_batch, model_events // 2, args.pass_size, args.variant)
         if args.workers > 1:
             worker = run_replicas("qcat-qwen3-shape", address, tmp, model_events, model, args.workers)
         else:
             worker = run_variant("qcat-qwen3-shape", address, tmp, model_events, model, steady=True)
-        after = engine_throughput(args.max_batch, model_events // 2, args.pass_size)
+        after = engine_throughput(args.max_batch, model_events // 2, args.pass_size, args.variant)
         alone = statistics.fmean([before["events_per_s"], after["events_per_s"]])
         batch_s = statistics.fmean([before["p50_batch_s"], after["p50_batch_s"]])
         rounds.append(

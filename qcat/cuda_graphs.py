@@ -15,7 +15,7 @@ they replay one at a time on one stream, and each pass's logits are copied out b
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,54 +56,79 @@ def causal_masks(decoder: torch.nn.Module) -> dict[str, None] | None:
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    input_ids: torch.Tensor
-    last_index: torch.Tensor
-    logits: torch.Tensor
+    inputs: torch.Tensor
+    output: torch.Tensor
+
+
+class Graphs:
+    """One CUDA graph per shape of a pass, all in one memory pool: a pass's inputs travel as one flat int64 tensor,
+    copied into the graph's own before it replays. Each output must be read before the next pass replays, since
+    the graphs share their memory."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._pool = torch.cuda.graph_pool_handle()
+        self._graphs: dict[Hashable, _Graph] = {}
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def run(self, key: Hashable, inputs: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """`forward(inputs)` from the graph captured for `key` (captured now, the first time the key is met)."""
+        graph = self._graphs.get(key) or self._capture(key, inputs, forward)
+        graph.inputs.copy_(inputs, non_blocking=True)
+        graph.graph.replay()
+        return graph.output
+
+    def _capture(self, key: Hashable, example: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]) -> _Graph:
+        started = time.perf_counter()
+        inputs = example.to(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # cuBLAS chooses its kernels, and torch.compile compiles, outside the capture
+            for _ in range(2):
+                forward(inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = forward(inputs)
+        captured = self._graphs[key] = _Graph(graph, inputs, output)
+        log.info("captured a CUDA graph", shape=key, seconds=round(time.perf_counter() - started, 2))
+        return captured
+
+
+def require_cuda(device: torch.device, what: str) -> None:
+    if device.type != "cuda":
+        raise UsageError(f"QCAT_CUDA_GRAPHS needs a CUDA device (here: {device}); unset it to run {what} eagerly")
 
 
 class GraphedScorer:
     """`TorchScorer`'s forward pass, replayed from a CUDA graph per padded shape."""
 
+    pads = True
+
     def __init__(self, base: LoadedModel) -> None:
         self.base = base
         self.device = next(base.lm.parameters()).device
+        require_cuda(self.device, "the passes")
         self.masks = causal_masks(base.lm.get_decoder())
-        if self.device.type != "cuda" or self.masks is None:
+        if self.masks is None:
             raise UsageError(
-                f"QCAT_CUDA_GRAPHS needs a CUDA device and a decoder with SDPA causal attention in every layer "
-                f"(here: {self.device}); unset it to run the passes eagerly"
+                "QCAT_CUDA_GRAPHS needs a decoder with SDPA causal attention in every layer; unset it to run the "
+                "passes eagerly"
             )
         self.pad_id = pad_id(base.tokenizer)
-        self._pool = torch.cuda.graph_pool_handle()
-        self._graphs: dict[tuple[int, int], _Graph] = {}
+        self.graphs = Graphs(self.device)
 
     @torch.inference_mode()
     def __call__(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         shape = padded_shape(len(rows), max(len(row) for row in rows))
-        graph = self._graphs.get(shape) or self._capture(shape)
         batch, last = right_pad(rows, self.pad_id, shape)
-        graph.input_ids.copy_(batch)
-        graph.last_index.copy_(last)
-        graph.graph.replay()
-        return graph.logits[: len(rows)].cpu().numpy()
+        inputs = torch.cat([batch.flatten(), last])
+        logits = self.graphs.run(shape, inputs, lambda flat: self._forward(flat, shape))
+        return logits[: len(rows)].cpu().numpy()
 
-    def _forward(self, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+    def _forward(self, flat: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        rows, width = shape
+        input_ids, last_index = flat[: rows * width].view(rows, width), flat[rows * width :]
         return label_logits(self.base.lm, input_ids, last_index, attention_mask=self.masks)
-
-    def _capture(self, shape: tuple[int, int]) -> _Graph:
-        started = time.perf_counter()
-        input_ids = torch.full(shape, self.pad_id, dtype=torch.long, device=self.device)
-        last_index = torch.zeros(shape[0], dtype=torch.long, device=self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):  # cuBLAS and cuDNN choose their kernels here, outside the capture
-            for _ in range(2):
-                self._forward(input_ids, last_index)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            logits = self._forward(input_ids, last_index)
-        captured = self._graphs[shape] = _Graph(graph, input_ids, last_index, logits)
-        seconds = round(time.perf_counter() - started, 2)
-        log.info("captured a CUDA graph", rows=shape[0], width=shape[1], seconds=seconds)
-        return captured

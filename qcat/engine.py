@@ -28,7 +28,10 @@ log = structlog.get_logger(__name__)
 
 
 class Scorer(Protocol):
-    """A backend's forward pass: float32 label logits, one row per token row (rows of any lengths; the scorer pads)."""
+    """A backend's forward pass: float32 label logits, one row per token row (rows of any lengths; the scorer pads
+    them, or packs them end to end)."""
+
+    pads: bool  # whether a pass costs its rows times its longest row (padded), or only its tokens (packed)
 
     def __call__(self, rows: Sequence[Sequence[int]]) -> np.ndarray: ...
 
@@ -126,15 +129,21 @@ class Engine:
 
     def chunks(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices grouped into forward passes: similar lengths together, at most `batch_size` rows and about
-        `batch_tokens` padded tokens each, so a micro-batch with a few long questions wastes little on padding."""
+        `batch_tokens` tokens each (padded tokens, where the scorer pads), so a micro-batch with a few long questions
+        wastes little on padding."""
         order = sorted(range(len(lengths)), key=lengths.__getitem__)
         groups: list[list[int]] = []
+        tokens = 0  # the last group's real tokens
         for index in order:
-            group = groups[-1] if groups else None
-            if group is None or len(group) >= self.batch_size or (len(group) + 1) * lengths[index] > self.batch_tokens:
+            length = lengths[index]
+            group = groups[-1] if groups else []
+            cost = (len(group) + 1) * length if self.scorer.pads else tokens + length
+            if not group or len(group) >= self.batch_size or cost > self.batch_tokens:
                 groups.append([index])
+                tokens = length
             else:
                 group.append(index)
+                tokens += length
         return groups
 
     def logits(self, ids: Sequence[Sequence[int]]) -> np.ndarray:

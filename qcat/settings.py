@@ -50,7 +50,11 @@ class EngineSettings(BaseSettings):
     compile: bool = Field(default=False, description="torch.compile the forward pass (worth it on GPUs).")
     cuda_graphs: bool = Field(
         default=False,
-        description="Replay the forward passes as CUDA graphs, one per padded shape (GPUs; not with compile).",
+        description="Replay the forward passes as CUDA graphs, one per shape (GPUs; with compile only when packed).",
+    )
+    packed: bool = Field(
+        default=False,
+        description="Run each forward pass over the prompts packed end to end, without padding (CUDA, Qwen3 decoders).",
     )
     quantize: Quantize = Field(
         default="none", description="Serving precision of the decoder: none, int8 (CPUs) or fp8 (Hopper GPUs)."

@@ -17,6 +17,7 @@ from qcat.engine import Engine, pad_id
 from qcat.errors import UsageError
 from qcat.manifest import with_adapter_base
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_configured_base, right_pad
+from qcat.packed import PackedScorer
 from qcat.quantize import quantize_decoder
 from qcat.routing import RoutingPolicy
 from qcat.schemas.prompt import ZERO_SHOT_PROMPT_STYLE, PromptFormat, prompt_format
@@ -34,6 +35,8 @@ def default_batch_tokens(device: torch.device) -> int:
 
 class TorchScorer:
     """One forward pass of the decoder per call; only the label head's logits leave the device."""
+
+    pads = True
 
     def __init__(self, base: LoadedModel, *, compile: bool = False) -> None:
         self.base = base
@@ -62,11 +65,16 @@ def torch_engine(
     routing: RoutingPolicy | None = None,
     compile: bool = False,
     cuda_graphs: bool = False,
+    packed: bool = False,
 ) -> Engine:
     """An engine over `base.lm`, which must already carry its label head."""
-    if compile and cuda_graphs:
-        raise UsageError("QCAT_COMPILE and QCAT_CUDA_GRAPHS exclude each other: set one")
-    scorer: TorchScorer | GraphedScorer = GraphedScorer(base) if cuda_graphs else TorchScorer(base, compile=compile)
+    scorer: TorchScorer | GraphedScorer | PackedScorer
+    if packed:
+        scorer = PackedScorer(base, compile=compile, graphs=cuda_graphs)
+    elif compile and cuda_graphs:
+        raise UsageError("QCAT_COMPILE and QCAT_CUDA_GRAPHS exclude each other unless QCAT_PACKED is set: set one")
+    else:
+        scorer = GraphedScorer(base) if cuda_graphs else TorchScorer(base, compile=compile)
     return Engine(
         base.tokenizer,
         taxonomy,
@@ -107,6 +115,7 @@ def load_engine(settings: EngineSettings, base: LoadedModel | None = None, taxon
             batch_tokens=settings.batch_tokens,
             compile=settings.compile,
             cuda_graphs=settings.cuda_graphs,
+            packed=settings.packed,
             temperature=manifest.temperature,
             adapter_version=manifest.version,
             routing=manifest.routing,
@@ -126,4 +135,5 @@ def load_engine(settings: EngineSettings, base: LoadedModel | None = None, taxon
         batch_tokens=settings.batch_tokens,
         compile=settings.compile,
         cuda_graphs=settings.cuda_graphs,
+        packed=settings.packed,
     )

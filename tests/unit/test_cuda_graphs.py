@@ -57,4 +57,4 @@ def test_replayed_passes_score_as_eager_ones(tiny: LoadedModel) -> None:
     graphed, eager = GraphedScorer(base), TorchScorer(base)
     for rows in (ROWS, ROWS[::-1], ROWS[:1], [row * 3 for row in ROWS]):
         assert abs(graphed(rows) - eager(rows)).max() < 1e-3
-    assert len(graphed._graphs) == 2  # (32, 8) for the first three, (32, 24) for the longer rows
+    assert len(graphed.graphs) == 2  # (32, 8) for the first three, (32, 24) for the longer rows

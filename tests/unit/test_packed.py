@@ -1,0 +1,98 @@
+"""Packed passes (`QCAT_PACKED`): the packing layout, the same logits as the padded pass's, passes budgeted by real
+tokens, refusals where packing cannot run, and on a GPU the same scores through FlashAttention, graphs and compile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from qcat.errors import UsageError
+from qcat.model import LoadedModel, attach_label_head, private_copy
+from qcat.packed import LONGEST_STEP, TOKEN_STEP, PackedScorer, pack, packed_shape, read_decoder
+from qcat.quantize import quantize_decoder
+from qcat.schemas.prompt import prompt_format
+from qcat.schemas.taxonomy import Taxonomy
+from qcat.torch_engine import TorchScorer, torch_engine
+
+TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
+ROWS = [[5, 9, 2, 7], [3, 3], [11, 4, 8, 6, 1, 2, 9], [10]]
+
+
+def test_pack_lays_prompts_end_to_end() -> None:
+    packed = pack(ROWS, pad=0)
+    ids, positions = packed.flat[:14], packed.flat[14:28]
+    last, starts = packed.flat[28:32], packed.flat[32:]
+    assert ids.tolist() == [token for row in ROWS for token in row]
+    assert positions.tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2, 3, 4, 5, 6, 0]
+    assert last.tolist() == [3, 5, 12, 13]
+    assert starts.tolist() == [0, 4, 6, 13, 14]
+    assert (packed.tokens, packed.rows, packed.longest) == (14, 4, 7)
+
+
+def test_pack_pads_to_a_shape_with_tokens_and_empty_prompts() -> None:
+    packed = pack(ROWS, pad=99, tokens=20, row_slots=6)
+    tokens = packed.flat[:20]
+    last, starts = packed.flat[40:46], packed.flat[46:]
+    assert tokens[14:].tolist() == [99] * 6
+    assert last.tolist() == [3, 5, 12, 13, 0, 0]
+    assert starts.tolist() == [0, 4, 6, 13, 14, 14, 14]  # padding rows are empty prompts; padding tokens in none
+
+
+@pytest.mark.parametrize(
+    ("tokens", "rows", "longest", "shape"),
+    [(1, 1, 1, (TOKEN_STEP, 32, LONGEST_STEP)), (TOKEN_STEP + 1, 33, 65, (2 * TOKEN_STEP, 64, 2 * LONGEST_STEP))],
+)
+def test_packed_shape_rounds_up(tokens: int, rows: int, longest: int, shape: tuple[int, int, int]) -> None:
+    assert packed_shape(tokens, rows, longest) == shape
+
+
+def test_packed_pass_scores_as_the_padded_pass(tiny: LoadedModel) -> None:
+    """The same logits, in any order and mix of lengths, to float32 rounding."""
+    attach_label_head(tiny, TAXONOMY)
+    packed, padded = PackedScorer(tiny), TorchScorer(tiny)
+    for rows in (ROWS, ROWS[::-1], ROWS[:1], [row * 5 for row in ROWS]):
+        np.testing.assert_allclose(packed(rows), padded(rows), atol=1e-5, rtol=1e-5)
+
+
+def test_a_packed_engine_budgets_passes_by_real_tokens(tiny: LoadedModel) -> None:
+    attach_label_head(tiny, TAXONOMY)
+    prompt = prompt_format(TAXONOMY, "compact")
+    engine = torch_engine(tiny, TAXONOMY, prompt, max_question_tokens=16, batch_size=64, batch_tokens=50, packed=True)
+    lengths = [7, 30, 3, 12, 12, 50, 1, 9, 22, 5] * 3
+    chunks = engine.chunks(lengths)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
+    assert all(len(chunk) == 1 or sum(lengths[i] for i in chunk) <= 50 for chunk in chunks)
+    padded = torch_engine(tiny, TAXONOMY, prompt, max_question_tokens=16, batch_size=64, batch_tokens=50)
+    assert len(chunks) < len(padded.chunks(lengths))  # padding counted there, not here
+
+
+def test_packing_is_refused_where_it_cannot_run(tiny: LoadedModel) -> None:
+    llama = LlamaForCausalLM(
+        LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
+    with pytest.raises(UsageError, match="model type 'llama'"):
+        read_decoder(llama)
+    quantized = private_copy(tiny)
+    attach_label_head(quantized, TAXONOMY)
+    quantize_decoder(quantized.lm, "int8")
+    with pytest.raises(UsageError, match="quantized"):
+        read_decoder(quantized.lm)
+    if not torch.cuda.is_available():
+        attach_label_head(tiny, TAXONOMY)
+        with pytest.raises(UsageError, match="CUDA device"):
+            PackedScorer(tiny, graphs=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlashAttention's packed kernel and graphs need a GPU")
+@pytest.mark.parametrize(("compile", "graphs"), [(False, False), (False, True), (True, True)])
+def test_packed_passes_on_a_gpu_score_as_padded_ones(tiny: LoadedModel, compile: bool, graphs: bool) -> None:
+    base = private_copy(tiny)
+    base.lm.to("cuda")  # type: ignore[arg-type]
+    attach_label_head(base, TAXONOMY)
+    packed, padded = PackedScorer(base, compile=compile, graphs=graphs), TorchScorer(base)
+    for rows in (ROWS, ROWS[::-1], ROWS[:1], [row * 30 for row in ROWS]):
+        np.testing.assert_allclose(packed(rows), padded(rows), atol=1e-3, rtol=1e-3)
+    if packed.graphs is not None:
+        assert len(packed.graphs) == 2  # the short passes share one shape; the long one has its own
