@@ -176,6 +176,7 @@ def main() -> None:
         "--workers", type=int, default=1, help="worker replicas in one group for the model runs (sharing the device)"
     )
     parser.add_argument("--model-only", action="store_true", help="only the model runs and the latency")
+    parser.add_argument("--model-events", type=int, default=None, help="events per model run (12 x --max-batch)")
     parser.add_argument(
         "--pass-size", type=int, default=None, help="questions per forward pass (QCAT_BATCH_SIZE; default --max-batch)"
     )
@@ -275,7 +276,7 @@ def model_runs(address: str, tmp: Path, args: argparse.Namespace, loop: dict[str
         "QCAT_BATCH_SIZE": str(args.pass_size or args.max_batch),
         **{f"QCAT_{name.upper()}": "true" for name in VARIANTS[args.variant]},
     }
-    model_events = 12 * args.max_batch
+    model_events = args.model_events or 12 * args.max_batch
     # this machine drifts by 10-20% within minutes: each round times the engine alone just before and just
     # after the worker and takes the worker's ratio to their mean; the rounds' median ratio is reported
     rounds = []

@@ -5,7 +5,7 @@ Why: on the H200 an eager pass over right-padded rows spends about two thirds of
 between the matmuls, and pads TREC-length prompts to about twice their tokens (docs/engine.md has the profile).
 This pass computes the same logits with less of both:
 - tokens are packed into one sequence; attention stays within each prompt (FlashAttention's variable-length kernel on
-  CUDA, one causal attention per prompt elsewhere), so no token is spent on padding;
+  CUDA in bf16 or fp16, one causal attention per prompt otherwise), so no token is spent on padding;
 - the q/k/v projections are one matmul, and so are the MLP's gate and up projections;
 - the elementwise steps between matmuls are plain functions that `torch.compile` fuses (`compile=True`), one
   compilation shared by all layers, since weights are their arguments;
@@ -13,8 +13,9 @@ This pass computes the same logits with less of both:
 
 It reads the weights of a loaded (and adapter-merged) transformers model and keeps no second copy of the large ones
 except the concatenated projections. With `graphs=True` (`QCAT_CUDA_GRAPHS`) passes replay as CUDA graphs: one per
-shape, the tokens padded to a multiple of `TOKEN_STEP`, the prompts to a power of two and the longest prompt to a
-multiple of `LONGEST_STEP` (FlashAttention's launch depends on it).
+shape (`packed_shape`): few shapes, so that they can all be captured when the engine loads rather than while events
+wait. A token count is rounded up by at most a quarter; the prompts' slots and the longest prompt are rounded up far
+more, since empty slots and a longer bound cost FlashAttention almost nothing.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from qcat.errors import UsageError
 from qcat.model import HEAD, LoadedModel
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
-TOKEN_STEP = 512
-LONGEST_STEP = 64
+FEWEST_TOKENS = 512
+FEWEST_ROWS = 512
+LONGEST_STEP = 128  # FlashAttention's tile of queries
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def packed_attention(
 ) -> torch.Tensor:
     """Causal attention within each prompt of a packed sequence; `starts` holds each prompt's first token index and
     the end (int32, as FlashAttention reads it), `longest` bounds a prompt's tokens."""
-    if q.is_cuda:
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         attended: torch.Tensor = torch.ops.aten._flash_attention_forward(
             q, k, v, starts, starts, longest, longest, 0.0, True, False, scale=scale
         )[0]
@@ -256,10 +258,16 @@ class PackedPass:
 def packed_shape(tokens: int, rows: int, longest: int) -> tuple[int, int, int]:
     """The graph a pass of `rows` prompts, `tokens` in all and at most `longest` each, replays in."""
     return (
-        -(-tokens // TOKEN_STEP) * TOKEN_STEP,
-        max(32, 1 << (rows - 1).bit_length()),
+        quarter_step(max(tokens, FEWEST_TOKENS)),
+        max(FEWEST_ROWS, 1 << (rows - 1).bit_length()),
         -(-longest // LONGEST_STEP) * LONGEST_STEP,
     )
+
+
+def quarter_step(n: int) -> int:
+    """`n` rounded up to a quarter of its power of two: 4 sizes per doubling, at most 25% larger."""
+    step = 1 << max(0, n.bit_length() - 3)
+    return -(-n // step) * step
 
 
 class PackedScorer:
@@ -267,7 +275,10 @@ class PackedScorer:
 
     pads = False
 
-    def __init__(self, base: LoadedModel, *, compile: bool = False, graphs: bool = False) -> None:
+    def __init__(
+        self, base: LoadedModel, *, compile: bool = False, graphs: bool = False, max_tokens: int | None = None
+    ) -> None:
+        """`max_tokens`, with `graphs`: capture now the shapes of every pass up to that many tokens."""
         self.base = base
         self.device = next(base.lm.parameters()).device
         if graphs:
@@ -278,6 +289,10 @@ class PackedScorer:
         if compile and not graphs:  # compile now, at load, rather than on the first events; one row is its own case
             self([[self.pad_id]])
             self([[self.pad_id]] * 2)
+        tokens = FEWEST_TOKENS
+        while graphs and max_tokens and tokens <= max_tokens:
+            self([[self.pad_id] * LONGEST_STEP] * (tokens // LONGEST_STEP))
+            tokens = quarter_step(tokens + 1)
 
     @torch.inference_mode()
     def __call__(self, rows: Sequence[Sequence[int]]) -> np.ndarray:

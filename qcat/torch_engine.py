@@ -68,9 +68,10 @@ def torch_engine(
     packed: bool = False,
 ) -> Engine:
     """An engine over `base.lm`, which must already carry its label head."""
+    batch_tokens = batch_tokens or default_batch_tokens(next(base.lm.parameters()).device)
     scorer: TorchScorer | GraphedScorer | PackedScorer
     if packed:
-        scorer = PackedScorer(base, compile=compile, graphs=cuda_graphs)
+        scorer = PackedScorer(base, compile=compile, graphs=cuda_graphs, max_tokens=batch_tokens)
     elif compile and cuda_graphs:
         raise UsageError("QCAT_COMPILE and QCAT_CUDA_GRAPHS exclude each other unless QCAT_PACKED is set: set one")
     else:
@@ -83,7 +84,7 @@ def torch_engine(
         model_name=base.name,
         max_question_tokens=max_question_tokens,
         batch_size=batch_size,
-        batch_tokens=batch_tokens or default_batch_tokens(scorer.device),
+        batch_tokens=batch_tokens,
         temperature=temperature,
         adapter_version=adapter_version,
         routing=routing,
