@@ -183,6 +183,9 @@ def main() -> None:
     parser.add_argument(
         "--variant", default="eager", help="how the engine runs its passes: a name from bench/engine.py's VARIANTS"
     )
+    parser.add_argument(
+        "--latency-rate", type=float, default=None, help="only the model's latency at this rate (events/s), 20 s"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
     if args.fetch_wait:
@@ -191,6 +194,15 @@ def main() -> None:
         report = {"command": "python bench/pipeline.py " + " ".join(sys.argv[1:]), "cores": os.cpu_count()}
         args.out.write_text(json.dumps(report | result, indent=2) + "\n")
         print(f"wrote {args.out}")
+        return
+    if args.latency_rate:
+        report = {"command": "python bench/pipeline.py " + " ".join(sys.argv[1:]), "cores": os.cpu_count()}
+        settings = model_settings(args, {"QCAT_EVENT_LOOP": args.event_loop})
+        with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp_name:
+            rate, count = args.latency_rate, int(args.latency_rate * 20)
+            report |= paced_latency(broker.address, Path(tmp_name), settings, rate, count, workers=args.workers)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"p50_ms={report['p50_ms']:.0f} p99_ms={report['p99_ms']:.0f} by second {report['p99_ms_by_second']}")
         return
     if args.model_only:
         report = {"command": "python bench/pipeline.py " + " ".join(sys.argv[1:]), "cores": os.cpu_count()}
@@ -262,20 +274,25 @@ def main() -> None:
     print(f"events_per_s={qcat['events_per_s']:.0f} speedup_vs_naive_faust={speedup:.1f}")
 
 
-def model_runs(address: str, tmp: Path, args: argparse.Namespace, loop: dict[str, str]) -> dict[str, Any]:
-    """The worker with the engine on a random-weight Qwen3-0.6B-shaped model (`--workers` replicas in one group),
-    against the engine alone in this process, in rounds; then the latency at half the worker's load."""
+def model_settings(args: argparse.Namespace, loop: dict[str, str]) -> dict[str, str]:
+    """The worker's settings for the model runs."""
     from bench.engine import VARIANTS
 
-    batch = str(args.max_batch)
-    model = {
+    return {
         **loop,
         "QCAT_CLASSIFIER": "bench.models:qwen3_shape",
-        "QCAT_MAX_BATCH": batch,
+        "QCAT_MAX_BATCH": str(args.max_batch),
         "QCAT_MAX_WAIT": "0.05",
         "QCAT_BATCH_SIZE": str(args.pass_size or args.max_batch),
         **{f"QCAT_{name.upper()}": "true" for name in VARIANTS[args.variant]},
     }
+
+
+def model_runs(address: str, tmp: Path, args: argparse.Namespace, loop: dict[str, str]) -> dict[str, Any]:
+    """The worker with the engine on a random-weight Qwen3-0.6B-shaped model (`--workers` replicas in one group),
+    against the engine alone in this process, in rounds; then the latency at half the worker's load."""
+    batch = str(args.max_batch)
+    model = model_settings(args, loop)
     model_events = args.model_events or 12 * args.max_batch
     # this machine drifts by 10-20% within minutes: each round times the engine alone just before and just
     # after the worker and takes the worker's ratio to their mean; the rounds' median ratio is reported

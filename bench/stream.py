@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -194,5 +195,25 @@ def paced_latency(
         for process in processes:
             terminate(process)
     latencies = sorted(v["latency_ms"] for v in values)
-    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    return {"rate": rate, "events": count, "p50_ms": statistics.median(latencies), "p99_ms": p99}
+    return {
+        "rate": rate,
+        "events": count,
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": quantile(latencies, 0.99),
+        "max_ms": latencies[-1],
+        "p99_ms_by_second": latency_by_second(values),
+    }
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency_by_second(values: list[Any]) -> list[float]:
+    """p99 latency of the events created in each second of a run: whether the tail is spread or in bursts."""
+    created = [datetime.fromisoformat(v["categorized_at"]).timestamp() - v["latency_ms"] / 1000 for v in values]
+    start = min(created)
+    seconds: dict[int, list[float]] = {}
+    for stamp, value in zip(created, values, strict=True):
+        seconds.setdefault(int(stamp - start), []).append(value["latency_ms"])
+    return [round(quantile(sorted(seconds[s]), 0.99), 1) for s in sorted(seconds)]

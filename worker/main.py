@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,22 @@ def warmed_up(settings: WorkerSettings) -> Classifier:
     happen here, not on a real batch."""
     classifier = load_classifier(settings)
     classifier.classify(["What is a warm-up question ?"] * settings.max_batch)
+    settle_garbage()
     return classifier
+
+
+def settle_garbage() -> None:
+    """Collect once, then exempt what survives (the libraries, the model) from later collections.
+
+    Python's full collection walks every object the process holds: with torch, transformers and a model loaded that
+    takes about a quarter of a second (docs/worker.md), holds the GIL, and stalls the event loop and the inference
+    thread at whatever moment it falls on; it was the tail of the GPU worker's latency. Frozen objects are never
+    walked again; later collections see only what batches allocate. Unfrozen first, so that the engine a hot swap
+    replaces is collected at the next swap: one pause per swap instead of one every few thousand batches.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def start_inference(settings: WorkerSettings) -> tuple[ThreadPoolExecutor, Classifier]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 
 import pytest
@@ -20,7 +22,7 @@ from qcat.schemas.taxonomy import Taxonomy
 from qcat.schemas.topics import Topics
 from qcat.settings import EngineSettings
 from qcat.worker.decode import MAX_DEAD_LETTER_BYTES, Rejected, dead_letter, decode_question
-from qcat.worker.main import start_inference
+from qcat.worker.main import settle_garbage, start_inference
 from qcat.worker.process import Record, process_batch
 from qcat.worker.publisher import murmur2, refused_for_good
 from qcat.worker.settings import WorkerSettings
@@ -209,6 +211,23 @@ def test_the_model_loads_warms_up_and_runs_in_one_inference_thread() -> None:
     assert isinstance(classifier, ThreadRecorder)
     (thread,) = classifier.threads
     assert thread.startswith("qcat-inference"), classifier.threads
+    assert gc.get_freeze_count() > 0  # the loaded model is out of the garbage collector's full walks
+
+
+def test_garbage_is_settled_again_at_each_load() -> None:
+    """An engine frozen at one load and replaced later (a hot swap) is collected at the next load, cycles and all."""
+
+    class Engine:
+        pass
+
+    engine = Engine()
+    engine.itself = engine  # type: ignore[attr-defined]
+    settle_garbage()
+    assert gc.get_freeze_count() > 0
+    replaced = weakref.ref(engine)
+    del engine
+    settle_garbage()
+    assert replaced() is None
 
 
 @pytest.mark.parametrize("length", range(41))
