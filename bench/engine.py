@@ -169,9 +169,9 @@ def make_engine(
     style: PromptStyle,
     batch_tokens: int | None,
     *,
-    compile: bool = False,
-    cuda_graphs: bool = False,
-    packed: bool = False,
+    compile: bool | None = False,
+    cuda_graphs: bool | None = False,
+    packed: bool | None = False,
     batch_size: int = 64,
 ) -> Engine:
     base = LoadedModel(model, tokenizer, "random-qwen3-0.6b-shape", fingerprint(model), offline_builtin=True)
@@ -190,12 +190,12 @@ def make_engine(
 
 
 VARIANTS: dict[str, dict[str, bool]] = {
-    "eager": {},
-    "compiled": {"compile": True},
-    "graphs": {"cuda_graphs": True},
-    "packed": {"packed": True},
-    "packed-graphs": {"packed": True, "cuda_graphs": True},
-    "packed-compiled": {"packed": True, "compile": True},
+    "eager": {"packed": False},
+    "compiled": {"packed": False, "compile": True},
+    "graphs": {"packed": False, "cuda_graphs": True},
+    "packed": {"packed": True, "compile": False, "cuda_graphs": False},
+    "packed-graphs": {"packed": True, "compile": False, "cuda_graphs": True},
+    "packed-compiled": {"packed": True, "compile": True, "cuda_graphs": False},
     "packed-compiled-graphs": {"packed": True, "compile": True, "cuda_graphs": True},
 }
 """The engine's ways to run a pass (QCAT_COMPILE, QCAT_CUDA_GRAPHS, QCAT_PACKED), by name."""

@@ -284,7 +284,7 @@ def model_settings(args: argparse.Namespace, loop: dict[str, str]) -> dict[str, 
         "QCAT_MAX_BATCH": str(args.max_batch),
         "QCAT_MAX_WAIT": "0.05",
         "QCAT_BATCH_SIZE": str(args.pass_size or args.max_batch),
-        **{f"QCAT_{name.upper()}": "true" for name in VARIANTS[args.variant]},
+        **{f"QCAT_{name.upper()}": str(value).lower() for name, value in VARIANTS[args.variant].items()},
     }
 
 

@@ -11,11 +11,14 @@ This pass computes the same logits with less of both:
   compilation shared by all layers, since weights are their arguments;
 - the last layer's output projection and MLP, and the final norm, run only for the tokens the label head reads.
 
-It reads the weights of a loaded (and adapter-merged) transformers model and keeps no second copy of the large ones
-except the concatenated projections. With `graphs=True` (`QCAT_CUDA_GRAPHS`) passes replay as CUDA graphs: one per
-shape (`packed_shape`): few shapes, so that they can all be captured when the engine loads rather than while events
-wait. A token count is rounded up by at most a quarter; the prompts' slots and the longest prompt are rounded up far
-more, since empty slots and a longer bound cost FlashAttention almost nothing.
+It reads the weights of a loaded (and adapter-merged) transformers model once, when the scorer is built, and keeps no
+second copy of the large ones except the concatenated projections: a model changed afterwards needs a new engine
+(every caller builds its engine after the last change; an unmerged LoRA model is refused, `packing_problems`).
+
+With `graphs=True` (`QCAT_CUDA_GRAPHS`) passes replay as CUDA graphs, one per shape (`packed_shape`). There are few
+shapes, so all are captured when the engine loads rather than while events wait: a token count is rounded up by at
+most a quarter; the prompts' slots and the longest prompt are rounded up far more, since empty slots and a longer
+bound cost FlashAttention almost nothing.
 """
 
 from __future__ import annotations
@@ -70,50 +73,66 @@ class Decoder:
     eps: float
 
 
-def read_decoder(lm: nn.Module) -> Decoder:
-    """The packed pass's view of `lm`, or a UsageError saying why this model cannot run packed."""
+def packing_problems(lm: nn.Module) -> list[str]:
+    """Why `lm` cannot run packed passes (nothing: it can)."""
     config: Any = getattr(lm, "config", None)
     model_type = getattr(config, "model_type", None)
-    problems = []
     if model_type not in SUPPORTED_MODEL_TYPES:
-        problems.append(f"model type {model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-    else:
-        if getattr(config, "hidden_act", "silu") != "silu":
-            problems.append(f"activation {config.hidden_act!r}")
-        if getattr(config, "attention_bias", False):
-            problems.append("attention biases")
-        if set(getattr(config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
-            problems.append("sliding-window layers")
-        if not all(isinstance(m, nn.Linear) and type(m) is nn.Linear for m in _linears(lm)):
-            problems.append("quantized or wrapped linear layers (QCAT_QUANTIZE)")
+        return [f"model type {model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"]
+    problems = [] if hasattr(lm, HEAD) else ["no label head yet"]
+    if getattr(config, "hidden_act", "silu") != "silu":
+        problems.append(f"activation {config.hidden_act!r}")
+    if getattr(config, "attention_bias", False):
+        problems.append("attention biases")
+    if set(getattr(config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
+        problems.append("sliding-window layers")
+    if not all(type(module) is nn.Linear for module in _linears(lm)):
+        problems.append("quantized linear layers (QCAT_QUANTIZE), or LoRA layers not merged")
+    return problems
+
+
+def packs_well(lm: nn.Module) -> bool:
+    """Whether packed passes are the better choice for `lm`: on a GPU in half precision (FlashAttention's packed
+    kernel; in float32 attention runs prompt by prompt), where the model can run them. On a CPU the padded pass
+    stays: packing measured no faster there (docs/engine.md)."""
+    weight = next(lm.parameters())
+    on_gpu = weight.device.type == "cuda" and weight.dtype in (torch.bfloat16, torch.float16)
+    return on_gpu and not packing_problems(lm)
+
+
+def read_decoder(lm: nn.Module) -> Decoder:
+    """The packed pass's view of `lm`, or a UsageError saying why this model cannot run packed."""
+    problems = packing_problems(lm)
     if problems:
-        raise UsageError(f"QCAT_PACKED cannot run this model: {'; '.join(problems)}; unset QCAT_PACKED")
+        raise UsageError(f"QCAT_PACKED cannot run this model: {'; '.join(problems)}; set QCAT_PACKED=false")
+    config: Any = lm.config
     decoder: Any = lm.get_decoder()  # type: ignore[operator]
-    layers = []
-    for block in decoder.layers:
-        attention, mlp = block.self_attn, block.mlp
-        layers.append(
-            Layer(
-                input_norm=block.input_layernorm.weight,
-                qkv=torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]),
-                q_norm=attention.q_norm.weight,
-                k_norm=attention.k_norm.weight,
-                out=attention.o_proj.weight,
-                post_norm=block.post_attention_layernorm.weight,
-                gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-                down=mlp.down_proj.weight,
-            )
+    with torch.no_grad():  # plain tensors, not parameters: torch.compile would trace autograd around them
+        layers = [_layer(block) for block in decoder.layers]
+        return Decoder(
+            embed=decoder.embed_tokens.weight.detach(),
+            layers=layers,
+            norm=decoder.norm.weight.detach(),
+            head=getattr(lm, HEAD).weight.detach(),
+            rotary=decoder.rotary_emb,
+            heads=config.num_attention_heads,
+            kv_heads=config.num_key_value_heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+            eps=config.rms_norm_eps,
         )
-    return Decoder(
-        embed=decoder.embed_tokens.weight,
-        layers=layers,
-        norm=decoder.norm.weight,
-        head=getattr(lm, HEAD).weight,
-        rotary=decoder.rotary_emb,
-        heads=config.num_attention_heads,
-        kv_heads=config.num_key_value_heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-        eps=config.rms_norm_eps,
+
+
+def _layer(block: Any) -> Layer:
+    attention, mlp = block.self_attn, block.mlp
+    return Layer(
+        input_norm=block.input_layernorm.weight.detach(),
+        qkv=torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]),
+        q_norm=attention.q_norm.weight.detach(),
+        k_norm=attention.k_norm.weight.detach(),
+        out=attention.o_proj.weight.detach(),
+        post_norm=block.post_attention_layernorm.weight.detach(),
+        gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+        down=mlp.down_proj.weight.detach(),
     )
 
 

@@ -47,14 +47,19 @@ class EngineSettings(BaseSettings):
         default=MAX_QUESTION_TOKENS, ge=4, le=4096, description="Longer questions are truncated."
     )
     batch_size: int = Field(default=64, ge=1, le=4096, description="Largest forward pass, in questions.")
-    compile: bool = Field(default=False, description="torch.compile the forward pass (worth it on GPUs).")
-    cuda_graphs: bool = Field(
+    compile: bool | None = Field(
         default=False,
-        description="Replay the forward passes as CUDA graphs, one per shape (GPUs; with compile only when packed).",
+        description="torch.compile the forward pass (unset: on for packed passes on a GPU, as in the worker).",
     )
-    packed: bool = Field(
+    cuda_graphs: bool | None = Field(
         default=False,
-        description="Run each forward pass over the prompts packed end to end, without padding (CUDA, Qwen3 decoders).",
+        description="Replay the forward passes as CUDA graphs (unset: on for packed passes on a GPU, as in the "
+        "worker). With compile only when packed.",
+    )
+    packed: bool | None = Field(
+        default=None,
+        description="Run each forward pass over the prompts packed end to end, without padding (Qwen3 decoders; "
+        "unset: where the model allows it, on a GPU in bf16 or fp16).",
     )
     quantize: Quantize = Field(
         default="none", description="Serving precision of the decoder: none, int8 (CPUs) or fp8 (Hopper GPUs)."

@@ -17,7 +17,7 @@ from qcat.engine import Engine, pad_id
 from qcat.errors import UsageError
 from qcat.manifest import with_adapter_base
 from qcat.model import LoadedModel, attach_label_head, label_logits, load_configured_base, right_pad
-from qcat.packed import PackedScorer
+from qcat.packed import PackedScorer, packs_well
 from qcat.quantize import quantize_decoder
 from qcat.routing import RoutingPolicy
 from qcat.schemas.prompt import ZERO_SHOT_PROMPT_STYLE, PromptFormat, prompt_format
@@ -63,19 +63,26 @@ def torch_engine(
     temperature: float = 1.0,
     adapter_version: str | None = None,
     routing: RoutingPolicy | None = None,
-    compile: bool = False,
-    cuda_graphs: bool = False,
-    packed: bool = False,
+    compile: bool | None = False,
+    cuda_graphs: bool | None = False,
+    packed: bool | None = None,
 ) -> Engine:
-    """An engine over `base.lm`, which must already carry its label head."""
-    batch_tokens = batch_tokens or default_batch_tokens(next(base.lm.parameters()).device)
+    """An engine over `base.lm`, which must already carry its label head. `packed` unset: packed passes where they
+    run well (`packs_well`); `compile` and `cuda_graphs` unset: on for packed passes on a GPU (docs/engine.md)."""
+    device = next(base.lm.parameters()).device
+    batch_tokens = batch_tokens or default_batch_tokens(device)
+    packed = packs_well(base.lm) if packed is None else packed
+    fastest = packed and device.type == "cuda"
+    compile = fastest if compile is None else compile
+    cuda_graphs = fastest if cuda_graphs is None else cuda_graphs
     scorer: TorchScorer | GraphedScorer | PackedScorer
     if packed:
         scorer = PackedScorer(base, compile=compile, graphs=cuda_graphs, max_tokens=batch_tokens)
     elif compile and cuda_graphs:
-        raise UsageError("QCAT_COMPILE and QCAT_CUDA_GRAPHS exclude each other unless QCAT_PACKED is set: set one")
+        raise UsageError("QCAT_COMPILE and QCAT_CUDA_GRAPHS exclude each other unless passes are packed: set one")
     else:
         scorer = GraphedScorer(base) if cuda_graphs else TorchScorer(base, compile=compile)
+    log.info("engine passes", device=str(device), packed=packed, compiled=compile, cuda_graphs=cuda_graphs)
     return Engine(
         base.tokenizer,
         taxonomy,

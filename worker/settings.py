@@ -35,6 +35,12 @@ class WorkerSettings(EngineSettings, KafkaSettings):
         "the largest forward pass unless QCAT_BATCH_SIZE is set.",
     )
     max_wait: float = Field(default=0.05, gt=0, le=60, description="Seconds to wait to fill a micro-batch.")
+    compile: bool | None = Field(
+        default=None, description="torch.compile the forward pass (unset: on for packed passes on a GPU)."
+    )
+    cuda_graphs: bool | None = Field(
+        default=None, description="Replay the forward passes as CUDA graphs (unset: on for packed passes on a GPU)."
+    )
     fetch_max_wait: float = Field(
         default=0.05,
         gt=0,

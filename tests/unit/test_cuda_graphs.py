@@ -43,9 +43,11 @@ def test_graphs_are_refused_where_they_cannot_run(tiny: LoadedModel) -> None:
     prompt = prompt_format(TAXONOMY, "compact")
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA device"):
-            torch_engine(tiny, TAXONOMY, prompt, max_question_tokens=16, batch_size=8, cuda_graphs=True)
+            torch_engine(tiny, TAXONOMY, prompt, max_question_tokens=16, batch_size=8, cuda_graphs=True, packed=False)
     with pytest.raises(UsageError, match="exclude each other"):
-        torch_engine(tiny, TAXONOMY, prompt, max_question_tokens=16, batch_size=8, compile=True, cuda_graphs=True)
+        torch_engine(
+            tiny, TAXONOMY, prompt, max_question_tokens=16, batch_size=8, compile=True, cuda_graphs=True, packed=False
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from qcat.adapter import new_lora
 from qcat.errors import UsageError
 from qcat.model import LoadedModel, attach_label_head, private_copy
 from qcat.packed import (
@@ -17,6 +18,8 @@ from qcat.packed import (
     PackedScorer,
     pack,
     packed_shape,
+    packing_problems,
+    packs_well,
     quarter_step,
     read_decoder,
 )
@@ -118,3 +121,28 @@ def test_packed_passes_on_a_gpu_score_as_padded_ones(tiny: LoadedModel, compile:
         np.testing.assert_allclose(packed(rows), padded(rows), atol=2e-2, rtol=2e-2)
     if packed.graphs is not None:
         assert len(packed.graphs) == 6  # the long rows (longest 210) have their own shape
+
+
+def test_engines_pack_by_default_only_where_packing_runs_well(tiny: LoadedModel) -> None:
+    """On a CPU the padded pass stays the default; a model whose LoRA layers are not merged (training's own engine)
+    cannot run packed, since packing reads the plain weights."""
+    attach_label_head(tiny, TAXONOMY)
+    engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=16, batch_size=8)
+    assert isinstance(engine.scorer, TorchScorer)
+    assert not packs_well(tiny.lm)
+    assert packing_problems(tiny.lm) == []
+    new_lora(tiny, TAXONOMY)
+    assert packing_problems(tiny.lm) == ["quantized linear layers (QCAT_QUANTIZE), or LoRA layers not merged"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU default needs a GPU")
+def test_a_gpu_engine_packs_compiles_and_graphs_by_default(tiny: LoadedModel) -> None:
+    base = private_copy(tiny)
+    base.lm.to("cuda", torch.bfloat16)  # type: ignore[arg-type]
+    attach_label_head(base, TAXONOMY)
+    prompt = prompt_format(TAXONOMY, "compact")
+    engine = torch_engine(
+        base, TAXONOMY, prompt, max_question_tokens=16, batch_size=8, batch_tokens=1024, compile=None, cuda_graphs=None
+    )
+    assert isinstance(engine.scorer, PackedScorer)
+    assert engine.scorer.graphs is not None
