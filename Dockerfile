@@ -20,6 +20,14 @@ COPY training ./training
 RUN pip install --no-cache-dir . && rm -rf /src
 
 FROM python:${PYTHON_VERSION}-slim
+ARG TORCH_INDEX=cpu
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# A CUDA build compiles its forward pass (Triton), which builds small C launchers at run time: it needs a C compiler.
+# Unpinned: Debian's security updates replace exact versions, and gcc's own version does not matter to Triton.
+# hadolint ignore=DL3008
+RUN if [ "${TORCH_INDEX}" != "cpu" ]; then \
+        apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN useradd --system --uid 10001 --create-home --home-dir /home/qcat qcat \
     && mkdir -p /models /data \
     && chown qcat:qcat /models /data
@@ -29,6 +37,7 @@ ENV PATH=/opt/qcat/bin:$PATH \
     HF_HOME=/models \
     QCAT_DATA_DIR=/tmp/qcat-worker \
     XDG_CACHE_HOME=/tmp/cache \
+    TRITON_CACHE_DIR=/tmp/cache/triton \
     QCAT_CORRECTIONS_DIR=/data/corrections \
     QCAT_REFUSED_DIR=/data/refused \
     QCAT_WEB_HOST=0.0.0.0 \

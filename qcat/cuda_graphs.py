@@ -90,7 +90,9 @@ class Graphs:
                 forward(inputs)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: a hot swap captures the new engine's graphs in the loader thread while the inference thread
+        # keeps serving; in the default ("global") mode any CUDA call of another thread during a capture fails
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             output = forward(inputs)
         captured = self._graphs[key] = _Graph(graph, inputs, output)
         log.info("captured a CUDA graph", shape=key, seconds=round(time.perf_counter() - started, 2))

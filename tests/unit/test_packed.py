@@ -3,6 +3,8 @@ tokens, refusals where packing cannot run, and on a GPU the same scores through 
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,31 @@ def test_a_gpu_engine_packs_compiles_and_graphs_by_default(tiny: LoadedModel) ->
     )
     assert isinstance(engine.scorer, PackedScorer)
     assert engine.scorer.graphs is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_a_new_engine_captures_its_graphs_while_another_serves(tiny: LoadedModel) -> None:
+    """A hot swap: the loader thread captures the new engine's graphs while the inference thread scores."""
+    base = private_copy(tiny)
+    base.lm.to("cuda", torch.bfloat16)  # type: ignore[arg-type]
+    attach_label_head(base, TAXONOMY)
+    serving = PackedScorer(base, graphs=True, max_tokens=512)
+    expected = serving(ROWS)
+    stop, results = threading.Event(), []
+
+    def serve() -> None:
+        while not stop.is_set():
+            results.append(serving(ROWS))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        loaded = PackedScorer(private_copy(base), graphs=True, max_tokens=4096)
+    finally:
+        stop.set()
+        thread.join()
+    assert loaded.graphs is not None
+    assert len(loaded.graphs) == 13  # 512 to 4,096 tokens, 4 sizes per doubling
+    assert results
+    assert all(np.array_equal(result, expected) for result in results)
+    np.testing.assert_allclose(loaded(ROWS), expected, atol=1e-6)
