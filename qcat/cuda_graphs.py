@@ -7,9 +7,10 @@ micro-batch into as few passes as it can, each padded to its longest question. A
 kernels with one launch, so passes become cheap, and a micro-batch can run as several passes of similar lengths
 with little padding (`QCAT_BATCH_SIZE` questions each).
 
-Graphs have fixed shapes: a pass is padded to a multiple of `ROW_STEP` rows and `WIDTH_STEP` tokens (rows of padding
-only, read by nobody), and one graph is captured per shape the first time it is met. They share one memory pool:
-they replay one at a time on one stream, and each pass's logits are copied out before the next replays.
+`Graphs` keeps one graph per shape of a pass; packed passes (qcat/packed.py) use it too. Here, for padded passes, a
+pass is padded to a multiple of `ROW_STEP` rows and `WIDTH_STEP` tokens (rows of padding only, read by nobody), and a
+shape is captured the first time it is met. The graphs share one memory pool: they replay one at a time on one
+stream, and each pass's logits are copied out before the next replays.
 """
 
 from __future__ import annotations
