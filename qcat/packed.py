@@ -16,9 +16,10 @@ second copy of the large ones except the concatenated projections: a model chang
 (every caller builds its engine after the last change; an unmerged LoRA model is refused, `packing_problems`).
 
 With `graphs=True` (`QCAT_CUDA_GRAPHS`) passes replay as CUDA graphs, one per shape (`packed_shape`). There are few
-shapes, so all are captured when the engine loads rather than while events wait: a token count is rounded up by at
-most a quarter; the prompts' slots and the longest prompt are rounded up far more, since empty slots and a longer
-bound cost FlashAttention almost nothing.
+shapes, so all are captured when the engine loads rather than while events wait (`PackedScorer.prepare`): a token
+count is rounded up by at most a quarter; the prompts' slots, and the bound on a prompt's tokens, are rounded up far
+more (the bound to the longest prompt the engine makes), since empty slots and a longer bound cost FlashAttention
+almost nothing.
 """
 
 from __future__ import annotations
@@ -294,22 +295,26 @@ class PackedScorer:
 
     pads = False
 
-    def __init__(
-        self, base: LoadedModel, *, compile: bool = False, graphs: bool = False, max_tokens: int | None = None
-    ) -> None:
-        """`max_tokens`, with `graphs`: capture now the shapes of every pass up to that many tokens."""
+    def __init__(self, base: LoadedModel, *, compile: bool = False, graphs: bool = False) -> None:
         self.base = base
         self.device = next(base.lm.parameters()).device
         if graphs:
             require_cuda(self.device, "the packed passes")
         self.pad_id = pad_id(base.tokenizer)
+        self.compile = compile
         self.forward = PackedPass(read_decoder(base.lm), compile=compile)
         self.graphs = Graphs(self.device) if graphs else None
-        if compile and not graphs:  # compile now, at load, rather than on the first events; one row is its own case
+        self.longest = LONGEST_STEP  # the bound on a prompt's tokens that every graph is captured for
+
+    def prepare(self, max_tokens: int, longest: int) -> None:
+        """Compile and capture now, when the engine loads, rather than on the first events: every graph shape of
+        passes up to `max_tokens` tokens, for prompts up to `longest` tokens."""
+        self.longest = max(self.longest, longest)
+        if self.compile and self.graphs is None:  # one row is a case of its own for the compiler
             self([[self.pad_id]])
             self([[self.pad_id]] * 2)
         tokens = FEWEST_TOKENS
-        while graphs and max_tokens and tokens <= max_tokens:
+        while self.graphs is not None and tokens <= max_tokens:
             self([[self.pad_id] * LONGEST_STEP] * (tokens // LONGEST_STEP))
             tokens = quarter_step(tokens + 1)
 
@@ -319,7 +324,8 @@ class PackedScorer:
             packed = pack(rows, self.pad_id)
             flat = torch.from_numpy(packed.flat).to(self.device)
             return self.forward(flat, packed.tokens, packed.rows, packed.longest).cpu().numpy()
-        tokens, slots, longest = shape = packed_shape(sum(map(len, rows)), len(rows), max(map(len, rows)))
+        longest = max(self.longest, *map(len, rows))
+        tokens, slots, longest = shape = packed_shape(sum(map(len, rows)), len(rows), longest)
         inputs = torch.from_numpy(pack(rows, self.pad_id, tokens, slots).flat)
         logits = self.graphs.run(shape, inputs, lambda flat: self.forward(flat, tokens, slots, longest))
         return logits[: len(rows)].cpu().numpy()

@@ -77,13 +77,13 @@ def torch_engine(
     cuda_graphs = fastest if cuda_graphs is None else cuda_graphs
     scorer: TorchScorer | GraphedScorer | PackedScorer
     if packed:
-        scorer = PackedScorer(base, compile=compile, graphs=cuda_graphs, max_tokens=batch_tokens)
+        scorer = PackedScorer(base, compile=compile, graphs=cuda_graphs)
     elif compile and cuda_graphs:
         raise UsageError("QCAT_COMPILE and QCAT_CUDA_GRAPHS exclude each other unless passes are packed: set one")
     else:
         scorer = GraphedScorer(base) if cuda_graphs else TorchScorer(base, compile=compile)
     log.info("engine passes", device=str(device), packed=packed, compiled=compile, cuda_graphs=cuda_graphs)
-    return Engine(
+    engine = Engine(
         base.tokenizer,
         taxonomy,
         prompt,
@@ -96,6 +96,9 @@ def torch_engine(
         adapter_version=adapter_version,
         routing=routing,
     )
+    if isinstance(scorer, PackedScorer):
+        scorer.prepare(batch_tokens, longest=engine.prompt_overhead + max_question_tokens)
+    return engine
 
 
 def load_engine(settings: EngineSettings, base: LoadedModel | None = None, taxonomy: Taxonomy | None = None) -> Engine:

@@ -115,7 +115,8 @@ def test_packed_passes_on_a_gpu_score_as_padded_ones(tiny: LoadedModel, compile:
     base = private_copy(tiny)
     base.lm.to("cuda", torch.bfloat16)  # type: ignore[arg-type]
     attach_label_head(base, TAXONOMY)
-    packed = PackedScorer(base, compile=compile, graphs=graphs, max_tokens=1024)
+    packed = PackedScorer(base, compile=compile, graphs=graphs)
+    packed.prepare(max_tokens=1024, longest=LONGEST_STEP)
     padded = TorchScorer(base)
     if packed.graphs is not None:
         assert len(packed.graphs) == 5  # 512, 640, 768, 896 and 1,024 tokens
@@ -142,12 +143,16 @@ def test_a_gpu_engine_packs_compiles_and_graphs_by_default(tiny: LoadedModel) ->
     base = private_copy(tiny)
     base.lm.to("cuda", torch.bfloat16)  # type: ignore[arg-type]
     attach_label_head(base, TAXONOMY)
-    prompt = prompt_format(TAXONOMY, "compact")
+    prompt = prompt_format(TAXONOMY, "instruct")  # prompts longer than LONGEST_STEP tokens
     engine = torch_engine(
-        base, TAXONOMY, prompt, max_question_tokens=16, batch_size=8, batch_tokens=1024, compile=None, cuda_graphs=None
+        base, TAXONOMY, prompt, max_question_tokens=100, batch_size=8, batch_tokens=1024, compile=None, cuda_graphs=None
     )
     assert isinstance(engine.scorer, PackedScorer)
     assert engine.scorer.graphs is not None
+    assert engine.prompt_overhead + 100 > LONGEST_STEP
+    captured = len(engine.scorer.graphs)
+    engine.classify(["a long question " * 40, "a short one"])
+    assert len(engine.scorer.graphs) == captured  # every shape was captured when the engine loaded
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -156,7 +161,8 @@ def test_a_new_engine_captures_its_graphs_while_another_serves(tiny: LoadedModel
     base = private_copy(tiny)
     base.lm.to("cuda", torch.bfloat16)  # type: ignore[arg-type]
     attach_label_head(base, TAXONOMY)
-    serving = PackedScorer(base, graphs=True, max_tokens=512)
+    serving = PackedScorer(base, graphs=True)
+    serving.prepare(max_tokens=512, longest=LONGEST_STEP)
     expected = serving(ROWS)
     stop, results = threading.Event(), []
 
@@ -167,7 +173,8 @@ def test_a_new_engine_captures_its_graphs_while_another_serves(tiny: LoadedModel
     thread = threading.Thread(target=serve)
     thread.start()
     try:
-        loaded = PackedScorer(private_copy(base), graphs=True, max_tokens=4096)
+        loaded = PackedScorer(private_copy(base), graphs=True)
+        loaded.prepare(max_tokens=4096, longest=LONGEST_STEP)
     finally:
         stop.set()
         thread.join()
