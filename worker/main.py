@@ -36,10 +36,10 @@ def warmed_up(settings: WorkerSettings) -> Classifier:
 def settle_garbage() -> None:
     """Collect once, then exempt what survives (the libraries, the model) from later collections.
 
-    Python's full collection walks every object the process holds: with torch, transformers and a model loaded that
-    takes about a quarter of a second (docs/worker.md), holds the GIL, and stalls the event loop and the inference
-    thread at whatever moment it falls on; it was the tail of the GPU worker's latency. Frozen objects are never
-    walked again; later collections see only what batches allocate. Unfrozen first, so that the engine a hot swap
+    Python's full collection walks every object the process holds: with torch, transformers and a model loaded it
+    holds the GIL long enough to stall the event loop and the inference thread at whatever moment it falls on, part
+    of the GPU worker's latency tail (docs/worker.md, "On a GPU"). Frozen objects are never walked again; later
+    collections see only what batches allocate. Unfrozen first, so that the engine a hot swap
     replaces is collected at the next swap: one pause per swap instead of one every few thousand batches.
     """
     gc.unfreeze()
