@@ -87,7 +87,8 @@ def packing_problems(lm: nn.Module) -> list[str]:
         problems.append("attention biases")
     if set(getattr(config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
         problems.append("sliding-window layers")
-    if not all(type(module) is nn.Linear for module in _linears(lm)):
+    # fp8 (torchao) keeps nn.Linear and swaps its weight for a quantized tensor subclass: plain weights only
+    if not all(type(module) is nn.Linear and type(module.weight.data) is torch.Tensor for module in _linears(lm)):
         problems.append("quantized linear layers (QCAT_QUANTIZE), or LoRA layers not merged")
     return problems
 

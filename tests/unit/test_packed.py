@@ -91,6 +91,10 @@ def test_a_packed_engine_budgets_passes_by_real_tokens(tiny: LoadedModel) -> Non
     assert len(chunks) < len(padded.chunks(lengths))  # padding counted there, not here
 
 
+class _Quantized(torch.Tensor):
+    """Stands in for torchao's float8 weight tensors, a subclass of torch.Tensor."""
+
+
 def test_packing_is_refused_where_it_cannot_run(tiny: LoadedModel) -> None:
     llama = LlamaForCausalLM(
         LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
@@ -102,6 +106,12 @@ def test_packing_is_refused_where_it_cannot_run(tiny: LoadedModel) -> None:
     quantize_decoder(quantized.lm, "int8")
     with pytest.raises(UsageError, match="quantized"):
         read_decoder(quantized.lm)
+    fp8_like = private_copy(tiny)  # QCAT_QUANTIZE=fp8 keeps nn.Linear, with a quantized tensor subclass as weight
+    attach_label_head(fp8_like, TAXONOMY)
+    projection = fp8_like.lm.get_decoder().layers[0].self_attn.q_proj  # type: ignore[operator]
+    projection.weight = torch.nn.Parameter(projection.weight.detach().as_subclass(_Quantized), requires_grad=False)
+    with pytest.raises(UsageError, match="quantized"):
+        read_decoder(fp8_like.lm)
     if not torch.cuda.is_available():
         attach_label_head(tiny, TAXONOMY)
         with pytest.raises(UsageError, match="CUDA device"):
