@@ -7,8 +7,8 @@ Scenarios (each starts its own embedded broker and `qcat worker` processes on th
 crashes (SIGKILL at random points while a stream flows, restart each time), rebalances (3 workers in one group,
 members join and leave under load), burst (peak RSS while a backlog drains), broker outage (stop, wait, restart),
 bad adapters and adapters from outside the registry announced to a running worker, records the broker refuses,
-a broker frozen mid-publish, hostile input (hypothesis, via tests/unit/test_fuzz.py), and a scan of
-logs and HTTP endpoints for the secret and the question text.
+a broker frozen mid-publish, records that cannot be parsed (a header key that is not UTF-8), hostile input
+(hypothesis, via tests/unit/test_fuzz.py), and a scan of logs and HTTP endpoints for the secret and the question text.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.announcements import bad_adapters, control_topic_recreated, outside_registry  # noqa: E402
+from bench.poison import poison_header  # noqa: E402
 from bench.refusals import refused_records, stalled_publish  # noqa: E402
 from qcat.worker.broker import EmbeddedBroker  # noqa: E402
 from tests.integration.kafka import WorkerProcess, consume, produce, question, unique  # noqa: E402
@@ -224,7 +225,7 @@ def write_docs(report: dict[str, Any]) -> None:
     """Replace the figures table of docs/reliability.md (between its markers) with this run's."""
     c, g, o, a, f = (report[k] for k in ("crashes", "rebalances", "outage", "adapters", "fuzz"))
     x, r, s = (report[k] for k in ("outside_registry", "refused_records", "stalled_publish"))
-    t = report["control_topic_recreated"]
+    t, p = report["control_topic_recreated"], report["poison_header"]
     rows = [
         (
             f"SIGKILL x{c['kills']} while {c['events']:,} events flow",
@@ -279,6 +280,13 @@ def write_docs(report: dict[str, Any]) -> None:
             f"(stop_timeout {s['stop_timeout_s']} s)",
         ),
         (
+            "a header key that is not UTF-8 (real producer) on the incoming, corrections and control topics; 2 "
+            f"workers, {p['events']:,} events",
+            f"**{p['lost']} lost**; dead-lettered: {', '.join(p['poison_dead_lettered'])}; announcements skipped: "
+            f"{p['announcements_skipped']:.0f}",
+            f"workers alive: {p['workers_alive']}; /readyz {p['ready_status']}",
+        ),
+        (
             "hostile input (hypothesis)",
             f"{f['batches']:,} batches: {'passed' if f['passed'] else 'FAILED'}",
             f["summary"],
@@ -322,6 +330,7 @@ def main() -> None:
         "control_topic_recreated": lambda: control_topic_recreated(tmp / "control-topic"),
         "refused_records": lambda: refused_records(tmp, events=300 if quick else 3000),
         "stalled_publish": lambda: stalled_publish(tmp, events=5000),
+        "poison_header": lambda: poison_header(tmp, events=200 if quick else 2000),
         "fuzz": lambda: fuzz(1000 if quick else 10_000),
     }
     for name, step in steps.items():

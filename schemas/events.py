@@ -97,6 +97,7 @@ class DeadLetterReason(StrEnum):
     """Why a message could not be categorized; a closed set so dashboards can count by reason."""
 
     UNDECODABLE = "undecodable"
+    UNPARSEABLE_RECORD = "unparseable_record"  # the Kafka record itself: its payload is the record's raw bytes
     INVALID_JSON = "invalid_json"
     SCHEMA_VIOLATION = "schema_violation"
     EMPTY_TEXT = "empty_text"
@@ -112,7 +113,10 @@ class DeadLetter(_Event):
 
     reason: DeadLetterReason
     error: str = Field(max_length=4000)
-    payload: str = Field(description="The original message value: UTF-8 text, or base64 if it was not UTF-8.")
+    payload: str = Field(
+        description="The original message value: UTF-8 text, or base64 if it was not UTF-8; for "
+        "`unparseable_record`, the record's raw bytes as stored (Kafka's record format), base64."
+    )
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
     payload_truncated: bool = Field(
         default=False, description="The payload was cut to fit a Kafka message; the original stays at topic/offset."

@@ -35,6 +35,7 @@ from qcat.worker.publisher import BatchPublisher
 from qcat.worker.refused import RefusedRecords
 from qcat.worker.settings import WorkerSettings
 from qcat.worker.transport import use_fast_transport
+from qcat.worker.unparseable import unparseable_reason
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +86,7 @@ def create_app(
     topics = Topics.build(settings.topic_prefix, classifier.taxonomy)
     serving = Serving(classifier)
     app = _faust_app(settings)
-    use_fast_transport(app, settings.fetch_max_wait)  # before the first topic asks for it
+    use_fast_transport(app, settings.fetch_max_wait)  # before the first topic asks for it; reads unparseable records
     incoming = app.topic(topics.incoming, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     ready = asyncio.Event()
     executor = inference or ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcat-inference")
@@ -230,6 +231,8 @@ def _record(event: Any) -> Record:
     headers = message.headers or []
     if isinstance(headers, dict):
         headers = list(headers.items())
+    if (why := unparseable_reason(headers)) is not None:
+        return Record(message.key, message.value, message.topic, message.partition, message.offset, [], why)
     return Record(message.key, message.value, message.topic, message.partition, message.offset, list(headers))
 
 

@@ -26,7 +26,7 @@ def sort_corrections(
 ) -> CorrectionBatch:
     batch = CorrectionBatch()
     for record in records:
-        decoded = decode_correction(record.value, taxonomy=taxonomy, max_text_chars=max_text_chars)
+        decoded = record.rejected() or decode_correction(record.value, taxonomy=taxonomy, max_text_chars=max_text_chars)
         if isinstance(decoded, Rejected):
             add_dead_letter(batch, dlq, record, decoded)
         else:

@@ -31,6 +31,7 @@ from qcat.registry import Registry
 from qcat.schemas.events import AdapterAnnouncement
 from qcat.worker.metrics import WorkerMetrics
 from qcat.worker.settings import WorkerSettings
+from qcat.worker.unparseable import unparseable_reason
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +100,10 @@ class AdapterWatcher:
             await consumer.position(partition)
             self.watching.set()
             async for message in consumer:
+                if (why := unparseable_reason(message.headers)) is not None:
+                    self.metrics.adapter_swaps.labels("invalid").inc()
+                    log.error("unparseable adapter announcement skipped", offset=message.offset, why=why[:300])
+                    continue
                 await self.handle(message.value)
         finally:
             await consumer.stop()

@@ -34,6 +34,11 @@ class Record:
     partition: int
     offset: int
     headers: Headers = field(default_factory=list)
+    unparseable: str | None = None
+    """Why the Kafka record could not be parsed (`value` then holds its raw bytes); None for a parsed record."""
+
+    def rejected(self) -> Rejected | None:
+        return None if self.unparseable is None else Rejected(DeadLetterReason.UNPARSEABLE_RECORD, self.unparseable)
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ def process_batch(
     result = BatchResult()
     valid: list[tuple[Record, QuestionEvent]] = []
     for record in records:
-        decoded = decode_question(record.value, max_text_chars=max_text_chars)
+        decoded = record.rejected() or decode_question(record.value, max_text_chars=max_text_chars)
         if isinstance(decoded, Rejected):
             add_dead_letter(result, topics.dlq, record, decoded)
         else:

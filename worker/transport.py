@@ -23,6 +23,8 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from qcat.worker import unparseable
+
 YIELD_EVERY = 100
 """Messages between yields to the event loop, as in Faust's loop."""
 STALE_AFTER_S = 1.0
@@ -116,7 +118,9 @@ class Transport(faust_aiokafka.Transport):
 
 def use_fast_transport(app: Any, fetch_max_wait: float | None = None) -> None:
     """Give `app` this transport, with `fetch_max_wait` seconds per fetch (None: Faust's 1.5 s); call before anything
-    asks for its topics or consumer."""
+    asks for its topics or consumer. Records that cannot be parsed reach the streams as such (`worker.unparseable`),
+    here and in every other consumer of the process, instead of ending the fetch loop."""
+    unparseable.install()
     app.transport = Transport(app.conf.broker_consumer, app)
     if fetch_max_wait is not None:
         app.transport.fetch_max_wait_ms = round(1000 * fetch_max_wait)

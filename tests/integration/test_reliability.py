@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.announcements import bad_adapters, control_topic_recreated, outside_registry, registry_serving_v1
+from bench.poison import poison_header
 from bench.refusals import refused_records, stalled_publish
 from bench.reliability import burst, crashes, outage, rebalances
 
@@ -82,3 +83,17 @@ def test_a_stalled_publish_fails_readiness_and_a_stop_keeps_its_deadline(tmp_pat
     assert result["ready_again_after_resume_s"] is not None, result
     assert result["lost"] == 0, result
     assert result["stop_s_with_broker_frozen"] < 10, result
+
+
+def test_a_record_whose_header_key_is_not_utf8_is_dead_lettered_and_the_group_goes_on(tmp_path: Path) -> None:
+    """A real producer writes a header key that is not UTF-8 to the incoming, corrections and control topics, with
+    two workers in one group: the records are dead-lettered with their raw bytes (the announcement skipped and
+    counted), every good event is categorized, and both workers stay alive and ready."""
+    result = poison_header(tmp_path, events=40)
+    assert result["lost"] == 0, result
+    assert result["poison_dead_lettered"] == ["corrections:unparseable_record", "incoming:unparseable_record"], result
+    assert result["poison_payloads_base64"], result
+    assert not result["poison_categorized"], result
+    assert result["announcements_skipped"] == 2, result
+    assert result["workers_alive"] == [True, True], result
+    assert result["ready_status"] == [200, 200], result
