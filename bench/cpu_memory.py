@@ -1,4 +1,4 @@
-"""Freed-memory reuse on the CPU (qcat/cpu.py, `QCAT_KEEP_FREED_MEMORY`), side by side.
+"""Freed-memory reuse on the CPU (qcat/pytorch/cpu.py, `QCAT_KEEP_FREED_MEMORY`), side by side.
 
 The engine at one batch size on a random-weight model of Qwen3-0.6B's exact shape, each run in a fresh process
 (the setting is process-wide), alternating glibc's default and qcat's setting round by round; every run reports

@@ -5,9 +5,9 @@ questions (TREC test set). Prints a table and, last, `speedup_vs_naive=X mfu=Y`;
 
     python bench/engine.py [--quick] [--device cuda] [--batch-sizes 1,8,32,64] [--quantize int8]
 
-`--quantize int8|fp8` also times the engine at that serving precision (qcat/quantize.py, what QCAT_QUANTIZE does:
-int8 on CPUs, fp8 on Hopper GPUs; the label head stays float32), alternating with the unquantized engine at the best
-batch size, and ends with `speedup_vs_naive=X int8_vs_bf16=Y` (X for the quantized engine). `int8-torchao`, an
+`--quantize int8|fp8` also times the engine at that serving precision (qcat/pytorch/quantize.py, what QCAT_QUANTIZE
+does: int8 on CPUs, fp8 on Hopper GPUs; the label head stays float32), alternating with the unquantized engine at the
+best batch size, and ends with `speedup_vs_naive=X int8_vs_bf16=Y` (X for the quantized engine). `int8-torchao`, an
 experiment not shipped, is torchao's Int8DynamicActivationInt8Weight. Each runs the way the best unquantized variant
 ran (eager or compiled).
 """
@@ -32,15 +32,15 @@ from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qcat.engine import Engine  # noqa: E402
+from qcat.engine import Engine, EngineSpec  # noqa: E402
 from qcat.logs import configure_logging  # noqa: E402
-from qcat.model import LoadedModel, attach_label_head, fingerprint  # noqa: E402
-from qcat.quantize import quantize_decoder  # noqa: E402
+from qcat.pytorch.engine import TorchScorer, build_engine  # noqa: E402
+from qcat.pytorch.model import LoadedModel, attach_label_head, fingerprint  # noqa: E402
+from qcat.pytorch.quantize import quantize_decoder  # noqa: E402
+from qcat.pytorch.tiny import fit_tokenizer  # noqa: E402
 from qcat.schemas.prompt import PromptStyle, prompt_format, verbalize  # noqa: E402
 from qcat.schemas.taxonomy import Taxonomy  # noqa: E402
-from qcat.settings import Quantize  # noqa: E402
-from qcat.tiny import fit_tokenizer  # noqa: E402
-from qcat.torch_engine import TorchScorer, torch_engine  # noqa: E402
+from qcat.settings import EngineSettings, Quantize  # noqa: E402
 
 TAXONOMY = Taxonomy.model_validate_json((ROOT / "qcat" / "assets" / "trec6.json").read_text(), strict=False)
 
@@ -176,16 +176,12 @@ def make_engine(
 ) -> Engine:
     base = LoadedModel(model, tokenizer, "random-qwen3-0.6b-shape", fingerprint(model), offline_builtin=True)
     attach_label_head(base, TAXONOMY)
-    return torch_engine(
+    return build_engine(
         base,
-        TAXONOMY,
-        prompt_format(TAXONOMY, style),
-        max_question_tokens=64,
-        batch_size=batch_size,
-        batch_tokens=batch_tokens,
-        compile=compile,
-        cuda_graphs=cuda_graphs,
-        packed=packed,
+        EngineSpec(TAXONOMY, prompt_format(TAXONOMY, style), 64),
+        EngineSettings(
+            batch_size=batch_size, batch_tokens=batch_tokens, compile=compile, cuda_graphs=cuda_graphs, packed=packed
+        ),
     )
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from bench.engine import build_model, make_engine
-from qcat.cpu import configure_cpu
 from qcat.engine import Engine
-from qcat.model import resolve_dtype
+from qcat.pytorch.cpu import configure_cpu
+from qcat.pytorch.model import resolve_dtype
 from qcat.settings import EngineSettings
 
 

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qcat.model import model_source, right_pad  # noqa: E402
+from qcat.pytorch.model import model_source, right_pad  # noqa: E402
 
 
 def forward(lm: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[float]]:

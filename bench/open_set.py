@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.train_defaults import qcat  # noqa: E402 - the same runner: output to a log, loud failure
 from qcat.routing import RoutingPolicy  # noqa: E402
 from qcat.schemas.taxonomy import Taxonomy  # noqa: E402
-from qcat.training.evaluate import Scored  # noqa: E402
+from qcat.training.data import Scored  # noqa: E402
 from qcat.training.open_set import open_set_metrics  # noqa: E402
 
 DATA = ROOT / "data" / "banking77"

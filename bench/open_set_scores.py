@@ -39,12 +39,17 @@ sys.path.insert(0, str(ROOT))
 
 from bench.open_set import DATA, rows  # noqa: E402
 from qcat.engine import Engine  # noqa: E402
-from qcat.model import HEAD  # noqa: E402
+from qcat.pytorch.engine import TorchScorer, load_engine  # noqa: E402
+from qcat.pytorch.model import HEAD  # noqa: E402
 from qcat.routing import RoutingPolicy  # noqa: E402
 from qcat.settings import EngineSettings  # noqa: E402
-from qcat.torch_engine import TorchScorer, load_engine  # noqa: E402
-from qcat.training.data import Example, load_examples, resolve_conflicts, stratified_split  # noqa: E402
-from qcat.training.evaluate import Scored  # noqa: E402
+from qcat.training.data import (  # noqa: E402
+    Example,
+    Scored,
+    load_examples,
+    resolve_conflicts,
+    stratified_split,
+)
 from qcat.training.open_set import open_set_metrics  # noqa: E402
 from qcat.training.run import TrainRequest  # noqa: E402
 

@@ -24,9 +24,11 @@ sys.path.insert(0, str(ROOT))
 import qcat.training.loop  # noqa: E402
 from bench.engine import TAXONOMY  # noqa: E402
 from bench.train_speed import base_model  # noqa: E402
-from qcat.adapter import new_lora  # noqa: E402
+from qcat.engine import EngineSpec  # noqa: E402
+from qcat.pytorch.adapter import new_lora  # noqa: E402
+from qcat.pytorch.engine import build_engine  # noqa: E402
 from qcat.schemas.prompt import prompt_format  # noqa: E402
-from qcat.torch_engine import torch_engine  # noqa: E402
+from qcat.settings import EngineSettings  # noqa: E402
 from qcat.training.config import TrainConfig  # noqa: E402
 from qcat.training.data import load_examples  # noqa: E402
 from qcat.training.loop import fit, synchronize  # noqa: E402
@@ -97,7 +99,9 @@ def main() -> None:
     train = load_examples(ROOT / "data" / "trec" / "train.jsonl")[: args.batch * (args.start + args.steps + 2)]
     held_out = load_examples(ROOT / "data" / "trec" / "test.jsonl")[:200]
     base = base_model(None, device, dtype)
-    engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=64, batch_size=256)
+    engine = build_engine(
+        base, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 64), EngineSettings(batch_size=256)
+    )
     config = TrainConfig(
         epochs=1, batch_size=args.batch, compile=compiled, cuda_graphs=args.cuda_graphs, autocast=args.autocast
     )

@@ -30,11 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.engine import TAXONOMY, build_model, machine  # noqa: E402
-from qcat.adapter import new_lora  # noqa: E402
+from qcat.engine import EngineSpec  # noqa: E402
 from qcat.logs import configure_logging  # noqa: E402
-from qcat.model import LoadedModel, fingerprint, load_base_model  # noqa: E402
+from qcat.pytorch.adapter import new_lora  # noqa: E402
+from qcat.pytorch.engine import build_engine  # noqa: E402
+from qcat.pytorch.model import LoadedModel, fingerprint, load_base_model  # noqa: E402
 from qcat.schemas.prompt import prompt_format  # noqa: E402
-from qcat.torch_engine import torch_engine  # noqa: E402
+from qcat.settings import EngineSettings  # noqa: E402
 from qcat.training.config import Batching, TrainConfig  # noqa: E402
 from qcat.training.data import Example, load_examples  # noqa: E402
 from qcat.training.loop import fit  # noqa: E402
@@ -59,7 +61,9 @@ def measure(
     torch.manual_seed(config.seed)
     base = base_model(name, device, dtype)
     model = new_lora(base, TAXONOMY)
-    engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=64, batch_size=256)
+    engine = build_engine(
+        base, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 64), EngineSettings(batch_size=256)
+    )
     result = fit(model, engine, train, held_out, work, config)
     del model, engine, base
     if device.type == "cuda":

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Protocol
 from qcat.errors import UsageError
 from qcat.routing import RoutingPolicy
 from qcat.schemas.taxonomy import Taxonomy
+from qcat.settings import CPU_MAX_BATCH
 
 if TYPE_CHECKING:
     from qcat.settings import EngineSettings
 
 DEFAULT_TAXONOMY = Path(__file__).parent / "assets" / "trec6.json"
 BUILT_IN = {
-    "torch": "qcat.torch_engine:load_engine",
+    "torch": "qcat.pytorch.engine:load_engine",
     "constant": "qcat.classifier:constant_classifier",
 }
 """The backends qcat ships: its engine on PyTorch, and a constant one that isolates the pipeline's own cost."""
@@ -54,6 +55,11 @@ class Classifier(Protocol):
     @property
     def routing(self) -> RoutingPolicy:
         """When answers go to review: the serving adapter's policy (its manifest's), else the default."""
+        ...
+
+    @property
+    def preferred_batch(self) -> int:
+        """Questions per `classify` call that use it well: the worker's micro-batch unless QCAT_MAX_BATCH is set."""
         ...
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]: ...
@@ -103,6 +109,10 @@ class ConstantClassifier:
     @property
     def routing(self) -> RoutingPolicy:
         return RoutingPolicy()
+
+    @property
+    def preferred_batch(self) -> int:
+        return CPU_MAX_BATCH
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
         return [self._prediction] * len(texts)

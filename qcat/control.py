@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from qcat.errors import KafkaError
-from qcat.kafka import KafkaSettings
+from qcat.kafka import KafkaSettings, kafka_errors
 from qcat.schemas.events import AdapterAnnouncement
 from qcat.schemas.topics import Topics
 
@@ -30,10 +30,7 @@ async def ensure_control_topic(settings: KafkaSettings) -> str:
         await admin.close()
     for entry in response.topic_errors:
         if entry[1] not in (0, TopicAlreadyExistsError.errno):
-            raise KafkaError(
-                f"cannot create the control topic {topic}: Kafka error code {entry[1]} {entry[2:]}",
-                brokers=settings.brokers,
-            )
+            raise KafkaError(f"cannot create the control topic {topic}: Kafka error code {entry[1]} {entry[2:]}")
     return topic
 
 
@@ -51,12 +48,10 @@ async def publish(settings: KafkaSettings, announcement: AdapterAnnouncement) ->
 def announce(action: Literal["promote", "rollback"], version: str, path: Path, settings: KafkaSettings) -> str:
     """Tell running workers that the registry now points to `version`; returns the control topic's name."""
     message = AdapterAnnouncement(action=action, version=version, path=str(path.resolve()))
-    try:
+    consequence = (
+        f". The registry now points to {version}; running workers keep their adapter until it is announced (re-run "
+        "with --announce), their registry poll finds it, or they restart"
+    )
+    with kafka_errors(settings, f"cannot announce {version} on", consequence):
         asyncio.run(publish(settings, message))
-    except Exception as error:
-        raise KafkaError(
-            f"the registry now points to {version}, but announcing it on {settings.brokers} failed ({error}); "
-            "running workers keep their adapter until announced (re-run with --announce) or restarted",
-            brokers=settings.brokers,
-        ) from error
     return Topics.build(settings.topic_prefix).adapters

@@ -2,9 +2,10 @@
 
 Questions are tokenized once, truncated to a token budget, sorted by length and cut into batches that are
 right-padded only to their own longest row, so little compute goes to padding. Each batch is one forward pass of a
-`Scorer`, the one step a backend provides (qcat/torch_engine.py for PyTorch): only the labels' logits are computed.
+`Scorer`, the one step a backend provides (`qcat.pytorch` for PyTorch): only the labels' logits are computed.
 The label is always a taxonomy label; a row whose logits are not finite raises `InferenceError` instead of producing
-one. Nothing here imports torch: the steps every backend shares live once, here.
+one. Nothing here imports torch: the steps every backend shares live once, here, and so does what an adapter's
+manifest (or zero-shot) decides about an engine (`EngineSpec`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,8 +21,9 @@ import structlog
 
 from qcat.classifier import Prediction
 from qcat.errors import InferenceError
+from qcat.manifest import AdapterManifest
 from qcat.routing import RoutingPolicy
-from qcat.schemas.prompt import PromptFormat, clean_question
+from qcat.schemas.prompt import ZERO_SHOT_PROMPT_STYLE, PromptFormat, clean_question, prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 
 log = structlog.get_logger(__name__)
@@ -44,45 +46,63 @@ class Encoded:
     truncated: list[bool]
 
 
-def pad_id(tokenizer: Any) -> int:
-    """The token a batch is right-padded with (any token would do: causal attention never reads it)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(pad or 0)
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine answers and how, whatever runs its passes: an adapter's manifest decides it, or zero-shot."""
+
+    taxonomy: Taxonomy
+    prompt: PromptFormat
+    max_question_tokens: int
+    temperature: float = 1.0
+    adapter_version: str | None = None
+    routing: RoutingPolicy = field(default_factory=RoutingPolicy)
+
+    @classmethod
+    def for_adapter(cls, manifest: AdapterManifest) -> EngineSpec:
+        return cls(
+            manifest.taxonomy,
+            prompt_format(manifest.taxonomy, manifest.prompt_style),
+            manifest.max_question_tokens,
+            manifest.temperature,
+            manifest.version,
+            manifest.routing,
+        )
+
+    @classmethod
+    def zero_shot(cls, taxonomy: Taxonomy, max_question_tokens: int) -> EngineSpec:
+        """The base model ranks the labels by their words: an instruction prompt, no calibration, the default
+        routing."""
+        return cls(taxonomy, prompt_format(taxonomy, ZERO_SHOT_PROMPT_STYLE), max_question_tokens)
+
+    def template(self, tokenizer: Any) -> tuple[list[int], list[int]]:
+        """The prompt's token ids before and after the question."""
+        prefix: list[int] = tokenizer(self.prompt.prefix, add_special_tokens=False)["input_ids"]
+        suffix: list[int] = tokenizer(self.prompt.suffix, add_special_tokens=False)["input_ids"]
+        return prefix, suffix
+
+    def longest_prompt(self, tokenizer: Any) -> int:
+        """The most tokens a prompt of this engine has: the template around a question cut to the budget."""
+        prefix, suffix = self.template(tokenizer)
+        return len(prefix) + self.max_question_tokens + len(suffix)
 
 
 class Engine:
-    """A loaded classifier (build it with `qcat.torch_engine.load_engine`); `classify` is safe to call from one
-    thread."""
+    """A loaded classifier (`qcat.pytorch.engine.load_engine` builds one); `classify` is safe to call from one
+    thread. `batch_size` and `batch_tokens` bound each forward pass (the backend's serving plan chose them)."""
 
     def __init__(
-        self,
-        tokenizer: Any,
-        taxonomy: Taxonomy,
-        prompt: PromptFormat,
-        scorer: Scorer,
-        *,
-        model_name: str,
-        max_question_tokens: int,
-        batch_size: int,
-        batch_tokens: int,
-        temperature: float = 1.0,
-        adapter_version: str | None = None,
-        routing: RoutingPolicy | None = None,
+        self, tokenizer: Any, spec: EngineSpec, scorer: Scorer, *, model_name: str, batch_size: int, batch_tokens: int
     ) -> None:
         self.tokenizer = tokenizer
-        self.taxonomy = taxonomy
-        self.prompt = prompt
+        self.spec = spec
+        self.taxonomy = spec.taxonomy
+        self.prompt = spec.prompt
         self.scorer = scorer
-        self.max_question_tokens = max_question_tokens
+        self.max_question_tokens = spec.max_question_tokens
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
-        self._temperature = temperature
         self._model_name = model_name
-        self._adapter_version = adapter_version
-        self._routing = routing or RoutingPolicy()
-        self._prefix = tokenizer(prompt.prefix, add_special_tokens=False)["input_ids"]
-        self._suffix = tokenizer(prompt.suffix, add_special_tokens=False)["input_ids"]
-        self.pad_id = pad_id(tokenizer)
+        self._prefix, self._suffix = spec.template(tokenizer)
 
     @property
     def model_name(self) -> str:
@@ -90,21 +110,26 @@ class Engine:
 
     @property
     def adapter_version(self) -> str | None:
-        return self._adapter_version
+        return self.spec.adapter_version
 
     @property
     def routing(self) -> RoutingPolicy:
-        return self._routing
+        return self.spec.routing
 
     @property
     def temperature(self) -> float:
         """The softmax temperature fitted on held-out data (an adapter's manifest records it)."""
-        return self._temperature
+        return self.spec.temperature
+
+    @property
+    def preferred_batch(self) -> int:
+        """Questions per `classify` call that use this engine well: one full forward pass."""
+        return self.batch_size
 
     def with_temperature(self, temperature: float) -> Engine:
         """The same engine (sharing its scorer) at another softmax temperature: calibration makes one."""
         calibrated = copy.copy(self)
-        calibrated._temperature = temperature
+        calibrated.spec = replace(self.spec, temperature=temperature)
         return calibrated
 
     @property
@@ -114,7 +139,8 @@ class Engine:
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         """Prompt token ids: prefix + question (truncated to the budget) + suffix, tokenized in one call."""
-        # The Rust tokenizer directly: transformers' per-encoding Python conversion costs 3x the tokenization.
+        # The Rust tokenizer directly: transformers' per-encoding Python conversion costs more than the tokenization
+        # itself (docs/engine.md).
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         prompts = [" " + clean_question(text) for text in texts]
         if backend is not None:
@@ -172,7 +198,7 @@ class Engine:
                 f"try --dtype float32",
                 bad_indices=tuple(bad),
             )
-        scaled = logits / self._temperature
+        scaled = logits / self.spec.temperature
         scaled -= scaled.max(axis=1, keepdims=True)
         probabilities = np.exp(scaled)
         probabilities /= probabilities.sum(axis=1, keepdims=True)

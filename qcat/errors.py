@@ -4,15 +4,16 @@ package imports it, and it imports nothing of qcat's.
 QcatError                      what went wrong and what to do; `exit_code` is what the CLI exits with
 ├── UsageError                 a setting or option value that cannot work (exit 2, as Typer's own usage errors)
 ├── InputError                 the user's input cannot be used (exit 4)
-│   ├── DataError              labeled data: missing, empty, malformed, contradictory (`path`)
-│   ├── ContractError          labels that break the wire contract, e.g. two that share a routing topic (`labels`)
-│   ├── AdapterError           an adapter that is missing, unsafe, corrupt or made for another model (`path`)
-│   └── OutputExistsError      an output folder (--out, --report) that already holds something (`path`)
+│   ├── DataError              labeled data: missing, empty, malformed, contradictory
+│   ├── ContractError          values the wire contract refuses: a taxonomy of one label, two labels that share a
+│   │                          routing topic, a label outside the taxonomy
+│   ├── AdapterError           an adapter that is missing, unsafe, corrupt or made for another model
+│   └── OutputExistsError      an output folder (--out, --report) that already holds something
 ├── UnavailableError           what the code runs against is missing or unreachable (exit 5)
-│   ├── ModelLoadError         the base model (`model`)
-│   ├── RegistryError          the adapter registry (`registry`)
-│   └── KafkaError             brokers, topics, the embedded broker (`brokers`)
-│       └── PublishAbortedError  a stopping worker gave up on outputs (`outputs`); their inputs are redelivered
+│   ├── ModelLoadError         the base model
+│   ├── RegistryError          the adapter registry
+│   └── KafkaError             brokers, topics, the embedded broker (one mapping of a client's errors: qcat.kafka)
+│       └── PublishAbortedError  a stopping worker gave up on outputs; their inputs are redelivered
 ├── InferenceError             a batch could not be classified (`bad_indices`: the rows at fault); exit 4, and in
 │                              the worker a dead letter
 └── TrainingError              training diverged on this data and recipe (non-finite logits, ...); exit 4
@@ -22,9 +23,6 @@ Exit codes of the CLI (docs/cli.md): 0 success, 1 a bug (a traceback), 2 usage, 
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from pathlib import Path
 
 
 class QcatError(Exception):
@@ -42,27 +40,19 @@ class InputError(QcatError):
 
 
 class DataError(InputError):
-    def __init__(self, message: str, path: Path | str | None = None) -> None:
-        super().__init__(message)
-        self.path = path
+    pass
 
 
 class ContractError(InputError):
-    def __init__(self, message: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.labels = tuple(labels)
+    """Also what a contract's constructor raises for values it refuses (a taxonomy of one label, an unknown label)."""
 
 
 class AdapterError(InputError):
-    def __init__(self, message: str, path: Path | str | None = None) -> None:
-        super().__init__(message)
-        self.path = path
+    pass
 
 
 class OutputExistsError(InputError):
-    def __init__(self, message: str, path: Path | str | None = None) -> None:
-        super().__init__(message)
-        self.path = path
+    pass
 
 
 class UnavailableError(QcatError):
@@ -70,27 +60,19 @@ class UnavailableError(QcatError):
 
 
 class ModelLoadError(UnavailableError):
-    def __init__(self, message: str, model: str | None = None) -> None:
-        super().__init__(message)
-        self.model = model
+    pass
 
 
 class RegistryError(UnavailableError):
-    def __init__(self, message: str, registry: str | None = None) -> None:
-        super().__init__(message)
-        self.registry = registry
+    pass
 
 
 class KafkaError(UnavailableError):
-    def __init__(self, message: str, brokers: str | None = None) -> None:
-        super().__init__(message)
-        self.brokers = brokers
+    pass
 
 
 class PublishAbortedError(KafkaError):
-    def __init__(self, message: str, outputs: int = 0) -> None:
-        super().__init__(message)
-        self.outputs = outputs
+    pass
 
 
 class InferenceError(QcatError):
@@ -98,7 +80,7 @@ class InferenceError(QcatError):
 
     exit_code = 4
 
-    def __init__(self, message: str, bad_indices: tuple[int, ...] = ()) -> None:
+    def __init__(self, message: str, bad_indices: tuple[int, ...]) -> None:
         super().__init__(message)
         self.bad_indices = bad_indices
 

@@ -1,15 +1,18 @@
-"""Kafka connection settings and the connection check, shared by the worker, `qcat send` and every command that
-announces adapters: one frozen settings object per process, from `QCAT_*` variables.
+"""Kafka connection settings, the connection check, and the one place aiokafka's errors become qcat's, shared by
+the worker, `qcat send` and every command that announces adapters: one frozen settings object per process.
 
 The check fails fast and says why: without it, a wrong password or CA surfaces minutes later, deep inside Faust, as
-a traceback (aiokafka reports a rejected SCRAM login as `KeyError: 'v'`). Its message names the brokers, protocol,
-mechanism and user, never the password, and the settings to check.
+a traceback (aiokafka reports a rejected SCRAM login as `KeyError: 'v'`). `kafka_errors` maps whatever a Kafka client
+raises (aiokafka's errors, the network's, a TLS failure, that `KeyError`) to one `KafkaError` whose message names
+what failed, the brokers, protocol, mechanism and user, never the password, and the settings to check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,18 +69,29 @@ class KafkaSettings(BaseSettings):
         return options
 
 
+@contextmanager
+def kafka_errors(settings: KafkaSettings, doing: str, consequence: str = "") -> Iterator[None]:
+    """Any error a Kafka client raises inside the block, as one `KafkaError`: `doing` says what failed ("cannot
+    connect to", "cannot announce v3 on"), `consequence` what it leaves behind."""
+    try:
+        yield
+    except KafkaError:
+        raise
+    except Exception as error:
+        raise KafkaError(explain(settings, error, doing) + consequence) from error
+
+
 async def check_kafka(settings: KafkaSettings, timeout: float = CHECK_TIMEOUT) -> None:
     admin = AIOKafkaAdminClient(**settings.kafka_client_options(), request_timeout_ms=int(timeout * 1000))
     try:
-        await asyncio.wait_for(admin.start(), timeout)
-        await asyncio.wait_for(admin.describe_cluster(), timeout)
-    except Exception as error:
-        raise KafkaError(explain(settings, error), brokers=settings.brokers) from error
+        with kafka_errors(settings, "cannot connect to"):
+            await asyncio.wait_for(admin.start(), timeout)
+            await asyncio.wait_for(admin.describe_cluster(), timeout)
     finally:
         await admin.close()
 
 
-def explain(settings: KafkaSettings, error: BaseException) -> str:
+def explain(settings: KafkaSettings, error: BaseException, doing: str) -> str:
     how: str = settings.security_protocol
     if how.startswith("SASL"):
         how += f" {settings.sasl_mechanism} as {settings.sasl_username!r}"
@@ -88,4 +102,4 @@ def explain(settings: KafkaSettings, error: BaseException) -> str:
         hints.insert(0, "the broker's certificate against QCAT_SSL_CAFILE (and QCAT_SSL_CERTFILE/KEYFILE for mTLS)")
     if settings.security_protocol.startswith("SASL"):
         hints.insert(0, "QCAT_SASL_USERNAME, QCAT_SASL_PASSWORD and QCAT_SASL_MECHANISM (authentication failed?)")
-    return f"cannot connect to Kafka at {settings.brokers} over {how}: {detail[:500]}. Check " + "; ".join(hints)
+    return f"{doing} Kafka at {settings.brokers} over {how}: {detail[:500]}. Check " + "; ".join(hints)

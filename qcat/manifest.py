@@ -124,11 +124,9 @@ def routing_line(policy: RoutingPolicy) -> str:
 def read_manifest(directory: Path) -> AdapterManifest:
     path = directory / MANIFEST
     if not directory.is_dir():
-        raise AdapterError(f"Adapter directory {directory} does not exist.", path=directory)
+        raise AdapterError(f"Adapter directory {directory} does not exist.")
     if not path.is_file():
-        raise AdapterError(
-            f"{directory} is not a qcat adapter: {MANIFEST} is missing (half-written or not ours).", path=directory
-        )
+        raise AdapterError(f"{directory} is not a qcat adapter: {MANIFEST} is missing (half-written or not ours).")
     return parse_manifest(path.read_bytes(), str(directory))
 
 
@@ -137,7 +135,7 @@ def parse_manifest(content: bytes, directory: str) -> AdapterManifest:
     try:
         manifest = AdapterManifest.model_validate_json(content)
     except ValidationError as error:
-        raise AdapterError(f"{directory}/{MANIFEST} is not a valid qcat manifest: {error}", path=directory) from error
+        raise AdapterError(f"{directory}/{MANIFEST} is not a valid qcat manifest: {error}") from error
     if manifest.format_version != ADAPTER_FORMAT_VERSION or manifest.prompt_format_version != PROMPT_FORMAT_VERSION:
         raise AdapterError(
             f"{directory} uses adapter format {manifest.format_version} / prompt format "

@@ -46,6 +46,7 @@ from fsspec.implementations.local import LocalFileSystem
 from qcat.errors import AdapterError, OutputExistsError, RegistryError
 from qcat.manifest import MANIFEST, AdapterManifest, parse_manifest, read_manifest
 from qcat.schemas.events import VERSION_PATTERN
+from qcat.settings import EngineSettings
 
 DEFAULT_METRIC = "accuracy"
 DEFAULT_TOLERANCE = 0.005
@@ -133,7 +134,7 @@ class Registry:
         _check_name(version)
         if not self.fs.isdir(f"{self.versions}/{version}"):
             known = self.names()
-            raise RegistryError(f"no adapter version {version!r} in {self.url}; known: {known}", registry=self.url)
+            raise RegistryError(f"no adapter version {version!r} in {self.url}; known: {known}")
 
     def path(self, version: str) -> Path:
         """A local directory holding the version: the registry's own on a local disk, else a cached download (a
@@ -292,6 +293,24 @@ class Registry:
             with contextlib.suppress(FileNotFoundError):
                 if self.fs.cat_file(lease) == mine:
                     self.fs.rm(lease)
+
+
+def adapter_to_serve(settings: EngineSettings) -> Path | None:
+    """What a worker or `qcat classify` serves: QCAT_ADAPTER if set; else, with QCAT_REGISTRY, its current version. A
+    registry that is not there, or has nothing promoted, is an error unless QCAT_ZERO_SHOT asks for the base model: a
+    misspelt path or an unmounted volume must not quietly serve zero-shot answers."""
+    if settings.adapter is not None or settings.registry is None:
+        return settings.adapter
+    registry = Registry(settings.registry)
+    current = registry.current_path() if registry.exists() else None
+    if current is None and not settings.zero_shot:
+        why = "has no promoted version yet" if registry.exists() else "does not exist (misspelt, or not mounted?)"
+        raise RegistryError(
+            f"the registry {settings.registry} {why}: promote an adapter there (`qcat adapters promote VERSION "
+            "--registry ...`), point QCAT_REGISTRY at the right place, or set QCAT_ZERO_SHOT=true to serve the base "
+            "model zero-shot"
+        )
+    return current
 
 
 def _check_name(version: str) -> None:

@@ -42,9 +42,7 @@ def adapters_list(
     try:
         store = Registry(registry)
         if not store.exists():
-            raise RegistryError(
-                f"no registry at {registry}: check the path, or `qcat adapters add` creates one", registry=registry
-            )
+            raise RegistryError(f"no registry at {registry}: check the path, or `qcat adapters add` creates one")
         current = store.current()
         manifests, broken = store.scan()
     except QcatError as error:

@@ -11,7 +11,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from qcat.schemas.prompt import MAX_QUESTION_TOKENS
 
 DEFAULT_BASE_MODEL = "Qwen/Qwen3-0.6B"
-Quantize = Literal["none", "int8", "fp8"]  # serving precisions: qcat/quantize.py
+TINY_NAME = "tiny-qwen3"
+"""The built-in random-weight Qwen3 (qcat/pytorch/tiny.py), for tests and offline demos."""
+Quantize = Literal["none", "int8", "fp8"]  # serving precisions: qcat/pytorch/quantize.py
+CPU_MAX_BATCH = 64
+GPU_MAX_BATCH = 512
+"""Questions per micro-batch (and forward pass) when QCAT_MAX_BATCH and QCAT_BATCH_SIZE are unset: a GPU needs
+hundreds of questions per pass to be used well (docs/worker.md, "On a GPU"); a CPU gains nothing past 64, and a
+larger micro-batch there only waits longer."""
 
 
 class EngineSettings(BaseSettings):
@@ -31,7 +38,19 @@ class EngineSettings(BaseSettings):
         default=DEFAULT_BASE_MODEL,
         description="Hub id, local directory, .gguf file or tiny-qwen3; default: the adapter's own, else this.",
     )
-    adapter: Path | None = Field(default=None, description="Adapter directory; None runs the base model zero-shot.")
+    adapter: Path | None = Field(
+        default=None, description="Adapter directory; default: the registry's current version (QCAT_REGISTRY)."
+    )
+    registry: str | None = Field(
+        default=None,
+        description="Adapter registry (a directory, or an fsspec URL such as s3://bucket/qcat): its current version is "
+        "served unless QCAT_ADAPTER is set; the worker resolves announced versions in it.",
+    )
+    zero_shot: bool = Field(
+        default=False,
+        description="Serve the base model zero-shot when no adapter is given, even though QCAT_REGISTRY is set but "
+        "missing or has no promoted version (otherwise an error: a misspelt path must not serve the base model).",
+    )
     taxonomy: Path | None = Field(default=None, description="Labels for zero-shot; default: TREC's 6 coarse classes.")
     device: str = Field(default="auto", description="auto (cuda if present), cpu, cuda, cuda:1, ...")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -41,20 +60,30 @@ class EngineSettings(BaseSettings):
     keep_freed_memory: bool = Field(
         default=True,
         description="On CPU (glibc): reuse freed memory instead of returning it to the OS after each batch "
-        "(faster batches; the process keeps its peak memory). See qcat/cpu.py and docs/engine.md.",
+        "(faster batches; the process keeps its peak memory). See qcat/pytorch/cpu.py and docs/engine.md.",
     )
     max_question_tokens: int = Field(
         default=MAX_QUESTION_TOKENS, ge=4, le=4096, description="Longer questions are truncated."
     )
-    batch_size: int = Field(default=64, ge=1, le=4096, description="Largest forward pass, in questions.")
-    compile: bool | None = Field(
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description=f"Largest forward pass, in questions (unset: the micro-batch; {GPU_MAX_BATCH} on a GPU, "
+        f"{CPU_MAX_BATCH} on a CPU).",
+    )
+    serving: bool = Field(
         default=False,
-        description="torch.compile the forward pass (unset: on for packed passes on a GPU, as in the worker).",
+        description="A long-running server (`qcat worker` sets it): where unset, compile and CUDA graphs are on for "
+        "packed passes on a GPU, since their start-up cost pays off over a stream and not over one command.",
+    )
+    compile: bool | None = Field(
+        default=None, description="torch.compile the forward pass (unset: on when serving packed passes on a GPU)."
     )
     cuda_graphs: bool | None = Field(
-        default=False,
-        description="Replay the forward passes as CUDA graphs (unset: on for packed passes on a GPU, as in the "
-        "worker). With compile only when packed.",
+        default=None,
+        description="Replay the forward passes as CUDA graphs (unset: on when serving packed passes on a GPU). With "
+        "compile only when packed.",
     )
     packed: bool | None = Field(
         default=None,

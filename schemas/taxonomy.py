@@ -49,7 +49,11 @@ class Taxonomy(BaseModel):
 
     @classmethod
     def from_names(cls, names: list[str] | tuple[str, ...]) -> Taxonomy:
-        return cls(labels=tuple(Label(name=name) for name in names))
+        """The taxonomy of these label names, in this order; names it cannot hold are a `ContractError`."""
+        try:
+            return cls(labels=tuple(Label(name=name) for name in names))
+        except ValidationError as error:
+            raise ContractError(f"labels {_shown(names)} are not a taxonomy: {_problems(error)}") from error
 
     @classmethod
     def from_file(cls, path: Path) -> Taxonomy:
@@ -58,13 +62,16 @@ class Taxonomy(BaseModel):
             text = path.read_text(encoding="utf-8-sig")
         except OSError as error:
             raise ContractError(f"cannot read the taxonomy {path}: {error.strerror or error}") from error
+        if path.suffix != ".json":
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+            try:
+                return cls.from_names(names)
+            except ContractError as error:
+                raise ContractError(f"{path} is not a valid taxonomy: {error}") from error
         try:
-            if path.suffix == ".json":
-                return cls.model_validate_json(text, strict=False)
-            return cls.from_names([line.strip() for line in text.splitlines() if line.strip()])
+            return cls.model_validate_json(text, strict=False)
         except ValidationError as error:
-            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors()[:5])
-            raise ContractError(f"{path} is not a valid taxonomy: {problems}") from error
+            raise ContractError(f"{path} is not a valid taxonomy: {_problems(error)}") from error
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -74,7 +81,16 @@ class Taxonomy(BaseModel):
         try:
             return self.names.index(name)
         except ValueError:
-            raise KeyError(f"{name!r} is not in the taxonomy ({len(self.labels)} labels)") from None
+            raise ContractError(f"{name!r} is not in the taxonomy ({_shown(self.names)})") from None
 
     def dump(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2)
+
+
+def _problems(error: ValidationError) -> str:
+    return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors()[:5])
+
+
+def _shown(names: list[str] | tuple[str, ...], most: int = 10) -> str:
+    listed = ", ".join(repr(name) for name in names[:most])
+    return f"[{listed}{', ...' if len(names) > most else ''}] ({len(names)})"

@@ -39,13 +39,11 @@ class Topics:
         if clashes:
             labels = [label for label, route in routes.items() if route in clashes]
             raise ContractError(
-                f"labels map to the same routing topic: {clashes}; rename them to differ in [A-Za-z0-9._-]", labels
+                f"labels {labels} map to the same routing topics {clashes}; rename them to differ in [A-Za-z0-9._-]"
             )
         too_long = [label for label, route in routes.items() if len(route) > MAX_TOPIC_LENGTH]
         if too_long:
-            raise ContractError(
-                f"routing topics of these labels pass {MAX_TOPIC_LENGTH} characters: {too_long}", too_long
-            )
+            raise ContractError(f"routing topics of these labels pass {MAX_TOPIC_LENGTH} characters: {too_long}")
         return cls(
             incoming=f"{prefix}.incoming",
             categorized=f"{prefix}.categorized",

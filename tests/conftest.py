@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from qcat.model import LoadedModel, load_base_model, private_copy
-from qcat.tiny import TINY_NAME
+from qcat.pytorch.model import LoadedModel, load_base_model, private_copy
+from qcat.settings import TINY_NAME
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from qcat.engine import Engine
-from qcat.model import right_pad
+from qcat.pytorch.model import right_pad
 from qcat.training.data import Example
 
 

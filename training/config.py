@@ -3,11 +3,14 @@ Torch-free, so the training CLI shows these defaults without loading torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from qcat.errors import UsageError
+from qcat.lora import LoraSpec
 from qcat.routing import DEFAULT_REVIEW_PRECISION
+from qcat.schemas.prompt import MAX_QUESTION_TOKENS
+from qcat.training.data import ConflictPolicy
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +66,23 @@ class RoutingGoal:
     for streams that hold questions outside the taxonomy when none are labelled (docs/training.md)."""
     unknown_label: str | None = None
     """A trained 'none of these' label: its answers always go to review, its held-out rows count as unknown."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything `train` and `retrain` are told about how to make an adapter, beyond what to learn from and where
+    to put it: one option set, declared once for both commands (training/options.py)."""
+
+    config: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    routing: RoutingGoal = field(default_factory=RoutingGoal)
+    conflicts: ConflictPolicy = "error"
+    """Texts that carry different labels: stop, drop them, or keep the majority's (`training.data`)."""
+    max_question_tokens: int = MAX_QUESTION_TOKENS
+    eval_fraction: float = 0.1
+    """The held-out share of the data (stratified) that selects the epoch, temperature and review threshold."""
+    seeds: int = 1
+    """More than one: train seeds seed .. seed+N-1 on one split and save their average (`training.soup`)."""
 
 
 CUDA_SPEED = {"compile": False, "cuda_graphs": True, "autocast": True}

@@ -36,10 +36,20 @@ class Example:
     source: str  # "file:line", so every problem names its row
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One held-out example with the model's answer."""
+
+    text: str
+    gold: str
+    predicted: str
+    confidence: float
+
+
 def load_examples(path: Path) -> list[Example]:
     """Read `text`,`label` rows from a .jsonl or .csv file."""
     if not path.is_file():
-        raise DataError(f"{path} does not exist.", path)
+        raise DataError(f"{path} does not exist.")
     if path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel starts its CSVs with a BOM
             reader = csv.DictReader(handle)
@@ -49,7 +59,7 @@ def load_examples(path: Path) -> list[Example]:
             rows = [_example(row, f"{path.name}:{number}") for number, row in enumerate(reader, start=2)]
         return _not_empty(rows, path)
     if path.suffix not in (".jsonl", ".json"):
-        raise DataError(f"{path}: use .jsonl (one {{'text', 'label'}} object a line) or .csv with text,label.", path)
+        raise DataError(f"{path}: use .jsonl (one {{'text', 'label'}} object a line) or .csv with text,label.")
     examples = []
     for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
@@ -66,7 +76,7 @@ def load_examples(path: Path) -> list[Example]:
 
 def _not_empty(examples: list[Example], path: Path) -> list[Example]:
     if not examples:
-        raise DataError(f"{path} holds no labeled rows (it needs text and label on every row).", path)
+        raise DataError(f"{path} holds no labeled rows (it needs text and label on every row).")
     return examples
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +14,10 @@ import numpy as np
 
 from qcat.routing import DEFAULT_REVIEW_PRECISION, RoutingPolicy
 from qcat.schemas.taxonomy import Taxonomy
+from qcat.training.data import Scored
 from qcat.training.open_set import open_set_metrics, plot_routing, routing_figures, threshold_for_precision
 
 CALIBRATION_BINS = 10
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One held-out example with the model's answer."""
-
-    text: str
-    gold: str
-    predicted: str
-    confidence: float
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> float:

@@ -14,8 +14,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from qcat.cuda_graphs import causal_masks
 from qcat.errors import TrainingError
+from qcat.pytorch.cuda_graphs import causal_masks
 
 log = structlog.get_logger(__name__)
 

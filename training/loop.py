@@ -29,7 +29,8 @@ from transformers import (
 
 from qcat.engine import Engine
 from qcat.errors import TrainingError, UsageError
-from qcat.model import label_logits
+from qcat.pytorch.model import label_logits
+from qcat.pytorch.plan import pad_id
 from qcat.training.batches import LabelDataset, collate, padded_widths
 from qcat.training.config import TrainConfig, check_device
 from qcat.training.data import Example
@@ -282,7 +283,7 @@ def fit(
         args=args,
         train_dataset=train_set,
         eval_dataset=LabelDataset(engine, held_out),
-        data_collator=collate(engine.pad_id, widths),
+        data_collator=collate(pad_id(engine.tokenizer), widths),
         compute_metrics=accuracy,
         callbacks=[
             guard,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import structlog
@@ -20,9 +20,7 @@ import structlog
 from qcat.routing import DEFAULT_REVIEW_PRECISION, DEFAULT_REVIEW_THRESHOLD, RoutingPolicy
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.training.config import RoutingGoal
-
-if TYPE_CHECKING:
-    from qcat.training.evaluate import Scored
+from qcat.training.data import Scored
 
 log = structlog.get_logger(__name__)
 

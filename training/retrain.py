@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,16 @@ import structlog
 from qcat.corrections import CorrectionStore
 from qcat.errors import DataError
 from qcat.manifest import read_manifest, with_adapter_base
-from qcat.model import LoadedModel, load_configured_base, private_copy
+from qcat.pytorch.engine import load_engine
+from qcat.pytorch.model import LoadedModel, load_configured_base, private_copy
 from qcat.registry import DEFAULT_TOLERANCE, Registry
 from qcat.schemas.events import CorrectionEvent
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from qcat.torch_engine import load_engine
-from qcat.training.config import RoutingGoal, TrainConfig
-from qcat.training.data import Example, load_examples, write_examples
+from qcat.training.config import Recipe
+from qcat.training.data import Example, load_examples
 from qcat.training.open_set import goal_of
-from qcat.training.run import TrainRequest, score, train
+from qcat.training.run import TrainRequest, score, train, training_set
 from qcat.training.soup import train_soup
 
 log = structlog.get_logger(__name__)
@@ -47,9 +47,7 @@ class RetrainRequest:
     """Start from the current adapter's weights (warm start) instead of from scratch."""
     holdout_fraction: float = 0.2
     tolerance: float = DEFAULT_TOLERANCE
-    config: TrainConfig = field(default_factory=TrainConfig)
-    seeds: int = 1
-    """More than one: the candidate is the soup of this many seeds (`training.soup.train_soup`)."""
+    recipe: Recipe = field(default_factory=Recipe)
 
 
 @dataclass(frozen=True)
@@ -100,30 +98,29 @@ def retrain(request: RetrainRequest, settings: EngineSettings) -> dict[str, Any]
         log.warning("corrections override base labels", conflicts=merged.conflicts)
     shutil.rmtree(request.work, ignore_errors=True)
     request.work.mkdir(parents=True)
-    taxonomy = request.taxonomy
-    if taxonomy is None and current_manifest is not None:
-        taxonomy = request.work / "taxonomy.json"
-        taxonomy.write_text(current_manifest.taxonomy.model_dump_json(), encoding="utf-8")
-    if taxonomy is not None:
-        unknown = {c.label for c in corrections} - set(Taxonomy.from_file(taxonomy).names)
-        if unknown:
-            raise DataError(f"corrections use labels outside the taxonomy: {sorted(unknown)}")
+    if request.taxonomy is not None:
+        taxonomy = Taxonomy.from_file(request.taxonomy)
+    elif current_manifest is not None:
+        taxonomy = current_manifest.taxonomy
+    else:
+        taxonomy = Taxonomy.from_names(sorted({e.label for e in merged.train}))
+    unknown = {c.label for c in corrections} - set(taxonomy.names)
+    if unknown:
+        raise DataError(f"corrections use labels outside the taxonomy: {sorted(unknown)}")
+    # the current adapter's routing goal and 'none of these' label carry over to its successor
+    recipe = replace(request.recipe, routing=goal_of(current_manifest.routing)) if current_manifest else request.recipe
+    data = training_set(
+        merged.train, taxonomy, recipe, held_out=load_examples(request.eval_data), name="base data + corrections"
+    )
     settings = with_adapter_base(settings, current)  # no base model asked for: the current adapter's
     base = load_configured_base(settings)  # once: training and both scorings work on private copies
     candidate = TrainRequest(
-        data=write_examples(merged.train, request.work / "train.jsonl"),
-        out=request.work / "candidate",
-        taxonomy=taxonomy,
-        eval_data=request.eval_data,
-        init_adapter=current if request.from_current else None,
-        config=request.config,
-        # the current adapter's routing goal and 'none of these' label carry over to its successor
-        routing=goal_of(current_manifest.routing) if current_manifest else RoutingGoal(),
+        out=request.work / "candidate", recipe=recipe, init_adapter=current if request.from_current else None
     )
-    if request.seeds > 1:
-        candidate_dir, metrics = train_soup(candidate, settings, request.seeds, base=base)
+    if recipe.seeds > 1:
+        candidate_dir, metrics = train_soup(data, candidate, settings, base=base)
     else:
-        candidate_dir, metrics = train(candidate, settings, base=private_copy(base))
+        candidate_dir, metrics = train(data, candidate, settings, base=private_copy(base))
     version = registry.add(candidate_dir).version
     summary: dict[str, Any] = {
         "version": version,

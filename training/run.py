@@ -15,22 +15,21 @@ import numpy as np
 import structlog
 import torch
 
-from qcat.adapter import continue_lora, ensure_new, new_lora, save_adapter
 from qcat.classifier import DEFAULT_TAXONOMY, Prediction
-from qcat.engine import Engine
+from qcat.engine import Engine, EngineSpec
 from qcat.errors import DataError, OutputExistsError, UsageError
-from qcat.lora import LoraSpec
 from qcat.manifest import AdapterManifest, new_version, read_manifest, with_adapter_base
-from qcat.model import LoadedModel, load_configured_base
+from qcat.pytorch.adapter import continue_lora, ensure_new, new_lora, save_adapter
+from qcat.pytorch.engine import build_engine, load_engine
+from qcat.pytorch.model import LoadedModel, load_configured_base
 from qcat.routing import RoutingPolicy
-from qcat.schemas.prompt import MAX_QUESTION_TOKENS, TRAINED_PROMPT_STYLE, prompt_format
+from qcat.schemas.prompt import TRAINED_PROMPT_STYLE, prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from qcat.torch_engine import load_engine, torch_engine
-from qcat.training.config import RoutingGoal, TrainConfig
+from qcat.training.config import Recipe, RoutingGoal
 from qcat.training.data import (
-    ConflictPolicy,
     Example,
+    Scored,
     load_examples,
     report,
     resolve_conflicts,
@@ -38,7 +37,7 @@ from qcat.training.data import (
     stratified_split,
     write_examples,
 )
-from qcat.training.evaluate import Scored, write_report
+from qcat.training.evaluate import write_report
 from qcat.training.loop import check_reporters, fit
 from qcat.training.open_set import choose_policy
 from qcat.training.progress import counting
@@ -47,19 +46,25 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
+class TrainingSet:
+    """What a run learns from, in memory: the labels, the rows it trains on, and the held-out rows that select its
+    epoch, temperature and review threshold (never the test or gate set); plus the rows the conflict policy dropped.
+    Commands read files into one (`read_training_set`); `retrain` builds one from base data and corrections."""
+
+    taxonomy: Taxonomy
+    train: list[Example]
+    held_out: list[Example]
+    dropped: list[Example] = field(default_factory=list)
+    name: str = "data"
+    """What reports call the data (the file name)."""
+
+
+@dataclass(frozen=True)
 class TrainRequest:
-    data: Path
     out: Path
-    taxonomy: Path | None = None
-    eval_data: Path | None = None
-    eval_fraction: float = 0.1
-    max_question_tokens: int = MAX_QUESTION_TOKENS
-    conflicts: ConflictPolicy = "error"
+    recipe: Recipe = field(default_factory=Recipe)
     init_adapter: Path | None = None
     """Continue training this adapter (same base model and labels) instead of starting from scratch."""
-    lora: LoraSpec = field(default_factory=LoraSpec)
-    config: TrainConfig = field(default_factory=TrainConfig)
-    routing: RoutingGoal = field(default_factory=RoutingGoal)
 
 
 def fingerprint_examples(examples: list[Example]) -> str:
@@ -125,33 +130,49 @@ def score(engine: Engine, examples: list[Example]) -> list[Scored]:
     return as_scored(examples, engine.predictions(*scoring_logits(engine, examples)))
 
 
-def prepare_data(request: TrainRequest) -> tuple[Taxonomy, list[Example], list[Example], list[Example]]:
-    """The labels, training rows and held-out rows `request` describes, checked (before any model loads): errors
-    stop here, warnings are logged. Also returns the rows the conflict policy dropped."""
-    check_reporters(request.config.report_to)
-    examples = load_examples(request.data)
-    if request.taxonomy:
-        taxonomy = Taxonomy.from_file(request.taxonomy)
-    elif request.init_adapter:
-        taxonomy = read_manifest(request.init_adapter).taxonomy  # a warm start keeps its labels and their order
+def read_training_set(
+    data: Path,
+    recipe: Recipe,
+    *,
+    taxonomy: Path | None = None,
+    eval_data: Path | None = None,
+    init_adapter: Path | None = None,
+) -> TrainingSet:
+    """The training set files describe: `data`, split unless `eval_data` is the held-out set; the labels of
+    `taxonomy`, else of the adapter a warm start continues (in its order), else the data's own."""
+    examples = load_examples(data)
+    if taxonomy is not None:
+        labels = Taxonomy.from_file(taxonomy)
+    elif init_adapter is not None:
+        labels = read_manifest(init_adapter).taxonomy
     else:
-        taxonomy = Taxonomy.from_names(sorted({e.label for e in examples}))
-    if request.eval_data:
-        train_rows, held_out, dropped = resolve_conflicts(examples, load_examples(request.eval_data), request.conflicts)
+        labels = Taxonomy.from_names(sorted({e.label for e in examples}))
+    held_out = load_examples(eval_data) if eval_data else None
+    return training_set(examples, labels, recipe, held_out=held_out, name=data.name)
+
+
+def training_set(
+    examples: list[Example], taxonomy: Taxonomy, recipe: Recipe, *, held_out: list[Example] | None, name: str
+) -> TrainingSet:
+    """Rows in memory, checked before any model loads: conflicts resolved by the recipe's policy, a stratified split
+    of the recipe's share unless `held_out` is given, errors raised and warnings logged."""
+    check_reporters(recipe.config.report_to)
+    if held_out is not None:
+        train_rows, held_out, dropped = resolve_conflicts(examples, held_out, recipe.conflicts)
     else:
-        examples, _, dropped = resolve_conflicts(examples, [], request.conflicts)
-        train_rows, held_out = stratified_split(examples, eval_fraction=request.eval_fraction, seed=request.config.seed)
+        examples, _, dropped = resolve_conflicts(examples, [], recipe.conflicts)
+        train_rows, held_out = stratified_split(examples, eval_fraction=recipe.eval_fraction, seed=recipe.config.seed)
     data_report = report(train_rows, taxonomy, eval_examples=held_out)
     if dropped:
         rows = ", ".join(f"{e.source} ({e.label})" for e in dropped[:5]) + (" ..." if len(dropped) > 5 else "")
-        data_report.warnings.append(f"--conflicts {request.conflicts} dropped {len(dropped)} rows: {rows}")
+        data_report.warnings.append(f"--conflicts {recipe.conflicts} dropped {len(dropped)} rows: {rows}")
     for warning in data_report.warnings:
         log.warning("data", warning=warning)
     data_report.raise_on_errors()
-    problems = check_goal(request.routing, taxonomy, held_out)
+    problems = check_goal(recipe.routing, taxonomy, held_out)
     if problems:
         raise UsageError("; ".join(problems))
-    return taxonomy, train_rows, held_out, dropped
+    return TrainingSet(taxonomy, train_rows, held_out, dropped, name)
 
 
 def check_goal(goal: RoutingGoal, taxonomy: Taxonomy, held_out: list[Example]) -> list[str]:
@@ -172,38 +193,34 @@ def check_goal(goal: RoutingGoal, taxonomy: Taxonomy, held_out: list[Example]) -
 
 
 def train(
-    request: TrainRequest, settings: EngineSettings, base: LoadedModel | None = None
+    data: TrainingSet, request: TrainRequest, settings: EngineSettings, base: LoadedModel | None = None
 ) -> tuple[Path, dict[str, Any]]:
-    """Report on the data, fine-tune, calibrate, evaluate and save the adapter (with its report) to request.out.
+    """Fine-tune on `data`, calibrate, evaluate and save the adapter (with its report) to request.out.
 
     `base`, if given, is the settings' base model already loaded; it is trained in place.
     """
     started = time.perf_counter()
     ensure_new(request.out)  # before hours of training, not at the save
-    taxonomy, train_rows, held_out, dropped = prepare_data(request)
-    torch.manual_seed(request.config.seed)
+    recipe, taxonomy, train_rows, held_out = request.recipe, data.taxonomy, data.train, data.held_out
+    torch.manual_seed(recipe.config.seed)
     base = base if base is not None else load_configured_base(with_adapter_base(settings, request.init_adapter))
     log.info("base model ready", model=base.name, seconds=elapsed(started))
     parent = None
-    goal = request.routing
+    goal = recipe.routing
     if request.init_adapter is not None:
         model, parent = continue_lora(base, request.init_adapter, taxonomy)
         if goal.unknown_label is None:  # a warm start keeps its 'none of these' label
             goal = replace(goal, unknown_label=parent.routing.unknown_label)
     else:
-        model = new_lora(base, taxonomy, request.lora)
-    engine = torch_engine(
-        base,
-        taxonomy,
-        prompt_format(taxonomy, TRAINED_PROMPT_STYLE),
-        max_question_tokens=request.max_question_tokens,
-        batch_size=settings.batch_size,
-    )
+        model = new_lora(base, taxonomy, recipe.lora)
+    spec = EngineSpec(taxonomy, prompt_format(taxonomy, TRAINED_PROMPT_STYLE), recipe.max_question_tokens)
+    # padded, eager passes: the model is an unmerged LoRA, and training replays its own steps (training/graphs.py)
+    engine = build_engine(base, spec, EngineSettings(batch_size=settings.batch_size, packed=False, cuda_graphs=False))
     work = request.out.parent / f".{request.out.name}.work"
-    speed = fit(model, engine, train_rows, held_out, work, request.config)
+    speed = fit(model, engine, train_rows, held_out, work, recipe.config)
     log.info("trained", epochs=speed["epochs_run"], seconds=elapsed(started))
     model.eval()
-    title = f"adapter on {request.data.name}"
+    title = f"adapter on {data.name}"
     engine, metrics, routing = calibrate_and_report(engine, held_out, work / "report", title=title, goal=goal)
     log.info("calibrated and evaluated on the held-out rows", seconds=elapsed(started))
     manifest = AdapterManifest(
@@ -211,7 +228,7 @@ def train(
         taxonomy=taxonomy,
         base_model=base.name,
         base_fingerprint=base.fingerprint,
-        max_question_tokens=request.max_question_tokens,
+        max_question_tokens=recipe.max_question_tokens,
         temperature=engine.temperature,
         routing=routing,
         metrics={key: metrics[key] for key in MANIFEST_METRICS},
@@ -219,8 +236,8 @@ def train(
         parent_version=parent.version if parent else None,
         eval_fingerprint=fingerprint_examples(held_out),
     )
-    if dropped:
-        write_examples(dropped, work / "report" / "dropped-rows.jsonl", sources=True)
+    if data.dropped:
+        write_examples(data.dropped, work / "report" / "dropped-rows.jsonl", sources=True)
     directory = save_adapter(model, manifest, request.out)
     (work / "report").rename(directory / "report")
     (work / "metrics.csv").rename(directory / "report" / "training.csv")

@@ -25,21 +25,21 @@ import structlog
 import torch
 from safetensors.torch import load_file, save_file
 
-from qcat.adapter import ensure_new, staged_adapter
 from qcat.errors import AdapterError
 from qcat.manifest import CONFIG, WEIGHTS, new_version, read_manifest
-from qcat.model import LoadedModel, load_configured_base, private_copy
+from qcat.pytorch.adapter import ensure_new, staged_adapter
+from qcat.pytorch.engine import load_engine
+from qcat.pytorch.model import LoadedModel, load_configured_base, private_copy
 from qcat.settings import EngineSettings
-from qcat.torch_engine import load_engine
-from qcat.training.data import load_examples, report, write_examples
+from qcat.training.data import Example, report, write_examples
 from qcat.training.open_set import goal_of
 from qcat.training.run import (
     MANIFEST_METRICS,
     SPEED_METRICS,
+    TrainingSet,
     TrainRequest,
     calibrate_and_report,
     fingerprint_examples,
-    prepare_data,
     train,
 )
 
@@ -91,19 +91,22 @@ def _common_config(directories: Sequence[Path]) -> dict[str, Any]:
 
 def make_soup(
     directories: Sequence[Path],
-    eval_data: Path,
+    held_out: list[Example],
     out: Path,
     settings: EngineSettings,
     base: LoadedModel | None = None,
+    *,
+    name: str = "held-out rows",
 ) -> dict[str, Any]:
-    """Average `directories` into a new adapter at `out`, calibrated and evaluated on `eval_data` like `qcat train`.
+    """Average `directories` into a new adapter at `out`, calibrated and evaluated on `held_out` (rows none of them
+    trained on, called `name` in the report) like `qcat train`.
 
     Returns the evaluation's metrics. The adapter is staged beside `out` and renamed into place when complete.
     `base`, if given, is the settings' base model already loaded; the soup is merged into it.
     """
     weights, config = soup_weights(directories)
     manifests = [read_manifest(d) for d in directories]
-    examples = load_examples(eval_data)
+    examples = held_out
     report(examples, manifests[0].taxonomy).raise_on_errors()
     data = {m.data_fingerprint for m in manifests}
     manifest = manifests[0].model_copy(
@@ -120,7 +123,7 @@ def make_soup(
         (staged / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
         manifest.write(staged)  # the engine loads the adapter through its manifest, before it is calibrated
         engine = load_engine(settings.model_copy(update={"adapter": staged}), base=base)
-        title = f"soup of {len(manifests)} adapters on {eval_data.name}"
+        title = f"soup of {len(manifests)} adapters on {name}"
         goal = goal_of(manifests[0].routing)  # the ingredients share their recipe, their routing goal with it
         engine, metrics, routing = calibrate_and_report(engine, examples, staged / "report", title=title, goal=goal)
         manifest.model_copy(
@@ -135,42 +138,39 @@ def make_soup(
 
 
 def train_soup(
-    request: TrainRequest, settings: EngineSettings, seeds: int, base: LoadedModel | None = None
+    data: TrainingSet, request: TrainRequest, settings: EngineSettings, base: LoadedModel | None = None
 ) -> tuple[Path, dict[str, Any]]:
-    """`qcat train --seeds N`: train seeds seed .. seed+N-1 of one recipe on one split and average them into
+    """`qcat train --seeds N`: train seeds seed .. seed+N-1 of one recipe on `data` and average them into
     request.out (measured in docs/training.md).
 
-    Every seed trains on the same rows and is selected on the same held-out set, which calibrates and scores the
-    soup: request.eval_data, or one stratified split drawn with the first seed. The seeds' adapters (each with its
-    report) and the split stay in `<out>.seeds/` (removed if the run fails, so that it can simply be run again).
-    Returns the soup's held-out metrics plus each seed's accuracy.
+    Every seed trains on the same rows and is selected on the same held-out rows, which calibrate and score the soup.
+    The seeds' adapters (each with its report) stay in `<out>.seeds/` (removed if the run fails, so that it can
+    simply be run again). Returns the soup's held-out metrics plus each seed's accuracy.
     `base`, if given, is the settings' base model already loaded; it is left as it is (each step works on a copy).
     """
-    if seeds < 2:
+    recipe = request.recipe
+    if recipe.seeds < 2:
         raise AdapterError("a soup needs at least two seeds")
     out = ensure_new(request.out)
     folder = ensure_new(out.with_name(f"{out.name}.seeds"))
-    taxonomy, train_rows, held_out, dropped = prepare_data(request)  # bad data stops before any model loads
     folder.mkdir(parents=True)
-    if dropped:
-        write_examples(dropped, folder / "dropped-rows.jsonl", sources=True)
+    if data.dropped:
+        write_examples(data.dropped, folder / "dropped-rows.jsonl", sources=True)
     try:
-        held_out_file, labels = folder / "held-out.jsonl", folder / "taxonomy.json"
-        labels.write_text(taxonomy.model_dump_json(), encoding="utf-8")
-        data = write_examples(train_rows, folder / "train.jsonl")
-        shared = replace(request, data=data, eval_data=write_examples(held_out, held_out_file), taxonomy=labels)
         base = base if base is not None else load_configured_base(settings)
         ingredients: list[Path] = []
         accuracy: dict[str, float] = {}
         speed: list[dict[str, Any]] = []
-        for seed in range(request.config.seed, request.config.seed + seeds):
-            seeded = replace(shared, out=folder / f"seed{seed}", config=replace(request.config, seed=seed))
-            directory, metrics = train(seeded, settings, private_copy(base))
+        for seed in range(recipe.config.seed, recipe.config.seed + recipe.seeds):
+            seeded = replace(recipe, config=replace(recipe.config, seed=seed))
+            directory, metrics = train(
+                data, replace(request, out=folder / f"seed{seed}", recipe=seeded), settings, private_copy(base)
+            )
             log.info("seed trained", seed=seed, accuracy=metrics["accuracy"], adapter=str(directory))
             ingredients.append(directory)
             accuracy[f"seed{seed}"] = metrics["accuracy"]
             speed.append(metrics)
-        metrics = make_soup(ingredients, held_out_file, out, settings, private_copy(base))
+        metrics = make_soup(ingredients, data.held_out, out, settings, private_copy(base), name=data.name)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # nothing half-made left behind to block the next run
         raise

@@ -62,7 +62,7 @@ def _faust_app(settings: WorkerSettings) -> faust.App:
         value_serializer="raw",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        stream_buffer_maxsize=max(4 * settings.max_batch, 256),  # backpressure: fetching pauses beyond this
+        stream_buffer_maxsize=max(4 * settings.micro_batch, 256),  # backpressure: fetching pauses beyond this
         producer_linger_ms=5,
         web_port=settings.web_port,
         web_bind=settings.web_host,
@@ -83,6 +83,7 @@ def create_app(
 ) -> faust.App:
     """The worker's Faust app. `load` builds a classifier for an announced adapter (no hot swap without it);
     `inference` is the one thread that classifies (the one that loaded the model, see worker/main.py)."""
+    settings = settings.with_micro_batch(classifier.preferred_batch)
     topics = Topics.build(settings.topic_prefix, classifier.taxonomy)
     serving = Serving(classifier)
     app = _faust_app(settings)
@@ -118,7 +119,7 @@ def create_app(
     async def categorize(stream: Any) -> None:  # faust.StreamT's stubs lack take_events
         loop = asyncio.get_running_loop()
         try:
-            async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+            async for events in stream.take_events(settings.micro_batch, within=settings.max_wait):
                 for event in events:  # hold a reference: take_events' own ack must not let the offset be committed
                     event.message.incref()
                 records = [_record(event) for event in events]
@@ -183,7 +184,7 @@ def _store_corrections(
     @app.agent(corrections)
     async def store_corrections(stream: Any) -> None:
         """Valid corrections to the store (fsynced), bad ones to the DLQ; offsets commit after both."""
-        async for events in stream.take_events(settings.max_batch, within=settings.max_wait):
+        async for events in stream.take_events(settings.micro_batch, within=settings.max_wait):
             for event in events:  # as in categorize: take_events acks even when publishing is aborted
                 event.message.incref()
             metrics.events_in.labels(topics.corrections).inc(len(events))

@@ -91,18 +91,13 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise KafkaError(
-                    f"the embedded broker exited with {self.process.returncode}: {stderr[-2000:]}", brokers=self.address
-                )
+                raise KafkaError(f"the embedded broker exited with {self.process.returncode}: {stderr[-2000:]}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
-        raise KafkaError(
-            f"the embedded broker did not accept connections on {self.address} within {timeout:.0f}s",
-            brokers=self.address,
-        )
+        raise KafkaError(f"the embedded broker did not accept connections on {self.address} within {timeout:.0f}s")
 
     def stop(self) -> None:
         if self.process is None:

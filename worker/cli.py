@@ -31,26 +31,37 @@ def classify(
     texts: Annotated[list[str], typer.Argument(help="Questions to categorize.")],
     base_model: BaseModelOption = None,
     adapter: AdapterOption = None,
+    registry: Annotated[
+        str | None, typer.Option(help="Without --adapter: its promoted adapter. \\[env: QCAT_REGISTRY]")
+    ] = None,
+    zero_shot: Annotated[
+        bool | None, typer.Option("--zero-shot", help="The base model zero-shot, whatever QCAT_REGISTRY says.")
+    ] = None,
     taxonomy: Annotated[Path | None, typer.Option(help="Labels for zero-shot (JSON or one per line).")] = None,
     device: DeviceOption = None,
     dtype: Annotated[str | None, typer.Option(help="auto, bfloat16, float16, float32.")] = None,
     quantize: QuantizeOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")] = False,
 ) -> None:
-    """Categorize questions ad hoc with the base model (zero-shot) or an adapter."""
-    from qcat.torch_engine import load_engine
+    """Categorize questions ad hoc with an adapter (--adapter, else the registry's promoted one) or zero-shot."""
+    from qcat.pytorch.engine import load_engine
+    from qcat.registry import adapter_to_serve
 
     settings = settings_from(
         EngineSettings,
         base_model=base_model,
         adapter=adapter,
+        registry=registry,
+        zero_shot=zero_shot,
         taxonomy=taxonomy,
         device=device,
         dtype=dtype,
         quantize=quantize,
     )
     try:
-        engine = load_engine(settings)
+        if zero_shot:
+            settings = settings.model_copy(update={"registry": None})
+        engine = load_engine(settings.model_copy(update={"adapter": adapter_to_serve(settings)}))
         predictions = engine.classify(texts)
     except QcatError as error:
         raise fail(error) from error
@@ -78,7 +89,8 @@ def classify(
 
 
 def print_settings(show: bool) -> None:
-    """Every QCAT_* variable the worker reads, with its default and meaning, from the settings model itself."""
+    """Every QCAT_* variable the worker reads, with its default and meaning, from the settings model itself; then
+    what this machine would run with the settings in force (`qcat.pytorch.plan`)."""
     if not show:
         return
     from qcat.worker.settings import WorkerSettings
@@ -90,6 +102,17 @@ def print_settings(show: bool) -> None:
         default = "" if field.default is None or field.is_required() else str(field.default)
         table.add_row(f"QCAT_{name.upper()}", default, field.description or "")
     Console().print(table)
+    try:
+        settings = WorkerSettings()
+        if settings.classifier == "torch":
+            from qcat.pytorch.plan import describe_for
+
+            plan = describe_for(settings.for_engine())
+            console.print("\n[bold]what would run here[/] (a Qwen3 base model; others run padded passes):")
+            for key, value in plan.items():
+                console.print(f"  {key}: {value}")
+    except QcatError as error:
+        raise fail(error) from error
     raise typer.Exit
 
 

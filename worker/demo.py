@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -20,8 +21,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from qcat.settings import DEFAULT_BASE_MODEL
-from qcat.tiny import TINY_NAME
+from qcat.schemas.events import QuestionEvent
+from qcat.schemas.topics import Topics
+from qcat.settings import DEFAULT_BASE_MODEL, TINY_NAME
 from qcat.worker.broker import FAST_JOIN_SESSION_TIMEOUT, EmbeddedBroker, free_port
 from qcat.worker.processes import terminate, wait_ready
 from qcat.worker.send import read_questions
@@ -141,10 +143,12 @@ def start_worker(address: str, choice: Choice, tmp: Path) -> tuple[subprocess.Po
 
 async def stream(address: str, questions: list[str], rate: float, console: Console) -> list[dict[str, Any]]:
     """Send the questions at `rate` per second while showing each categorized event and where it was routed."""
+    topics = Topics.build(PREFIX)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=address, group_id="qcat-demo-viewer", auto_offset_reset="earliest", metadata_max_age_ms=500
     )
-    consumer.subscribe(pattern=rf"^{PREFIX}\.(route\..*|review|dlq)$")
+    route = re.escape(f"{PREFIX}.route.")
+    consumer.subscribe(pattern=f"^({route}.*|{re.escape(topics.review)}|{re.escape(topics.dlq)})$")
     producer = AIOKafkaProducer(bootstrap_servers=address, linger_ms=5)
     await consumer.start()
     await producer.start()
@@ -152,8 +156,8 @@ async def stream(address: str, questions: list[str], rate: float, console: Conso
 
     async def send() -> None:
         for index, text in enumerate(questions):
-            event = {"event_id": f"demo-{index}", "text": text, "created_at": _now()}
-            await producer.send(f"{PREFIX}.incoming", json.dumps(event).encode(), key=event["event_id"].encode())
+            event = QuestionEvent(event_id=f"demo-{index}", text=text)
+            await producer.send(topics.incoming, event.model_dump_json().encode(), key=event.event_id.encode())
             await asyncio.sleep(1 / rate)
         await producer.flush()
 
@@ -207,9 +211,3 @@ def summarize(rows: list[dict[str, Any]], sent: int, console: Console) -> None:
     if latencies:
         p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
         console.print(f"end-to-end latency: p50 {statistics.median(latencies):.0f} ms, p99 {p99:.0f} ms")
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat()

@@ -18,17 +18,17 @@ from qcat.classifier import Classifier, load_classifier
 from qcat.errors import UnavailableError
 from qcat.kafka import check_kafka
 from qcat.logs import configure_logging
-from qcat.registry import Registry
+from qcat.registry import adapter_to_serve
 from qcat.worker.app import create_app
 from qcat.worker.metrics import WorkerMetrics
 from qcat.worker.settings import WorkerSettings
 
 
 def warmed_up(settings: WorkerSettings) -> Classifier:
-    """Loaded (by the backend `QCAT_CLASSIFIER` names), then one full batch: kernel selection and allocator warm-up
-    happen here, not on a real batch."""
-    classifier = load_classifier(settings)
-    classifier.classify(["What is a warm-up question ?"] * settings.max_batch)
+    """Loaded (by the backend `QCAT_CLASSIFIER` names), then one full micro-batch: kernel selection and allocator
+    warm-up happen here, not on a real batch."""
+    classifier = load_classifier(settings.for_engine())
+    classifier.classify(["What is a warm-up question ?"] * (settings.max_batch or classifier.preferred_batch))
     settle_garbage()
     return classifier
 
@@ -80,10 +80,9 @@ def run_worker(settings: WorkerSettings) -> None:
         raise UnavailableError(f"cannot create QCAT_DATA_DIR {settings.data_dir}: {error}") from error
     use_event_loop(settings.event_loop)
     asyncio.run(check_kafka(settings))
-    if settings.adapter is None and settings.registry is not None:
-        current = Registry(settings.registry).current_path()
-        structlog.get_logger(__name__).info("registry", current=current.name if current else None)
-        settings = settings.model_copy(update={"adapter": current})
+    if settings.adapter is None:
+        settings = settings.model_copy(update={"adapter": adapter_to_serve(settings)})
+        structlog.get_logger(__name__).info("serving", adapter=settings.adapter.name if settings.adapter else None)
     inference, classifier = start_inference(settings)
 
     def load(adapter: Path) -> Classifier:

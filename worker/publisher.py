@@ -42,7 +42,7 @@ _M, _MASK = 0x5BD1E995, 0xFFFFFFFF
 
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (as `aiokafka.partitioner.murmur2`, which a unit test compares it with), reading 4-byte words
-    with `struct`: twice as fast, and the publisher hashes every event's key."""
+    with `struct`: faster, and the publisher hashes every event's key."""
     words = len(data) // 4
     h = 0x9747B28C ^ len(data)
     for word in struct.unpack_from(f"<{words}I", data):
@@ -138,7 +138,7 @@ class BatchPublisher:
         while pending or alone:
             if self._closing:
                 unpublished = len(pending) + len(alone)
-                raise PublishAbortedError(f"{unpublished} outputs unpublished at shutdown", outputs=unpublished)
+                raise PublishAbortedError(f"{unpublished} outputs unpublished at shutdown")
             failures = await self._send(producer, pending, together=True)
             failures += await self._send(producer, alone, together=False)
             pending, alone = [], []

@@ -12,7 +12,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from qcat.errors import DataError, KafkaError
-from qcat.kafka import KafkaSettings, explain
+from qcat.kafka import KafkaSettings, kafka_errors
 from qcat.schemas.events import QuestionEvent
 from qcat.schemas.topics import Topics
 
@@ -20,11 +20,11 @@ from qcat.schemas.topics import Topics
 def read_questions(path: Path) -> list[str]:
     """`.jsonl` rows with a `text` field, or one question per line."""
     if not path.is_file():
-        raise DataError(f"{path} does not exist", path=path)
+        raise DataError(f"{path} does not exist")
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     texts = [json.loads(line)["text"] for line in lines] if path.suffix == ".jsonl" else lines
     if not texts:
-        raise DataError(f"{path} holds no questions", path=path)
+        raise DataError(f"{path} holds no questions")
     return texts
 
 
@@ -32,10 +32,11 @@ async def send(settings: KafkaSettings, texts: list[str], *, rate: float, count:
     """Send `count` questions (cycling through `texts`) at about `rate` per second; returns how many were acked."""
     producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all", linger_ms=5)
     try:
-        await producer.start()
-    except Exception as error:
+        with kafka_errors(settings, "cannot connect to"):
+            await producer.start()
+    except KafkaError:
         await producer.stop()  # a producer that failed to start still holds its client
-        raise KafkaError(explain(settings, error), brokers=settings.brokers) from error
+        raise
     topic = Topics.build(settings.topic_prefix).incoming
     started = time.monotonic()
     try:

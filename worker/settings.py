@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from qcat.kafka import KafkaSettings
-from qcat.settings import EngineSettings
-
-CPU_MAX_BATCH = 64
-GPU_MAX_BATCH = 512
-"""The micro-batch a worker takes when QCAT_MAX_BATCH is unset: a GPU needs hundreds of questions per pass to be
-used well (docs/worker.md, "On a GPU"); a CPU gains nothing past 64, and a larger batch there only waits longer."""
+from qcat.settings import CPU_MAX_BATCH, GPU_MAX_BATCH, EngineSettings
 
 
 class WorkerSettings(EngineSettings, KafkaSettings):
@@ -27,20 +22,14 @@ class WorkerSettings(EngineSettings, KafkaSettings):
     app_id: str = Field(default="qcat-worker", description="Kafka consumer group id.")
     partitions: int = Field(default=8, ge=1, description="Partitions of the topics the worker creates.")
 
-    max_batch: int = Field(
-        default=CPU_MAX_BATCH,
+    max_batch: int | None = Field(
+        default=None,
         ge=1,
         le=4096,
-        description=f"Most events per micro-batch (unset: {GPU_MAX_BATCH} on a GPU, {CPU_MAX_BATCH} on a CPU); also "
-        "the largest forward pass unless QCAT_BATCH_SIZE is set.",
+        description=f"Most events per micro-batch (unset: the engine's forward pass, {GPU_MAX_BATCH} on a GPU and "
+        f"{CPU_MAX_BATCH} on a CPU); also the largest forward pass unless QCAT_BATCH_SIZE is set.",
     )
     max_wait: float = Field(default=0.05, gt=0, le=60, description="Seconds to wait to fill a micro-batch.")
-    compile: bool | None = Field(
-        default=None, description="torch.compile the forward pass (unset: on for packed passes on a GPU)."
-    )
-    cuda_graphs: bool | None = Field(
-        default=None, description="Replay the forward passes as CUDA graphs (unset: on for packed passes on a GPU)."
-    )
     fetch_max_wait: float = Field(
         default=0.05,
         gt=0,
@@ -57,11 +46,6 @@ class WorkerSettings(EngineSettings, KafkaSettings):
     )
     max_text_chars: int = Field(default=2000, ge=1, le=10_000, description="Longer questions are dead-lettered.")
 
-    registry: str | None = Field(
-        default=None,
-        description="Adapter registry (a directory, or an fsspec URL such as s3://bucket/qcat): its current version is "
-        "served at start, announced versions resolve in it.",
-    )
     registry_poll_interval: float = Field(
         default=30.0,
         gt=0,
@@ -107,26 +91,19 @@ class WorkerSettings(EngineSettings, KafkaSettings):
     log_text: bool = Field(default=False, description="Include question text in logs (off: privacy).")
     log_level: str = Field(default="INFO", description="DEBUG adds each batch's event ids.")
 
-    @model_validator(mode="before")
-    @classmethod
-    def micro_batch_fits_the_device(cls, values: Any) -> Any:
-        """Unset, QCAT_MAX_BATCH follows the device (`GPU_MAX_BATCH`, `CPU_MAX_BATCH`). A micro-batch is classified
-        in one forward pass where the engine's token budget allows: a GPU worker at 512 would otherwise run eight
-        passes of the engine's default 64 questions."""
-        if not isinstance(values, dict):
-            return values
-        values = dict(values)
-        if values.get("max_batch") is None:
-            values["max_batch"] = GPU_MAX_BATCH if on_gpu(str(values.get("device") or "auto")) else CPU_MAX_BATCH
-        if values.get("batch_size") is None:
-            values["batch_size"] = values["max_batch"]
-        return values
+    def for_engine(self) -> WorkerSettings:
+        """The settings the worker's classifier loads with: a long-running server, whose forward pass takes a whole
+        micro-batch when QCAT_MAX_BATCH is set and QCAT_BATCH_SIZE is not."""
+        batch_size = self.batch_size or self.max_batch
+        return self.model_copy(update={"serving": True, "batch_size": batch_size})
 
+    def with_micro_batch(self, preferred: int) -> WorkerSettings:
+        """QCAT_MAX_BATCH, or when unset the micro-batch the loaded classifier prefers (its forward pass)."""
+        return self if self.max_batch is not None else self.model_copy(update={"max_batch": preferred})
 
-def on_gpu(device: str) -> bool:
-    """Whether the engine will run on a GPU (`qcat.model.resolve_device`'s rule, without loading anything)."""
-    if device == "auto":
-        import torch
-
-        return bool(torch.cuda.is_available())
-    return device.startswith("cuda")
+    @property
+    def micro_batch(self) -> int:
+        """QCAT_MAX_BATCH once resolved (`with_micro_batch`)."""
+        if self.max_batch is None:
+            raise ValueError("the micro-batch is resolved once the classifier is loaded (with_micro_batch)")
+        return self.max_batch

@@ -1,7 +1,7 @@
 """Faust's Kafka transport with a cheaper fetch loop: with a fast model, most of the worker's CPU went to Faust's.
 
 Faust hands each fetched message to its streams inside `wait_first(callback(message), suspend_flow.wait())`: four
-tasks and an `asyncio.wait` per message (a third of the no-op worker's CPU, docs/worker.md), so that a delivery
+tasks and an `asyncio.wait` per message (much of the no-op worker's CPU, docs/worker.md), so that a delivery
 blocked on a full stream buffer can be abandoned when a rebalance suspends the flow. With a backlog the buffer is
 always full, and each delivery then also waits for room in a task of its own. This loop avoids blocked deliveries
 instead: Faust marks a partition whose buffer passed its high-water mark (and stops fetching it) until the stream

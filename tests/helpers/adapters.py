@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qcat.adapter import new_lora, save_adapter
 from qcat.lora import LoraSpec
 from qcat.manifest import AdapterManifest
-from qcat.model import LoadedModel
+from qcat.pytorch.adapter import new_lora, save_adapter
+from qcat.pytorch.model import LoadedModel
 from qcat.schemas.taxonomy import Taxonomy
 
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from qcat.model import LoadedModel
+from qcat.pytorch.model import LoadedModel
 from qcat.registry import Registry
 from qcat.schemas.taxonomy import Taxonomy
 from tests.helpers.adapters import untrained_adapter

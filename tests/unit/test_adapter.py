@@ -10,15 +10,16 @@ import pytest
 import torch
 from peft import PeftModel
 
-from qcat.adapter import load_adapter, new_lora, save_adapter
+from qcat.engine import EngineSpec
 from qcat.errors import AdapterError, OutputExistsError
 from qcat.lora import LoraSpec
 from qcat.manifest import MANIFEST, WEIGHTS, AdapterManifest
-from qcat.model import LoadedModel, attach_label_head, label_logits, load_base_model
+from qcat.pytorch.adapter import load_adapter, new_lora, save_adapter
+from qcat.pytorch.engine import build_engine, load_engine
+from qcat.pytorch.model import LoadedModel, attach_label_head, label_logits, load_base_model
 from qcat.schemas.prompt import prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from qcat.torch_engine import load_engine, torch_engine
 
 TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
 QUESTIONS = ["Who was Galileo ?", "What does NASA stand for ?", "How far is it from Denver to Aspen ?"]
@@ -62,8 +63,8 @@ def test_saved_adapter_reloads_to_the_same_predictions(
             torch.testing.assert_close(served[row], expected[0], rtol=1e-4, atol=1e-4)
     untrained = fresh_tiny()
     attach_label_head(untrained, TAXONOMY)
-    zero_shot = torch_engine(
-        untrained, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=8
+    zero_shot = build_engine(
+        untrained, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 32), EngineSettings(batch_size=8)
     )
     assert not torch.allclose(served, torch.from_numpy(zero_shot.logits(encoded.ids))), "adapter had no effect"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from typer.testing import CliRunner
 
 from qcat import __version__
 from qcat.cli import app
-from qcat.model import LoadedModel
+from qcat.pytorch.model import LoadedModel
 from qcat.schemas.taxonomy import Taxonomy
 from tests.helpers.adapters import untrained_adapter
 
@@ -129,3 +131,26 @@ def test_the_command_line_says_what_it_is_and_what_it_reads(tmp_path: Path) -> N
     assert "QCAT_SASL_PASSWORD" in listed.output
     assert "QCAT_PUBLISH_STALL_TIMEOUT" in listed.output
     assert "hunter2" not in listed.output
+    assert "what would run here" in listed.output
+    if not torch.cuda.is_available():
+        assert "passes: padded" in listed.output
+        assert "micro_batch: 64" in listed.output
+
+
+def test_every_command_s_help_loads_no_torch() -> None:
+    """`--help` of the root and of every command answers without importing torch, transformers or peft."""
+    probe = """
+import sys
+from typer.main import get_command
+from typer.testing import CliRunner
+from qcat.cli import app
+runner = CliRunner()
+names = ["", *get_command(app).commands]
+for name in names:
+    assert runner.invoke(app, [*filter(None, [name]), "--help"]).exit_code == 0, name
+print(len(names), sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    count, loaded = done.stdout.strip().split(" ", 1)
+    assert int(count) > 10
+    assert loaded == "[]"

@@ -117,11 +117,11 @@ def test_bad_corrections_become_dead_letters_with_reasons(tmp_path: Path) -> Non
 def test_retrain_loads_the_base_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training and scoring the held-out corrections with the candidate and the current adapter use copies of one
     loaded base model (a GGUF file or a hub model takes seconds to load each time)."""
-    import qcat.model
+    import qcat.pytorch.model
     from qcat.manifest import read_manifest
     from qcat.registry import Registry
     from qcat.settings import EngineSettings
-    from qcat.training.config import TrainConfig
+    from qcat.training.config import Recipe, TrainConfig
     from qcat.training.retrain import RetrainRequest, retrain
     from tests.unit.test_training import learnable
 
@@ -133,8 +133,8 @@ def test_retrain_loads_the_base_model_once(tmp_path: Path, monkeypatch: pytest.M
     CorrectionStore(tmp_path / "corrections").append(corrections, writer="test")
     settings = EngineSettings(base_model="tiny-qwen3", device="cpu", dtype="float32")
     loads: list[str] = []
-    build = qcat.model.build_tiny_qwen3  # what every load of tiny-qwen3 runs, whoever asks for it
-    monkeypatch.setattr(qcat.model, "build_tiny_qwen3", lambda: loads.append("tiny-qwen3") or build())
+    build = qcat.pytorch.model.build_tiny_qwen3  # what every load of tiny-qwen3 runs, whoever asks for it
+    monkeypatch.setattr(qcat.pytorch.model, "build_tiny_qwen3", lambda: loads.append("tiny-qwen3") or build())
 
     def run(work: str, seeds: int = 1) -> dict[str, object]:
         loads.clear()
@@ -144,8 +144,7 @@ def test_retrain_loads_the_base_model_once(tmp_path: Path, monkeypatch: pytest.M
             eval_data=fixed_eval,
             registry=tmp_path / "registry",
             work=tmp_path / work,
-            config=TrainConfig(epochs=1, batch_size=16),
-            seeds=seeds,
+            recipe=Recipe(config=TrainConfig(epochs=1, batch_size=16), seeds=seeds),
         )
         return retrain(request, settings)
 

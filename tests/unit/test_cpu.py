@@ -1,4 +1,5 @@
-"""Freed-memory reuse on the CPU (qcat/cpu.py). The setting is process-wide, so each case runs in a fresh process."""
+"""Freed-memory reuse on the CPU (qcat/pytorch/cpu.py). The setting is process-wide, so each case runs in a fresh
+process."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from qcat.settings import EngineSettings
 # 12,288 pages fault in again, as an activation tensor of a large batch does on every forward pass.
 ALLOCATE_AND_COUNT_FAULTS = """
 import resource, sys, torch
-from qcat.cpu import keep_freed_memory_for_reuse
+from qcat.pytorch.cpu import keep_freed_memory_for_reuse
 if sys.argv[1] == "keep":
     assert keep_freed_memory_for_reuse()
 for _ in range(3):

@@ -6,12 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qcat.cuda_graphs import ROW_STEP, WIDTH_STEP, GraphedScorer, padded_shape
+from qcat.engine import EngineSpec
 from qcat.errors import UsageError
-from qcat.model import LoadedModel, attach_label_head, label_logits, private_copy, right_pad
+from qcat.pytorch.cuda_graphs import ROW_STEP, WIDTH_STEP, GraphedScorer, padded_shape
+from qcat.pytorch.engine import TorchScorer, build_engine
+from qcat.pytorch.model import LoadedModel, attach_label_head, label_logits, private_copy, right_pad
 from qcat.schemas.prompt import prompt_format
 from qcat.schemas.taxonomy import Taxonomy
-from qcat.torch_engine import TorchScorer, torch_engine
+from qcat.settings import EngineSettings
+from tests.helpers.plans import plan
 
 TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
 ROWS = [[5, 9, 2, 7], [3, 3], [11, 4, 8, 6, 1, 2, 9], [10]]
@@ -43,10 +46,14 @@ def test_graphs_are_refused_where_they_cannot_run(tiny: LoadedModel) -> None:
     prompt = prompt_format(TAXONOMY, "compact")
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA device"):
-            torch_engine(tiny, TAXONOMY, prompt, max_question_tokens=16, batch_size=8, cuda_graphs=True, packed=False)
+            build_engine(
+                tiny, EngineSpec(TAXONOMY, prompt, 16), EngineSettings(batch_size=8, cuda_graphs=True, packed=False)
+            )
     with pytest.raises(UsageError, match="exclude each other"):
-        torch_engine(
-            tiny, TAXONOMY, prompt, max_question_tokens=16, batch_size=8, compile=True, cuda_graphs=True, packed=False
+        build_engine(
+            tiny,
+            EngineSpec(TAXONOMY, prompt, 16),
+            EngineSettings(batch_size=8, compile=True, cuda_graphs=True, packed=False),
         )
 
 
@@ -56,7 +63,8 @@ def test_replayed_passes_score_as_eager_ones(tiny: LoadedModel) -> None:
     base = private_copy(tiny)
     base.lm.to("cuda")  # type: ignore[arg-type]
     attach_label_head(base, TAXONOMY)
-    graphed, eager = GraphedScorer(base), TorchScorer(base)
+    graphed = GraphedScorer(base, plan(base, packed=False, cuda_graphs=True))
+    eager = TorchScorer(base, plan(base, packed=False))
     for rows in (ROWS, ROWS[::-1], ROWS[:1], [row * 3 for row in ROWS]):
         assert abs(graphed(rows) - eager(rows)).max() < 1e-3
     assert len(graphed.graphs) == 2  # (32, 8) for the first three, (32, 24) for the longer rows

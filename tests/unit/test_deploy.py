@@ -170,7 +170,8 @@ def test_the_validator_rejects_a_broken_manifest() -> None:
 
 def test_the_wheel_installs_everything_under_qcat(tmp_path: Path) -> None:
     """The wheel holds qcat.schemas, qcat.worker and qcat.training (with their data files) and no top-level schemas,
-    worker or training package that could clash with another distribution; its modules import from it alone."""
+    worker or training package that could clash with another distribution; every one of its modules imports, from
+    the wheel alone (a module written against the repository's layout, `from worker...`, would fail here)."""
     subprocess.run(
         [
             sys.executable,
@@ -194,14 +195,23 @@ def test_the_wheel_installs_everything_under_qcat(tmp_path: Path) -> None:
     for needed in ("qcat/worker/app.py", "qcat/training/run.py", "qcat/schemas/json/QuestionEvent.schema.json"):
         assert needed in names
     assert "qcat/assets/trec6.json" in names
-    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
-    probe = "import qcat.schemas.events as e, qcat.schemas.taxonomy; print(e.__file__)"
+    site = str(tmp_path / "site")
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = f"""
+import importlib, pkgutil, sys
+sys.path[:0] = [{site!r}]
+import qcat
+names = [m.name for m in pkgutil.walk_packages(qcat.__path__, "qcat.") if m.name != "qcat.__main__"]
+for name in names:
+    importlib.import_module(name)
+elsewhere = [n for n, m in sys.modules.items() if n.split(".")[0] in ("qcat", "schemas", "worker", "training")
+             and not (getattr(m, "__file__", None) or "").startswith({site!r})]
+print(len(names), elsewhere)
+"""
     done = subprocess.run(
-        [sys.executable, "-I", "-c", f"import sys; sys.path[:0] = [{str(tmp_path / 'site')!r}]; {probe}"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
+        [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=False, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(str(tmp_path / "site"))
+    count, elsewhere = done.stdout.strip().split(" ", 1)
+    assert int(count) > 60
+    assert elsewhere == "[]"

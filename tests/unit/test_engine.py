@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qcat.engine import Engine
+from qcat.engine import Engine, EngineSpec
 from qcat.errors import InferenceError
-from qcat.model import HEAD, LoadedModel, attach_label_head
+from qcat.pytorch.engine import build_engine
+from qcat.pytorch.model import HEAD, LoadedModel, attach_label_head
 from qcat.schemas.prompt import prompt_format, verbalize
 from qcat.schemas.taxonomy import Taxonomy
-from qcat.torch_engine import torch_engine
+from qcat.settings import EngineSettings
 
 TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
 QUESTIONS = [
@@ -26,12 +27,10 @@ QUESTIONS = [
 
 def zero_shot(base: LoadedModel, *, batch_size: int = 64, max_question_tokens: int = 64) -> Engine:
     attach_label_head(base, TAXONOMY)
-    return torch_engine(
+    return build_engine(
         base,
-        TAXONOMY,
-        prompt_format(TAXONOMY, "instruct"),
-        max_question_tokens=max_question_tokens,
-        batch_size=batch_size,
+        EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "instruct"), max_question_tokens),
+        EngineSettings(batch_size=batch_size),
     )
 
 
@@ -63,7 +62,9 @@ def test_zero_shot_head_equals_language_model_scores(tiny: LoadedModel) -> None:
     ids = [tiny.tokenizer(verbalize(name), add_special_tokens=False)["input_ids"] for name in taxonomy.names]
     assert all(len(i) == 1 for i in ids), ids
     attach_label_head(tiny, taxonomy)
-    engine = torch_engine(tiny, taxonomy, prompt_format(taxonomy, "instruct"), max_question_tokens=64, batch_size=8)
+    engine = build_engine(
+        tiny, EngineSpec(taxonomy, prompt_format(taxonomy, "instruct"), 64), EngineSettings(batch_size=8)
+    )
     encoded = engine.encode(QUESTIONS[:2])
     ours = torch.from_numpy(engine.logits(encoded.ids))
     for row, prompt in enumerate(encoded.ids):

@@ -18,13 +18,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qcat.engine import Engine
-from qcat.model import LoadedModel, attach_label_head
+from qcat.engine import Engine, EngineSpec
+from qcat.pytorch.engine import build_engine
+from qcat.pytorch.model import LoadedModel, attach_label_head
 from qcat.schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
 from qcat.schemas.prompt import prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.schemas.topics import Topics
-from qcat.torch_engine import torch_engine
+from qcat.settings import EngineSettings
 from qcat.worker.decode import MAX_DEAD_LETTER_BYTES
 from qcat.worker.process import Record, process_batch
 
@@ -75,7 +76,9 @@ payloads = st.one_of(
 def engine(_tiny_pristine: LoadedModel) -> Engine:
     loaded = dataclasses.replace(_tiny_pristine, lm=copy.deepcopy(_tiny_pristine.lm))
     attach_label_head(loaded, TAXONOMY)
-    return torch_engine(loaded, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=64, batch_size=64)
+    return build_engine(
+        loaded, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 64), EngineSettings(batch_size=64)
+    )
 
 
 def check(records: list[Record], outputs: list[Any]) -> None:

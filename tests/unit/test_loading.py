@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from qcat.errors import ModelLoadError
-from qcat.model import LoadedModel, load_base_model
-from qcat.tiny import build_tiny_qwen3
+from qcat.pytorch.model import LoadedModel, load_base_model
+from qcat.pytorch.tiny import build_tiny_qwen3
 from tests.helpers.gguf_export import export_gguf
 
 CPU = torch.device("cpu")
@@ -28,7 +28,7 @@ def test_tiny_model_is_deterministic(tiny: LoadedModel) -> None:
 def test_fingerprint_tells_models_apart(tiny: LoadedModel) -> None:
     """A model with other weights (another seed) has another fingerprint."""
     other, _ = build_tiny_qwen3(seed=1)
-    from qcat.model import fingerprint
+    from qcat.pytorch.model import fingerprint
 
     assert fingerprint(other) != tiny.fingerprint
 

@@ -12,7 +12,7 @@ from qcat.manifest import AdapterManifest, model_card, parse_manifest
 from qcat.routing import DEFAULT_REVIEW_THRESHOLD, RoutingPolicy
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.training.config import RoutingGoal
-from qcat.training.evaluate import Scored
+from qcat.training.data import Scored
 from qcat.training.open_set import choose_policy, goal_of, open_set_metrics, routing_figures
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NONE"])

@@ -10,10 +10,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from qcat.adapter import new_lora
+from qcat.engine import EngineSpec
 from qcat.errors import UsageError
-from qcat.model import LoadedModel, attach_label_head, private_copy
-from qcat.packed import (
+from qcat.pytorch.adapter import new_lora
+from qcat.pytorch.engine import TorchScorer, build_engine
+from qcat.pytorch.model import LoadedModel, attach_label_head, private_copy
+from qcat.pytorch.packed import (
     FEWEST_ROWS,
     FEWEST_TOKENS,
     LONGEST_STEP,
@@ -21,14 +23,14 @@ from qcat.packed import (
     pack,
     packed_shape,
     packing_problems,
-    packs_well,
     quarter_step,
     read_decoder,
 )
-from qcat.quantize import quantize_decoder
+from qcat.pytorch.quantize import quantize_decoder
 from qcat.schemas.prompt import prompt_format
 from qcat.schemas.taxonomy import Taxonomy
-from qcat.torch_engine import TorchScorer, torch_engine
+from qcat.settings import EngineSettings
+from tests.helpers.plans import plan
 
 TAXONOMY = Taxonomy.from_names(["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])
 ROWS = [[5, 9, 2, 7], [3, 3], [11, 4, 8, 6, 1, 2, 9], [10]]
@@ -74,7 +76,7 @@ def test_token_buckets_are_at_most_a_quarter_larger() -> None:
 def test_packed_pass_scores_as_the_padded_pass(tiny: LoadedModel) -> None:
     """The same logits, in any order and mix of lengths, to float32 rounding."""
     attach_label_head(tiny, TAXONOMY)
-    packed, padded = PackedScorer(tiny), TorchScorer(tiny)
+    packed, padded = PackedScorer(tiny, plan(tiny, packed=True)), TorchScorer(tiny, plan(tiny, packed=False))
     for rows in (ROWS, ROWS[::-1], ROWS[:1], [row * 5 for row in ROWS]):
         np.testing.assert_allclose(packed(rows), padded(rows), atol=1e-5, rtol=1e-5)
 
@@ -82,12 +84,14 @@ def test_packed_pass_scores_as_the_padded_pass(tiny: LoadedModel) -> None:
 def test_a_packed_engine_budgets_passes_by_real_tokens(tiny: LoadedModel) -> None:
     attach_label_head(tiny, TAXONOMY)
     prompt = prompt_format(TAXONOMY, "compact")
-    engine = torch_engine(tiny, TAXONOMY, prompt, max_question_tokens=16, batch_size=64, batch_tokens=50, packed=True)
+    engine = build_engine(
+        tiny, EngineSpec(TAXONOMY, prompt, 16), EngineSettings(batch_size=64, batch_tokens=50, packed=True)
+    )
     lengths = [7, 30, 3, 12, 12, 50, 1, 9, 22, 5] * 3
     chunks = engine.chunks(lengths)
     assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
     assert all(len(chunk) == 1 or sum(lengths[i] for i in chunk) <= 50 for chunk in chunks)
-    padded = torch_engine(tiny, TAXONOMY, prompt, max_question_tokens=16, batch_size=64, batch_tokens=50)
+    padded = build_engine(tiny, EngineSpec(TAXONOMY, prompt, 16), EngineSettings(batch_size=64, batch_tokens=50))
     assert len(chunks) < len(padded.chunks(lengths))  # padding counted there, not here
 
 
@@ -115,7 +119,7 @@ def test_packing_is_refused_where_it_cannot_run(tiny: LoadedModel) -> None:
     if not torch.cuda.is_available():
         attach_label_head(tiny, TAXONOMY)
         with pytest.raises(UsageError, match="CUDA device"):
-            PackedScorer(tiny, graphs=True)
+            PackedScorer(tiny, plan(tiny, packed=True, cuda_graphs=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlashAttention's packed kernel and graphs need a GPU")
@@ -125,9 +129,8 @@ def test_packed_passes_on_a_gpu_score_as_padded_ones(tiny: LoadedModel, compile:
     base = private_copy(tiny)
     base.lm.to("cuda", torch.bfloat16)  # type: ignore[arg-type]
     attach_label_head(base, TAXONOMY)
-    packed = PackedScorer(base, compile=compile, graphs=graphs)
-    packed.prepare(max_tokens=1024, longest=LONGEST_STEP)
-    padded = TorchScorer(base)
+    packed = PackedScorer(base, plan(base, packed=True, compile=compile, cuda_graphs=graphs))
+    padded = TorchScorer(base, plan(base, packed=False))
     if packed.graphs is not None:
         assert len(packed.graphs) == 5  # 512, 640, 768, 896 and 1,024 tokens
     for rows in (ROWS, ROWS[::-1], ROWS[:1], [row * 30 for row in ROWS]):
@@ -140,9 +143,10 @@ def test_engines_pack_by_default_only_where_packing_runs_well(tiny: LoadedModel)
     """On a CPU the padded pass stays the default; a model whose LoRA layers are not merged (training's own engine)
     cannot run packed, since packing reads the plain weights."""
     attach_label_head(tiny, TAXONOMY)
-    engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=16, batch_size=8)
+    engine = build_engine(
+        tiny, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 16), EngineSettings(batch_size=8)
+    )
     assert isinstance(engine.scorer, TorchScorer)
-    assert not packs_well(tiny.lm)
     assert packing_problems(tiny.lm) == []
     new_lora(tiny, TAXONOMY)
     assert packing_problems(tiny.lm) == ["quantized linear layers (QCAT_QUANTIZE), or LoRA layers not merged"]
@@ -154,8 +158,10 @@ def test_a_gpu_engine_packs_compiles_and_graphs_by_default(tiny: LoadedModel) ->
     base.lm.to("cuda", torch.bfloat16)  # type: ignore[arg-type]
     attach_label_head(base, TAXONOMY)
     prompt = prompt_format(TAXONOMY, "instruct")  # prompts longer than LONGEST_STEP tokens
-    engine = torch_engine(
-        base, TAXONOMY, prompt, max_question_tokens=100, batch_size=8, batch_tokens=1024, compile=None, cuda_graphs=None
+    engine = build_engine(
+        base,
+        EngineSpec(TAXONOMY, prompt, 100),
+        EngineSettings(batch_size=8, batch_tokens=1024, serving=True),
     )
     assert isinstance(engine.scorer, PackedScorer)
     assert engine.scorer.graphs is not None
@@ -171,8 +177,7 @@ def test_a_new_engine_captures_its_graphs_while_another_serves(tiny: LoadedModel
     base = private_copy(tiny)
     base.lm.to("cuda", torch.bfloat16)  # type: ignore[arg-type]
     attach_label_head(base, TAXONOMY)
-    serving = PackedScorer(base, graphs=True)
-    serving.prepare(max_tokens=512, longest=LONGEST_STEP)
+    serving = PackedScorer(base, plan(base, packed=True, cuda_graphs=True, batch_tokens=512))
     expected = serving(ROWS)
     stop, results = threading.Event(), []
 
@@ -183,8 +188,7 @@ def test_a_new_engine_captures_its_graphs_while_another_serves(tiny: LoadedModel
     thread = threading.Thread(target=serve)
     thread.start()
     try:
-        loaded = PackedScorer(private_copy(base), graphs=True)
-        loaded.prepare(max_tokens=4096, longest=LONGEST_STEP)
+        loaded = PackedScorer(private_copy(base), plan(base, packed=True, cuda_graphs=True, batch_tokens=4096))
     finally:
         stop.set()
         thread.join()

@@ -1,4 +1,4 @@
-"""Quantized serving (qcat/quantize.py) on the tiny Qwen3: the engine's guarantees hold under int8 on the CPU, a
+"""Quantized serving (qcat/pytorch/quantize.py) on the tiny Qwen3: the engine's guarantees hold under int8 on the CPU, a
 precision the device cannot run is refused with a usage error, and fp8 where a Hopper GPU is present."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from qcat.errors import InferenceError, UsageError
-from qcat.model import HEAD, LoadedModel
-from qcat.quantize import INT8_KEPT, quantize_decoder
+from qcat.pytorch.model import HEAD, LoadedModel
+from qcat.pytorch.quantize import INT8_KEPT, quantize_decoder
 from tests.unit.test_engine import QUESTIONS, TAXONOMY, zero_shot
 
 # int8 activations take one scale per forward pass (fbgemm's dynamic quantization scales the whole input), so a

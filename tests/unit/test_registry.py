@@ -15,7 +15,7 @@ import pytest
 from qcat.classifier import ConstantClassifier
 from qcat.errors import AdapterError, OutputExistsError, RegistryError
 from qcat.manifest import MANIFEST, read_manifest
-from qcat.model import LoadedModel
+from qcat.pytorch.model import LoadedModel
 from qcat.registry import Registry
 from qcat.schemas.taxonomy import Taxonomy
 from tests.helpers.adapters import untrained_adapter

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 import qcat.schemas
+from qcat.errors import ContractError
 from qcat.schemas import CategorizedEvent, DeadLetter, DeadLetterReason, LabelScore, QuestionEvent, Taxonomy
 from qcat.schemas.export import SCHEMA_DIR, render
 
@@ -72,16 +73,17 @@ def test_dead_letter_reason_is_closed() -> None:
     [["A"], ["A", "A"], ["A", ""], ["A", " B"], [f"L{i}" for i in range(513)]],
 )
 def test_taxonomy_rejects_bad_label_sets(names: list[str]) -> None:
-    """A taxonomy needs at least two unique, non-empty, trimmed labels and at most 512."""
-    with pytest.raises(ValidationError):
+    """A taxonomy needs at least two unique, non-empty, trimmed labels and at most 512: a ContractError (exit 4), not
+    pydantic's traceback."""
+    with pytest.raises(ContractError, match="are not a taxonomy"):
         Taxonomy.from_names(names)
 
 
 def test_taxonomy_index() -> None:
-    """Labels keep their order; an unknown label is a KeyError naming it."""
+    """Labels keep their order; an unknown label is a ContractError naming it."""
     taxonomy = Taxonomy.from_names(["B", "A"])
     assert taxonomy.index("A") == 1
-    with pytest.raises(KeyError, match="'C'"):
+    with pytest.raises(ContractError, match="'C'"):
         taxonomy.index("C")
 
 
@@ -106,6 +108,6 @@ def test_all_is_exact() -> None:
 
 def test_schemas_import_no_torch_or_faust() -> None:
     """Consumers can use the contracts without installing torch or faust."""
-    code = "import sys, schemas; print(sorted(m for m in ('torch', 'faust', 'transformers') if m in sys.modules))"
+    code = "import sys, qcat.schemas; print(sorted(m for m in ('torch', 'faust', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from qcat.adapter import load_adapter, new_lora, save_adapter
 from qcat.errors import AdapterError
 from qcat.lora import LoraSpec
 from qcat.manifest import AdapterManifest, read_manifest
-from qcat.model import LoadedModel, attach_label_head, label_logits
+from qcat.pytorch.adapter import load_adapter, new_lora, save_adapter
+from qcat.pytorch.engine import load_engine
+from qcat.pytorch.model import LoadedModel, attach_label_head, label_logits
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from qcat.torch_engine import load_engine
+from qcat.training.data import load_examples
 from qcat.training.soup import make_soup, soup_weights
 from tests.unit.test_training_cli import qcat, write_learnable
 
@@ -56,7 +57,8 @@ def test_soup_applies_the_mean_of_the_updates_and_heads(fresh_tiny: Callable[[],
     for name in states[0]:
         expected[name] = torch.stack([state[name].float() for state in states]).mean(dim=0)
 
-    metrics = make_soup(ingredients, write_learnable(tmp_path / "held-out.jsonl"), tmp_path / "soup", SETTINGS)
+    held_out = load_examples(write_learnable(tmp_path / "held-out.jsonl"))
+    metrics = make_soup(ingredients, held_out, tmp_path / "soup", SETTINGS)
     soup = fresh_tiny()
     load_adapter(soup, tmp_path / "soup")
     for name, tensor in soup.lm.state_dict().items():
@@ -96,7 +98,7 @@ def test_mismatched_adapters_are_refused(fresh_tiny: Callable[[], LoadedModel], 
     (other_rank / "adapter_model.safetensors").unlink()
     with pytest.raises(AdapterError, match="not a complete qcat adapter"):
         soup_weights([one, other_rank])
-    data = write_learnable(tmp_path / "held-out.jsonl")
+    data = load_examples(write_learnable(tmp_path / "held-out.jsonl"))
     with pytest.raises(AdapterError, match="taxonomy"):
         make_soup([one, other_labels], data, tmp_path / "soup", SETTINGS)
     assert not (tmp_path / "soup").exists()

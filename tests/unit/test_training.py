@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from qcat.adapter import new_lora, save_adapter
-from qcat.engine import Engine
+from qcat.engine import Engine, EngineSpec
 from qcat.errors import TrainingError, UsageError
 from qcat.lora import LoraSpec
 from qcat.manifest import AdapterManifest
-from qcat.model import LoadedModel
+from qcat.pytorch.adapter import new_lora, save_adapter
+from qcat.pytorch.engine import build_engine, load_engine
+from qcat.pytorch.model import LoadedModel
+from qcat.pytorch.plan import pad_id
 from qcat.schemas.prompt import prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
-from qcat.torch_engine import load_engine, torch_engine
 from qcat.training.config import Batching, TrainConfig
 from qcat.training.data import Example
 from qcat.training.loop import BestEpoch, fit
@@ -65,7 +66,9 @@ def test_lora_learns_and_the_saved_adapter_reloads(tiny: LoadedModel, tmp_path: 
     """>= 90% held-out accuracy (chance 33%), far above the untrained adapter; reloaded adapter predicts the same."""
     train, held_out = learnable()
     model = new_lora(tiny, TAXONOMY, LoraSpec(rank=8, alpha=16))
-    engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    engine = build_engine(
+        tiny, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 32), EngineSettings(batch_size=64)
+    )
     untrained = accuracy(engine, held_out)
     metrics = fit(
         model,
@@ -110,7 +113,9 @@ def test_seed_makes_training_reproducible(
         torch.manual_seed(seed)
         base = fresh_tiny()
         model = new_lora(base, TAXONOMY, LoraSpec(rank=8, alpha=16))
-        engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+        engine = build_engine(
+            base, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 32), EngineSettings(batch_size=64)
+        )
         config = TrainConfig(epochs=2, batch_size=16, seed=seed, batching=batching)
         fit(model, engine, train, held_out, tmp_path / name, config)
         return torch.from_numpy(engine.logits(engine.encode(texts).ids))
@@ -126,7 +131,9 @@ def test_every_training_step_runs_the_model_in_training_mode(tiny: LoadedModel, 
     train, held_out = learnable()
     tiny.lm.eval()  # as from_pretrained leaves it
     model = new_lora(tiny, TAXONOMY, LoraSpec(rank=4, alpha=8))
-    engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    engine = build_engine(
+        tiny, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 32), EngineSettings(batch_size=64)
+    )
     modes: list[bool] = []
     decoder = tiny.lm.get_decoder()
     hook = decoder.register_forward_pre_hook(
@@ -146,7 +153,9 @@ def test_non_finite_logits_stop_training_naming_the_inputs(
     """A NaN embedding row poisons exactly the questions that contain its token; the error names those rows."""
     base = fresh_tiny()
     train, held_out = learnable()
-    engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    engine = build_engine(
+        base, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 32), EngineSettings(batch_size=64)
+    )
     (token,) = base.tokenizer(" river", add_special_tokens=False)["input_ids"]
     model = new_lora(base, TAXONOMY, LoraSpec(rank=8, alpha=16))
     with torch.no_grad():
@@ -167,7 +176,9 @@ def test_compiled_layers_train_like_eager_and_are_undone(fresh_tiny: Callable[[]
         torch.manual_seed(0)
         base = fresh_tiny()
         model = new_lora(base, TAXONOMY, LoraSpec(rank=8, alpha=16))
-        engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+        engine = build_engine(
+            base, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 32), EngineSettings(batch_size=64)
+        )
         config = TrainConfig(epochs=2, batch_size=16, learning_rate=2e-3, compile=compile_layers)
         return fit(model, engine, train, held_out, tmp_path / str(compile_layers), config), base
 
@@ -188,9 +199,11 @@ def test_label_smoothing_shapes_the_training_loss_only(tiny: LoadedModel, tmp_pa
 
     train, _ = learnable()
     model = new_lora(tiny, TAXONOMY, LoraSpec(rank=4, alpha=8))
-    engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    engine = build_engine(
+        tiny, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 32), EngineSettings(batch_size=64)
+    )
     dataset = LabelDataset(engine, train[:8])
-    inputs = collate(engine.pad_id)([dataset[i] for i in range(len(dataset))])
+    inputs = collate(pad_id(engine.tokenizer))([dataset[i] for i in range(len(dataset))])
     guard = NonFiniteGuard(train[:8])
     args = TrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.2, use_cpu=True, report_to=[])
     trainer = LabelTrainer(model=model, args=args, guard=guard)
@@ -208,19 +221,23 @@ def test_label_smoothing_shapes_the_training_loss_only(tiny: LoadedModel, tmp_pa
 
 def test_batches_padded_to_a_chosen_width_score_the_same(tiny: LoadedModel) -> None:
     """CUDA graphs pad batches to a few widths (fewer shapes); right padding must not change any row's logits."""
-    from qcat.model import attach_label_head, label_logits
+    from qcat.pytorch.model import attach_label_head, label_logits
     from qcat.training.batches import LabelDataset, collate
 
     train, _ = learnable()
     attach_label_head(tiny, TAXONOMY)
-    engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    engine = build_engine(
+        tiny, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 32), EngineSettings(batch_size=64)
+    )
     dataset = LabelDataset(engine, train[:8])
     rows = [dataset[i] for i in range(len(dataset))]
-    exact = collate(engine.pad_id)(rows)
+    exact = collate(pad_id(engine.tokenizer))(rows)
     width = exact["input_ids"].shape[1]
-    padded = collate(engine.pad_id, (width - 1, width + 5, width + 9))(rows)
+    padded = collate(pad_id(engine.tokenizer), (width - 1, width + 5, width + 9))(rows)
     assert padded["input_ids"].shape[1] == width + 5  # the narrowest width that holds the batch
-    assert collate(engine.pad_id, (width - 1,))(rows)["input_ids"].shape[1] == width  # none holds it: unchanged
+    assert (
+        collate(pad_id(engine.tokenizer), (width - 1,))(rows)["input_ids"].shape[1] == width
+    )  # none holds it: unchanged
     assert torch.equal(padded["last_index"], exact["last_index"])
     with torch.no_grad():
         scores = [label_logits(tiny.lm, batch["input_ids"], batch["last_index"]) for batch in (exact, padded)]
@@ -262,7 +279,7 @@ def test_graphed_decoder_captures_full_training_batches_once_per_width(
     """Which calls `graphed_decoder` sends to a graph (full batches, training, with gradients: one capture per
     width) and which stay eager; afterwards the decoder's own forward is back. CPU stand-in for the capture: the
     CUDA test below checks the graphs' gradients."""
-    from qcat.model import label_logits
+    from qcat.pytorch.model import label_logits
     from qcat.training.graphs import graphed_decoder
 
     captured: list[tuple[int, ...]] = []
@@ -294,7 +311,7 @@ def test_graphed_decoder_captures_full_training_batches_once_per_width(
 def test_compiled_cuda_graphs_refuse_attention_masks_they_cannot_capture(tiny: LoadedModel) -> None:
     """With SDPA and full attention the graphed decoder states causal attention itself; other attention would
     build masks inside the capture and recompile the compiled layers there, so that combination stops early."""
-    from qcat.cuda_graphs import causal_masks
+    from qcat.pytorch.cuda_graphs import causal_masks
     from qcat.training.graphs import graphed_decoder
 
     decoder = tiny.lm.get_decoder()
@@ -316,7 +333,7 @@ def test_cuda_graphs_give_the_eager_gradients(
     """Captured once, replayed on new inputs: every LoRA and head gradient is the eager step's, to within a small
     fraction of how much two batches' gradients differ (what a stale or missing replay would be off by); the GPU's
     kernels round differently inside a capture, so not to the bit."""
-    from qcat.model import label_logits
+    from qcat.pytorch.model import label_logits
     from qcat.training.graphs import graphed_decoder
 
     captures: list[int] = []
@@ -368,7 +385,9 @@ def test_cuda_graphs_and_autocast_learn(fresh_tiny: Callable[[], LoadedModel], t
     base = fresh_tiny()
     base.lm.to("cuda")  # type: ignore[arg-type]
     model = new_lora(base, TAXONOMY, LoraSpec(rank=8, alpha=16))
-    engine = torch_engine(base, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    engine = build_engine(
+        base, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 32), EngineSettings(batch_size=64)
+    )
     config = TrainConfig(epochs=8, batch_size=16, learning_rate=2e-3, patience=8, cuda_graphs=True, autocast=True)
     result = fit(model, engine, train, held_out, tmp_path, config)
     assert result["eval_accuracy"] >= 0.9, result
@@ -378,7 +397,9 @@ def test_cuda_graphs_and_autocast_learn(fresh_tiny: Callable[[], LoadedModel], t
 def test_cuda_graphs_and_autocast_refuse_a_cpu(tiny: LoadedModel, tmp_path: Path) -> None:
     train, held_out = learnable()
     model = new_lora(tiny, TAXONOMY, LoraSpec(rank=4, alpha=8))
-    engine = torch_engine(tiny, TAXONOMY, prompt_format(TAXONOMY, "compact"), max_question_tokens=32, batch_size=64)
+    engine = build_engine(
+        tiny, EngineSpec(TAXONOMY, prompt_format(TAXONOMY, "compact"), 32), EngineSettings(batch_size=64)
+    )
     for config in (TrainConfig(cuda_graphs=True), TrainConfig(autocast=True)):
         with pytest.raises(UsageError, match="need a CUDA device"):
             fit(model, engine, train, held_out, tmp_path, config)

@@ -118,13 +118,13 @@ def test_seeds_stop_on_bad_data_before_loading_and_leave_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--seeds checks the data before the base model loads; a run that fails later removes its seeds folder."""
-    from qcat.model import build_tiny_qwen3
+    from qcat.pytorch.model import build_tiny_qwen3
     from qcat.training import soup as soup_module
 
     data = write_learnable(tmp_path / "learn.jsonl")
     (tmp_path / "labels.txt").write_text("HUM\nLOC\n")
     loads: list[str] = []
-    monkeypatch.setattr("qcat.model.build_tiny_qwen3", lambda: loads.append("tiny-qwen3") or build_tiny_qwen3())
+    monkeypatch.setattr("qcat.pytorch.model.build_tiny_qwen3", lambda: loads.append("tiny-qwen3") or build_tiny_qwen3())
     refused = qcat("train", data, "--out", tmp_path / "a", "--seeds", 2, "--taxonomy", tmp_path / "labels.txt", *TINY)
     assert refused.exit_code == 4
     assert "outside the taxonomy" in refused.output
@@ -142,11 +142,11 @@ def test_seeds_stop_on_bad_data_before_loading_and_leave_nothing(
 
 def test_cuda_only_options_are_refused_on_a_cpu_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--cuda-graphs and --autocast on a CPU stop `train` and `retrain` with what to do, before any model loads."""
-    from qcat.model import build_tiny_qwen3
+    from qcat.pytorch.model import build_tiny_qwen3
 
     data = write_learnable(tmp_path / "learn.jsonl")
     loads: list[str] = []
-    monkeypatch.setattr("qcat.model.build_tiny_qwen3", lambda: loads.append("tiny-qwen3") or build_tiny_qwen3())
+    monkeypatch.setattr("qcat.pytorch.model.build_tiny_qwen3", lambda: loads.append("tiny-qwen3") or build_tiny_qwen3())
     commands = [
         ("train", data, "--out", tmp_path / "a", "--cuda-graphs"),
         ("train", data, "--out", tmp_path / "a", "--autocast", "--seeds", 2),

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from qcat.schemas.taxonomy import Taxonomy
-from qcat.training.evaluate import Scored, evaluate, expected_calibration_error, write_report
+from qcat.training.data import Scored
+from qcat.training.evaluate import evaluate, expected_calibration_error, write_report
 from qcat.training.open_set import threshold_for_precision
 
 TAXONOMY = Taxonomy.from_names(["HUM", "LOC", "NUM"])

@@ -16,6 +16,7 @@ from aiokafka import errors
 
 from qcat.classifier import ConstantClassifier, Prediction, backend
 from qcat.errors import ContractError, InferenceError, UsageError
+from qcat.pytorch.plan import plan_passes
 from qcat.routing import RoutingPolicy
 from qcat.schemas.events import CategorizedEvent, DeadLetter, DeadLetterReason
 from qcat.schemas.taxonomy import Taxonomy
@@ -161,16 +162,36 @@ def test_secrets_never_print() -> None:
 
 def test_the_forward_pass_follows_max_batch_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
     """QCAT_MAX_BATCH=512 (the GPU overlay) classifies a micro-batch in one forward pass of up to 512 questions, not
-    eight of the engine's default 64; an explicit QCAT_BATCH_SIZE still wins. Unset, the micro-batch follows the
-    device."""
-    assert (WorkerSettings(device="cpu").max_batch, WorkerSettings(device="cpu").batch_size) == (64, 64)
-    assert (WorkerSettings(device="cuda:1").max_batch, WorkerSettings(device="cuda:1").batch_size) == (512, 512)
-    assert WorkerSettings().max_batch == (512 if torch.cuda.is_available() else 64)
+    eight of 64; an explicit QCAT_BATCH_SIZE still wins. Unset, both follow the device: the serving plan's."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 1)
+
+    def batch(settings: WorkerSettings, device: torch.device) -> int:
+        return plan_passes(settings.for_engine(), device, torch.bfloat16, packable=True).batch_size
+
+    assert (batch(WorkerSettings(), cpu), batch(WorkerSettings(), gpu)) == (64, 512)
+    assert WorkerSettings().with_micro_batch(512).micro_batch == 512
     monkeypatch.setenv("QCAT_MAX_BATCH", "512")
-    assert WorkerSettings().batch_size == 512
-    assert WorkerSettings(max_batch=128).batch_size == 128
+    assert batch(WorkerSettings(), cpu) == 512
+    assert WorkerSettings().with_micro_batch(64).micro_batch == 512
+    assert batch(WorkerSettings(max_batch=128), gpu) == 128
     monkeypatch.setenv("QCAT_BATCH_SIZE", "32")
-    assert WorkerSettings().batch_size == 32
+    assert batch(WorkerSettings(), gpu) == 32
+
+
+def test_the_plan_compiles_and_graphs_packed_passes_only_when_serving_on_a_gpu() -> None:
+    """One decision for every command: packed passes where the model and device allow them; compile and CUDA graphs
+    on top only for a long-running server (the worker), and never asked for on a CPU."""
+    gpu, settings = torch.device("cuda"), EngineSettings()
+    worker = plan_passes(WorkerSettings().for_engine(), gpu, torch.bfloat16, packable=True)
+    command = plan_passes(settings, gpu, torch.bfloat16, packable=True)
+    assert (worker.packed, worker.compile, worker.cuda_graphs) == (True, True, True)
+    assert (command.packed, command.compile, command.cuda_graphs) == (True, False, False)
+    assert not plan_passes(settings, gpu, torch.float32, packable=True).packed
+    assert not plan_passes(settings, gpu, torch.bfloat16, packable=False).packed
+    cpu = plan_passes(WorkerSettings().for_engine(), torch.device("cpu"), torch.bfloat16, packable=True)
+    assert (cpu.packed, cpu.compile, cpu.cuda_graphs, cpu.batch_tokens) == (False, False, False, 256)
+    with pytest.raises(UsageError, match="needs a CUDA device"):
+        plan_passes(EngineSettings(cuda_graphs=True), torch.device("cpu"), torch.float32, packable=True)
 
 
 def test_fast_categorized_json_is_exactly_the_contract() -> None:
@@ -286,11 +307,19 @@ def test_only_the_rows_an_inference_error_names_are_dead_lettered() -> None:
 
 
 def test_the_classifier_seam_and_the_worker_s_light_side_never_import_torch() -> None:
-    """The protocol, its prediction, the engine's shared steps and the worker's pure pieces load without torch."""
-    light = "qcat.classifier, qcat.engine, qcat.worker.process, qcat.worker.decode, qcat.worker.publisher"
-    probe = f"import sys, {light}; print('torch' in sys.modules)"
+    """The protocol, its prediction, the engine's shared steps, the worker's pure pieces, its settings (built, with
+    every backend) and the demo load without torch, transformers or peft."""
+    light = (
+        "qcat.classifier, qcat.engine, qcat.registry, qcat.worker.process, qcat.worker.decode, qcat.worker.publisher, "
+        "qcat.worker.demo, qcat.worker.settings"
+    )
+    probe = (
+        f"import sys, {light}; qcat.worker.settings.WorkerSettings(); "
+        "qcat.worker.settings.WorkerSettings(classifier='constant').for_engine(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "[]"
 
 
 def test_backends_are_found_by_name_or_import_string() -> None:

@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from qcat.cpu import configure_cpu
 from qcat.errors import ModelLoadError, UsageError
+from qcat.pytorch.cpu import configure_cpu
+from qcat.pytorch.tiny import build_tiny_qwen3
 from qcat.schemas.prompt import verbalize
 from qcat.schemas.taxonomy import Taxonomy
-from qcat.settings import EngineSettings
-from qcat.tiny import TINY_NAME, build_tiny_qwen3
+from qcat.settings import TINY_NAME, EngineSettings
 
 HEAD = "label_head"
 log = structlog.get_logger(__name__)
@@ -57,7 +57,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """bf16 by default: on CUDA and on CPUs with bf16 instructions it is about twice as fast as fp32."""
+    """bf16 by default: on CUDA and on CPUs with bf16 instructions it is faster than fp32 (docs/engine.md)."""
     if dtype != "auto":
         return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
     if device.type == "cuda":
@@ -101,7 +101,7 @@ def model_source(source: str) -> tuple[str, dict[str, str]]:
     if path.suffix != ".gguf":
         return source, {}
     if not path.is_file():
-        raise ModelLoadError(f"GGUF file {source} does not exist.", model=str(source))
+        raise ModelLoadError(f"GGUF file {source} does not exist.")
     return str(path.parent), {"gguf_file": path.name}
 
 
@@ -134,7 +134,7 @@ def load_base_model(source: str, *, device: torch.device, dtype: torch.dtype) ->
 
 def load_configured_base(settings: EngineSettings) -> LoadedModel:
     """The base model `settings` name, on their device and in their dtype (on a CPU, with its process-wide
-    settings applied first: qcat/cpu.py)."""
+    settings applied first: qcat/pytorch/cpu.py)."""
     device = resolve_device(settings.device)
     if device.type == "cpu":
         configure_cpu(settings.threads, settings.keep_freed_memory)

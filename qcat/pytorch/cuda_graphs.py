@@ -7,10 +7,10 @@ micro-batch into as few passes as it can, each padded to its longest question. A
 kernels with one launch, so passes become cheap, and a micro-batch can run as several passes of similar lengths
 with little padding (`QCAT_BATCH_SIZE` questions each).
 
-`Graphs` keeps one graph per shape of a pass; packed passes (qcat/packed.py) use it too. Here, for padded passes, a
-pass is padded to a multiple of `ROW_STEP` rows and `WIDTH_STEP` tokens (rows of padding only, read by nobody), and a
-shape is captured the first time it is met. The graphs share one memory pool: they replay one at a time on one
-stream, and each pass's logits are copied out before the next replays.
+`Graphs` keeps one graph per shape of a pass; packed passes (qcat/pytorch/packed.py) use it too. Here, for padded
+passes, a pass is padded to a multiple of `ROW_STEP` rows and `WIDTH_STEP` tokens (rows of padding only, read by
+nobody), and a shape is captured the first time it is met. The graphs share one memory pool: they replay one at a
+time on one stream, and each pass's logits are copied out before the next replays.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 import structlog
 import torch
 
-from qcat.engine import pad_id
 from qcat.errors import UsageError
-from qcat.model import LoadedModel, label_logits, right_pad
+from qcat.pytorch.model import LoadedModel, label_logits, right_pad
+from qcat.pytorch.plan import ServingPlan
 
 log = structlog.get_logger(__name__)
 
@@ -110,9 +110,9 @@ class GraphedScorer:
 
     pads = True
 
-    def __init__(self, base: LoadedModel) -> None:
+    def __init__(self, base: LoadedModel, plan: ServingPlan) -> None:
         self.base = base
-        self.device = next(base.lm.parameters()).device
+        self.device = plan.device
         require_cuda(self.device, "the passes")
         self.masks = causal_masks(base.lm.get_decoder())
         if self.masks is None:
@@ -120,7 +120,7 @@ class GraphedScorer:
                 "QCAT_CUDA_GRAPHS needs a decoder with SDPA causal attention in every layer; unset it to run the "
                 "passes eagerly"
             )
-        self.pad_id = pad_id(base.tokenizer)
+        self.pad_id = plan.pad_id
         self.graphs = Graphs(self.device)
 
     @torch.inference_mode()

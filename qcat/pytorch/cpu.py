@@ -2,7 +2,7 @@
 
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh `mmap` and hands the heap's
 free top back to the OS, so each forward pass faults its activations in again, page by page, and the kernel zeroes
-every page: hundreds of thousands of page faults a batch. Keeping freed memory for reuse removes them, and batches
+every page: a page fault per page of every batch. Keeping freed memory for reuse removes them, and batches
 are faster (measured in docs/engine.md). The price: the process keeps its peak memory (the model plus one batch's
 activations) instead of shrinking between batches.
 """

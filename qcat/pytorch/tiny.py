@@ -15,8 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-TINY_NAME = "tiny-qwen3"
-CORPUS = Path(__file__).parent / "assets" / "tiny_corpus.txt"
+CORPUS = Path(__file__).parents[1] / "assets" / "tiny_corpus.txt"
 EOS = "<|endoftext|>"
 
 

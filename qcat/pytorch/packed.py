@@ -1,9 +1,9 @@
 """Packed serving passes (`QCAT_PACKED`): a micro-batch's prompts laid end to end through a Qwen3 decoder, with no
 padding, as the engine's `Scorer` on a GPU.
 
-Why: on the H200 an eager pass over right-padded rows spends about two thirds of its GPU time in elementwise kernels
-between the matmuls, and pads TREC-length prompts to about twice their tokens (docs/engine.md has the profile).
-This pass computes the same logits with less of both:
+Why: on a GPU an eager pass over right-padded rows spends most of its time in elementwise kernels between the
+matmuls, and pads short prompts to many more tokens than they have (docs/engine.md has the profile). This pass
+computes the same logits with less of both:
 - tokens are packed into one sequence; attention stays within each prompt (FlashAttention's variable-length kernel on
   CUDA in bf16 or fp16, one causal attention per prompt otherwise), so no token is spent on padding;
 - the q/k/v projections are one matmul, and so are the MLP's gate and up projections;
@@ -16,7 +16,7 @@ second copy of the large ones except the concatenated projections: a model chang
 (every caller builds its engine after the last change; an unmerged LoRA model is refused, `packing_problems`).
 
 With `graphs=True` (`QCAT_CUDA_GRAPHS`) passes replay as CUDA graphs, one per shape (`packed_shape`). There are few
-shapes, so all are captured when the engine loads rather than while events wait (`PackedScorer.prepare`): a token
+shapes, so all are captured when the engine loads rather than while events wait (`PackedScorer`): a token
 count is rounded up by at most a quarter; the prompts' slots, and the bound on a prompt's tokens, are rounded up far
 more (the bound to the longest prompt the engine makes), since empty slots and a longer bound cost FlashAttention
 almost nothing.
@@ -34,10 +34,10 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from qcat.cuda_graphs import Graphs, require_cuda
-from qcat.engine import pad_id
 from qcat.errors import UsageError
-from qcat.model import HEAD, LoadedModel
+from qcat.pytorch.cuda_graphs import Graphs, require_cuda
+from qcat.pytorch.model import HEAD, LoadedModel
+from qcat.pytorch.plan import ServingPlan
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 FEWEST_TOKENS = 512
@@ -91,15 +91,6 @@ def packing_problems(lm: nn.Module) -> list[str]:
     if not all(type(module) is nn.Linear and type(module.weight.data) is torch.Tensor for module in _linears(lm)):
         problems.append("quantized linear layers (QCAT_QUANTIZE), or LoRA layers not merged")
     return problems
-
-
-def packs_well(lm: nn.Module) -> bool:
-    """Whether packed passes are the better choice for `lm`: on a GPU in half precision (FlashAttention's packed
-    kernel; in float32 attention runs prompt by prompt), where the model can run them. On a CPU the padded pass
-    stays: packing measured no faster there (docs/engine.md)."""
-    weight = next(lm.parameters())
-    on_gpu = weight.device.type == "cuda" and weight.dtype in (torch.bfloat16, torch.float16)
-    return on_gpu and not packing_problems(lm)
 
 
 def read_decoder(lm: nn.Module) -> Decoder:
@@ -292,30 +283,26 @@ def quarter_step(n: int) -> int:
 
 
 class PackedScorer:
-    """The engine's `Scorer` over packed passes: eager, compiled (`compile`), replayed as CUDA graphs (`graphs`)."""
+    """The engine's `Scorer` over packed passes: eager, compiled, or replayed as CUDA graphs, as `plan` says. It
+    compiles and captures when it is built (when the engine loads) rather than on the first events: every graph shape
+    of passes up to the plan's token budget, for prompts up to its longest prompt."""
 
     pads = False
 
-    def __init__(self, base: LoadedModel, *, compile: bool = False, graphs: bool = False) -> None:
+    def __init__(self, base: LoadedModel, plan: ServingPlan) -> None:
         self.base = base
-        self.device = next(base.lm.parameters()).device
-        if graphs:
+        self.device = plan.device
+        if plan.cuda_graphs:
             require_cuda(self.device, "the packed passes")
-        self.pad_id = pad_id(base.tokenizer)
-        self.compile = compile
-        self.forward = PackedPass(read_decoder(base.lm), compile=compile)
-        self.graphs = Graphs(self.device) if graphs else None
-        self.longest = LONGEST_STEP  # the bound on a prompt's tokens that every graph is captured for
-
-    def prepare(self, max_tokens: int, longest: int) -> None:
-        """Compile and capture now, when the engine loads, rather than on the first events: every graph shape of
-        passes up to `max_tokens` tokens, for prompts up to `longest` tokens."""
-        self.longest = max(self.longest, longest)
-        if self.compile and self.graphs is None:  # one row is a case of its own for the compiler
+        self.pad_id = plan.pad_id
+        self.forward = PackedPass(read_decoder(base.lm), compile=plan.compile)
+        self.graphs = Graphs(self.device) if plan.cuda_graphs else None
+        self.longest = max(LONGEST_STEP, plan.longest_prompt)  # the bound on a prompt's tokens every graph is for
+        if plan.compile and self.graphs is None:  # one row is a case of its own for the compiler
             self([[self.pad_id]])
             self([[self.pad_id]] * 2)
         tokens = FEWEST_TOKENS
-        while self.graphs is not None and tokens <= max_tokens:
+        while self.graphs is not None and tokens <= plan.batch_tokens:
             self([[self.pad_id] * LONGEST_STEP] * (tokens // LONGEST_STEP))
             tokens = quarter_step(tokens + 1)
 

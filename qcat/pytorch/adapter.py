@@ -19,7 +19,7 @@ from torch import nn
 from qcat.errors import AdapterError, OutputExistsError
 from qcat.lora import DEFAULT_LORA, LoraSpec
 from qcat.manifest import WEIGHTS, AdapterManifest, read_manifest
-from qcat.model import HEAD, LoadedModel, attach_label_head
+from qcat.pytorch.model import HEAD, LoadedModel, attach_label_head
 from qcat.schemas.taxonomy import Taxonomy
 
 
@@ -43,9 +43,9 @@ def load_adapter(base: LoadedModel, directory: Path, taxonomy: Taxonomy | None =
     try:
         base.lm = peft_model.merge_and_unload()
     except Exception as error:
-        raise AdapterError(f"Could not load adapter weights from {directory}: {error}", path=directory) from error
+        raise AdapterError(f"Could not load adapter weights from {directory}: {error}") from error
     if not hasattr(base.lm, HEAD):
-        raise AdapterError(f"Adapter {directory} did not restore the label head.", path=directory)
+        raise AdapterError(f"Adapter {directory} did not restore the label head.")
     return manifest
 
 
@@ -58,12 +58,12 @@ def _open_adapter(
     if not (directory / WEIGHTS).is_file():
         pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
         hint = f" (found {pickles}: pickle files are never loaded; re-save with safetensors)" if pickles else ""
-        raise AdapterError(f"{directory} has no {WEIGHTS}{hint}.", path=directory)
+        raise AdapterError(f"{directory} has no {WEIGHTS}{hint}.")
     attach_label_head(base, manifest.taxonomy)
     try:
         return PeftModel.from_pretrained(base.lm, str(directory), is_trainable=trainable), manifest
     except Exception as error:
-        raise AdapterError(f"Could not load adapter weights from {directory}: {error}", path=directory) from error
+        raise AdapterError(f"Could not load adapter weights from {directory}: {error}") from error
 
 
 def new_lora(base: LoadedModel, taxonomy: Taxonomy, spec: LoraSpec = DEFAULT_LORA) -> PeftModel:
@@ -98,7 +98,7 @@ def ensure_new(directory: Path) -> Path:
     check this before they start, not only when they save."""
     directory = directory.resolve()
     if directory.exists():
-        raise OutputExistsError(f"{directory} already exists; adapters are immutable, pick a new directory.", directory)
+        raise OutputExistsError(f"{directory} already exists; adapters are immutable, pick a new directory.")
     return directory
 
 
