@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from qcat.engine import Engine, EngineSpec  # noqa: E402
 from qcat.logs import configure_logging  # noqa: E402
 from qcat.pytorch.engine import TorchScorer, build_engine  # noqa: E402
-from qcat.pytorch.model import LoadedModel, attach_label_head, fingerprint  # noqa: E402
+from qcat.pytorch.model import HEAD, LoadedModel, attach_label_head, fingerprint  # noqa: E402
+from qcat.pytorch.open_set import OpenSetHead, OpenSetStats  # noqa: E402
 from qcat.pytorch.quantize import quantize_decoder  # noqa: E402
 from qcat.pytorch.tiny import fit_tokenizer  # noqa: E402
 from qcat.schemas.prompt import PromptStyle, prompt_format, verbalize  # noqa: E402
@@ -173,9 +174,16 @@ def make_engine(
     cuda_graphs: bool | None = False,
     packed: bool | None = False,
     batch_size: int = 64,
+    open_set: bool = False,
 ) -> Engine:
     base = LoadedModel(model, tokenizer, "random-qwen3-0.6b-shape", fingerprint(model), offline_builtin=True)
-    attach_label_head(base, TAXONOMY)
+    head = attach_label_head(base, TAXONOMY)
+    if open_set:  # the label head plus the open-set distance (random statistics: speed does not depend on them)
+        generator = torch.Generator().manual_seed(0)
+        hidden = head.weight.shape[1]
+        means = torch.randn(len(TAXONOMY.labels), hidden, generator=generator)
+        stats = OpenSetStats(means, torch.randn(hidden, hidden, generator=generator) / hidden**0.5)
+        setattr(base.lm, HEAD, OpenSetHead(head, stats))
     return build_engine(
         base,
         EngineSpec(TAXONOMY, prompt_format(TAXONOMY, style), 64),
@@ -193,14 +201,17 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "packed-graphs": {"packed": True, "compile": False, "cuda_graphs": True},
     "packed-compiled": {"packed": True, "compile": True, "cuda_graphs": False},
     "packed-compiled-graphs": {"packed": True, "compile": True, "cuda_graphs": True},
+    "packed-compiled-graphs-open-set": {"packed": True, "compile": True, "cuda_graphs": True, "open_set": True},
+    "eager-open-set": {"packed": False, "open_set": True},
 }
-"""The engine's ways to run a pass (QCAT_COMPILE, QCAT_CUDA_GRAPHS, QCAT_PACKED), by name."""
+"""The engine's ways to run a pass (QCAT_COMPILE, QCAT_CUDA_GRAPHS, QCAT_PACKED), by name; `-open-set`: with the
+open-set distance in the head, as an adapter trained by default serves."""
 
 
 def agreement(engine: Engine, reference: Engine, questions: list[str]) -> float:
     """The largest difference between two engines' label logits on the same questions."""
-    ids = engine.encode(questions).ids
-    return float(abs(engine.logits(ids) - reference.logits(ids)).max())
+    ids, labels = engine.encode(questions).ids, len(engine.taxonomy.labels)
+    return float(abs(engine.logits(ids)[:, :labels] - reference.logits(ids)[:, :labels]).max())
 
 
 def machine(device: torch.device) -> dict[str, Any]:

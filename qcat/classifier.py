@@ -37,6 +37,9 @@ class Prediction:
     confidence: float
     probabilities: dict[str, float]
     truncated: bool
+    distance: float | None = None
+    """How far the question lies from the nearest label's questions (the adapter's open-set distance; None without
+    one): its routing policy sends questions beyond its boundary to review."""
 
     def top(self, k: int) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda item: item[1], reverse=True)[:k]

@@ -173,11 +173,15 @@ class Engine:
         return groups
 
     def logits(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """Label logits (float32) for encoded prompts, in input order."""
-        out = np.empty((len(ids), len(self.taxonomy.labels)), dtype=np.float32)
+        """Label logits (float32) for encoded prompts, in input order; a scorer whose adapter has open-set statistics
+        adds the distance as one more column (`predictions` reads it)."""
+        out: np.ndarray | None = None
         for chunk in self.chunks([len(row) for row in ids]):
-            out[chunk] = self.scorer([ids[index] for index in chunk])
-        return out
+            scores = self.scorer([ids[index] for index in chunk])
+            if out is None:
+                out = np.empty((len(ids), scores.shape[1]), dtype=np.float32)
+            out[chunk] = scores
+        return out if out is not None else np.empty((0, len(self.taxonomy.labels)), dtype=np.float32)
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
         if not texts:
@@ -191,7 +195,10 @@ class Engine:
     def predictions(self, logits: np.ndarray, truncated: Sequence[bool]) -> list[Prediction]:
         """Logits (from `logits`) to labelled distributions at this engine's temperature; calibration fits the
         temperature on the same logits it then turns into predictions, without a second forward pass."""
-        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1)).tolist()
+        labels = len(self.taxonomy.labels)
+        distances = logits[:, labels].tolist() if logits.shape[1] > labels else [None] * len(logits)
+        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1)).tolist()  # the distance's column too
+        logits = logits[:, :labels]
         if bad:
             raise InferenceError(
                 f"non-finite logits for {len(bad)} of {len(logits)} questions (first at index {bad[0]}); "
@@ -204,7 +211,7 @@ class Engine:
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         names = self.taxonomy.names
         predictions = []
-        for row, cut in zip(probabilities.tolist(), truncated, strict=True):
+        for row, cut, distance in zip(probabilities.tolist(), truncated, distances, strict=True):
             best = max(range(len(row)), key=row.__getitem__)
-            predictions.append(Prediction(names[best], row[best], dict(zip(names, row, strict=True)), cut))
+            predictions.append(Prediction(names[best], row[best], dict(zip(names, row, strict=True)), cut, distance))
         return predictions

@@ -4,12 +4,13 @@ well it did. Torch-free: the registry, the CLI and the worker read manifests wit
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qcat import __version__
 from qcat.errors import AdapterError
@@ -26,6 +27,8 @@ CARD = "README.md"
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 ADAPTER_FORMAT_VERSION = 1
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+"""The temperatures a manifest may hold: calibration searches 0.1 to 10; a subnormal one turns logits into NaN."""
 
 
 class AdapterManifest(BaseModel):
@@ -42,8 +45,20 @@ class AdapterManifest(BaseModel):
     prompt_format_version: int = PROMPT_FORMAT_VERSION
     prompt_style: PromptStyle = TRAINED_PROMPT_STYLE
     max_question_tokens: int = Field(ge=1)
-    temperature: float = Field(default=1.0, gt=0.0, description="Softmax temperature fitted on held-out data.")
+    temperature: float = Field(
+        default=1.0,
+        ge=MIN_TEMPERATURE,
+        le=MAX_TEMPERATURE,
+        allow_inf_nan=False,
+        description="Softmax temperature fitted on held-out data.",
+    )
     routing: RoutingPolicy = Field(default_factory=RoutingPolicy, description="When its answers go to review.")
+    open_set: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The SHA-256 of qcat-open-set.safetensors, the statistics of its open-set distance (None: the "
+        "adapter has none, and only confidence decides review).",
+    )
     metrics: dict[str, float] = Field(default_factory=dict)
     data_fingerprint: str | None = None
     eval_fingerprint: str | None = Field(default=None, description="The eval set the metrics were measured on.")
@@ -51,6 +66,22 @@ class AdapterManifest(BaseModel):
     ingredients: list[str] = Field(default_factory=list, description="The adapters a soup averages (training/soup.py).")
     created_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     qcat_version: str = __version__
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite_metrics(cls, metrics: dict[str, float]) -> dict[str, float]:
+        """A NaN passes every comparison the gate makes and an infinity fails them all: neither is a measurement."""
+        bad = sorted(key for key, value in metrics.items() if not math.isfinite(value))
+        if bad:
+            raise ValueError(f"metrics {bad} are not finite numbers")
+        return metrics
+
+    @model_validator(mode="after")
+    def _unknown_label_is_a_label(self) -> AdapterManifest:
+        label = self.routing.unknown_label
+        if label is not None and label not in self.taxonomy.names:
+            raise ValueError(f"routing.unknown_label {label!r} is not one of the adapter's labels")
+        return self
 
     def write(self, directory: Path) -> None:
         """The manifest, and its model card as README.md (in place of peft's empty template)."""
@@ -114,10 +145,21 @@ def routing_line(policy: RoutingPolicy) -> str:
     }[policy.goal]
     expected = ", ".join(f"{key} {value:.1%}" for key, value in sorted(policy.expected.items()))
     unknown = f"; answers `{policy.unknown_label}` always go to review" if policy.unknown_label else ""
+    outside = ""
+    if policy.outside_distance is not None:
+        why = (
+            f"it keeps {policy.outside_target or 0:.0%} of held-out questions of known labels inside"
+            if policy.outside_goal == "known_coverage"
+            else f"it best separates held-out `{policy.unknown_label}` questions from known ones"
+        )
+        outside = (
+            f" Questions farther than {policy.outside_distance:.2f} from every label's questions (open-set distance) "
+            f"go to review first: {why}."
+        )
     return (
         f"answers under confidence {policy.review_threshold:.3f} go to review ({chosen}"
         + (f"; there: {expected}" if expected else "")
-        + f"){unknown}."
+        + f"){unknown}.{outside}"
     )
 
 

@@ -62,6 +62,18 @@ class CategorizedEvent(_Event):
     latency_ms: float = Field(ge=0.0, description="From the question's created_at to categorization.")
     categorized_at: AwareDatetime = Field(default_factory=utcnow)
     metadata: dict[str, str] = Field(default_factory=dict)
+    routed: bool = Field(
+        default=True, description="Published to its label's route; false: to the review topic (`review_reason`)."
+    )
+    review_reason: Literal["outside", "none_of_these", "low_confidence"] | None = Field(
+        default=None,
+        description="Why it went to review: its question lies outside the taxonomy (farther from every label's "
+        "questions than the adapter's boundary), its label is the adapter's 'none of these' label, or its confidence "
+        "is under the review threshold. None when routed.",
+    )
+    distance: float | None = Field(
+        default=None, ge=0.0, description="The question's open-set distance (adapters with open-set statistics)."
+    )
 
 
 class CorrectionEvent(_Event):

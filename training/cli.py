@@ -27,6 +27,7 @@ from qcat.training.config import Recipe, check_device
 from qcat.training.options import recipe_options
 
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace the files of an existing --report folder.")]
+DtypeOption = Annotated[str | None, typer.Option(help="auto, bfloat16, float16, float32. \\[env: QCAT_DTYPE]")]
 
 commands = typer.Typer()
 
@@ -95,13 +96,17 @@ def evaluate(
     adapter: AdapterOption = None,
     base_model: BaseModelOption = None,
     device: DeviceOption = None,
+    dtype: DtypeOption = None,
     quantize: QuantizeOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Evaluate an adapter (or, without --adapter, the base model zero-shot) and write a report."""
+    """Evaluate an adapter (or, without --adapter, the base model zero-shot) and write a report. Questions whose
+    label is not one of the adapter's are unknown ones: the report then measures where they end (open set)."""
     from qcat.training.run import evaluate_model
 
-    settings = settings_from(EngineSettings, base_model=base_model, adapter=adapter, device=device, quantize=quantize)
+    settings = settings_from(
+        EngineSettings, base_model=base_model, adapter=adapter, device=device, dtype=dtype, quantize=quantize
+    )
     try:
         metrics = evaluate_model(data, report, settings, overwrite=overwrite)
     except QcatError as error:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 from qcat.errors import UsageError
 from qcat.lora import LoraSpec
-from qcat.routing import DEFAULT_REVIEW_PRECISION
+from qcat.routing import DEFAULT_KNOWN_COVERAGE, DEFAULT_REVIEW_PRECISION
 from qcat.schemas.prompt import MAX_QUESTION_TOKENS
 from qcat.training.data import ConflictPolicy
 
@@ -32,6 +32,9 @@ class TrainConfig:
     batching: Batching = "length"
     label_smoothing: float = 0.1
     """Spread this much of each training target over the other labels: a regulariser (docs/training.md)."""
+    compactness: float = 0.0
+    """Weight of a term that draws each label's questions together around its head row in angle
+    (`training.loop.angular_spread`), so that questions of no label lie apart from all (docs/training.md)."""
     compile: bool | None = None
     """Compile the decoder layers (torch.compile): faster steps after a one-off compile. None: the device's default."""
     cuda_graphs: bool | None = None
@@ -65,7 +68,11 @@ class RoutingGoal:
     """Instead: the highest threshold that still routes this share of the held-out answers (the rest go to review):
     for streams that hold questions outside the taxonomy when none are labelled (docs/training.md)."""
     unknown_label: str | None = None
-    """A trained 'none of these' label: its answers always go to review, its held-out rows count as unknown."""
+    """A trained 'none of these' label: its answers always go to review, its held-out rows count as unknown. Unset, a
+    label named by the convention (`training.open_set.NONE_OF_THESE`) is taken for it."""
+    known_coverage: float = DEFAULT_KNOWN_COVERAGE
+    """The open-set boundary keeps this share of held-out questions of known labels inside (the rest of every
+    label's, and whatever lies farther, goes to review) when the data has no 'none of these' label to steer it."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,8 @@ class Recipe:
     """The held-out share of the data (stratified) that selects the epoch, temperature and review threshold."""
     seeds: int = 1
     """More than one: train seeds seed .. seed+N-1 on one split and save their average (`training.soup`)."""
+    open_set: bool = True
+    """Fit open-set statistics and a boundary: questions far from every label go to review (`training.boundary`)."""
 
 
 CUDA_SPEED = {"compile": False, "cuda_graphs": True, "autocast": True}

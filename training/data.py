@@ -44,6 +44,8 @@ class Scored:
     gold: str
     predicted: str
     confidence: float
+    distance: float | None = None
+    """The question's open-set distance (adapters with open-set statistics)."""
 
 
 def load_examples(path: Path) -> list[Example]:

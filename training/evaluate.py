@@ -15,7 +15,13 @@ import numpy as np
 from qcat.routing import DEFAULT_REVIEW_PRECISION, RoutingPolicy
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.training.data import Scored
-from qcat.training.open_set import open_set_metrics, plot_routing, routing_figures, threshold_for_precision
+from qcat.training.open_set import (
+    open_set_metrics,
+    plot_distances,
+    plot_routing,
+    routing_figures,
+    threshold_for_precision,
+)
 
 CALIBRATION_BINS = 10
 
@@ -81,6 +87,9 @@ def write_report(
         "unknown_label": routing.unknown_label,
         "goal": routing.goal,
         "target": routing.target,
+        "outside_distance": routing.outside_distance,
+        "outside_goal": routing.outside_goal,
+        "outside_target": routing.outside_target,
     }
     open_set = open_set_metrics(every, taxonomy, routing)
     if open_set is not None:
@@ -99,14 +108,20 @@ def write_report(
         writer.writerows([s.text, s.gold, s.predicted, f"{s.confidence:.4f}"] for s in wrong)
     with (directory / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)  # every answer, unknown questions included: any other threshold can be studied
-        writer.writerow(["text", "gold", "predicted", "confidence"])
-        writer.writerows([s.text, s.gold, s.predicted, repr(s.confidence)] for s in every)
+        writer.writerow(["text", "gold", "predicted", "confidence", "distance", "review_reason"])
+        writer.writerows(
+            [s.text, s.gold, s.predicted, repr(s.confidence), "" if s.distance is None else repr(s.distance),
+             routing.review_reason(s.predicted, s.confidence, s.distance) or ""]
+            for s in every
+        )  # fmt: skip
     matrix = np.array(metrics["confusion_matrix"])
     confusions = top_confusions(matrix, labels)
     _plot_confusion(matrix, labels, directory / "confusion_matrix.png")
     _plot_top_confusions(confusions, directory / "top_confusions.png")
     _plot_calibration(scored, directory / "calibration.png")
     plot_routing(every, taxonomy, routing, directory / "routing.png")
+    if routing.outside_distance is not None and all(s.distance is not None for s in every):
+        plot_distances(every, taxonomy, routing, directory / "open_set.png")
     (directory / "report.md").write_text(_markdown(metrics, wrong, confusions, title), encoding="utf-8")
     return metrics
 

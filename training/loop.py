@@ -29,7 +29,7 @@ from transformers import (
 
 from qcat.engine import Engine
 from qcat.errors import TrainingError, UsageError
-from qcat.pytorch.model import label_logits
+from qcat.pytorch.model import HEAD, head_logits, label_features
 from qcat.pytorch.plan import pad_id
 from qcat.training.batches import LabelDataset, collate, padded_widths
 from qcat.training.config import TrainConfig, check_device
@@ -114,10 +114,13 @@ class BestEpoch(TrainerCallback):
 class LabelTrainer(Trainer):
     """Trainer whose loss is cross-entropy over the label head's logits."""
 
-    def __init__(self, *args: Any, guard: NonFiniteGuard, autocast: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, guard: NonFiniteGuard, autocast: bool = False, compactness: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.guard = guard
         self.autocast = autocast
+        self.compactness = compactness
         self.parameter_count: int | None = None
 
     def training_step(
@@ -151,13 +154,31 @@ class LabelTrainer(Trainer):
         ids = inputs["input_ids"]
         # cache_enabled=False: CUDA graphs cannot capture autocast's weight cache
         with torch.autocast(ids.device.type, torch.bfloat16, enabled=self.autocast, cache_enabled=False):
-            logits = label_logits(lm, ids, inputs["last_index"])
+            features = label_features(lm, ids, inputs["last_index"])
+        logits = head_logits(lm, features)
         smoothing = 0.0
         if model.training:
             self.guard.watch(logits, inputs["index"])
             smoothing = self.args.label_smoothing_factor
         loss = torch.nn.functional.cross_entropy(logits, inputs["labels"], label_smoothing=smoothing)
+        if model.training and self.compactness:
+            loss = loss + self.compactness * angular_spread(features, head_weight(lm), inputs["labels"])
         return (loss, {"logits": logits}) if return_outputs else loss
+
+
+def angular_spread(features: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How far, in angle, each question's feature lies from its label's head row (1 - cosine, averaged): a term that
+    draws each label's questions together around one direction, so that questions of no label stand apart
+    (`TrainConfig.compactness`)."""
+    return (1 - torch.nn.functional.cosine_similarity(features.float(), weight[labels], dim=1)).mean()
+
+
+def head_weight(lm: torch.nn.Module) -> torch.Tensor:
+    """The trainable label head's rows (peft wraps the head it trains and saves)."""
+    head = getattr(lm, HEAD)
+    trained = getattr(head, "modules_to_save", None)
+    weight: torch.Tensor = (trained[head.active_adapter] if trained is not None else head).weight
+    return weight
 
 
 class CsvMetrics(TrainerCallback):
@@ -293,6 +314,7 @@ def fit(
         ],
         guard=guard,
         autocast=bool(config.autocast),
+        compactness=config.compactness,
     )
     trainer.remove_callback(ProgressCallback)
     lm: PreTrainedModel = model.get_base_model()  # type: ignore[assignment]  # peft types it as Module

@@ -51,6 +51,30 @@ def _options(
             min=0.0, max=0.5, help="Move this much of each training target to the other labels (a regulariser)."
         ),
     ] = TrainConfig.label_smoothing,
+    compactness: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Weight of a loss term that gathers each label's questions around its head row, so that questions "
+            "outside the taxonomy stand apart (docs/training.md).",
+        ),
+    ] = TrainConfig.compactness,
+    open_set: Annotated[
+        bool,
+        typer.Option(
+            "--open-set/--no-open-set",
+            help="Fit the adapter's open-set distance and boundary: questions far from every label's go to review.",
+        ),
+    ] = Recipe.open_set,
+    known_coverage: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            max=1.0,
+            help="Draw the open-set boundary where it keeps this share of held-out known questions inside (without "
+            "a 'none of these' label, whose held-out questions otherwise place it).",
+        ),
+    ] = RoutingGoal.known_coverage,
     patience: Annotated[
         int, typer.Option(help="Stop after this many epochs without better held-out accuracy.")
     ] = TrainConfig.patience,
@@ -167,6 +191,7 @@ def recipe(options: dict[str, Any]) -> Recipe:
             patience=options["patience"],
             seed=options["seed"],
             label_smoothing=options["label_smoothing"],
+            compactness=options["compactness"],
             compile=options["compile_layers"],
             cuda_graphs=options["cuda_graphs"],
             autocast=options["autocast"],
@@ -185,11 +210,13 @@ def recipe(options: dict[str, Any]) -> Recipe:
             unknown_recall=options["unknown_recall"],
             review_coverage=options["review_coverage"],
             unknown_label=options["unknown_label"],
+            known_coverage=options["known_coverage"],
         ),
         conflicts=options["conflicts"],
         max_question_tokens=options["max_question_tokens"],
         eval_fraction=options["eval_fraction"],
         seeds=options["seeds"],
+        open_set=options["open_set"],
     )
 
 

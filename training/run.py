@@ -26,6 +26,7 @@ from qcat.routing import RoutingPolicy
 from qcat.schemas.prompt import TRAINED_PROMPT_STYLE, prompt_format
 from qcat.schemas.taxonomy import Taxonomy
 from qcat.settings import EngineSettings
+from qcat.training.boundary import open_set_statistics
 from qcat.training.config import Recipe, RoutingGoal
 from qcat.training.data import (
     Example,
@@ -39,7 +40,7 @@ from qcat.training.data import (
 )
 from qcat.training.evaluate import write_report
 from qcat.training.loop import check_reporters, fit
-from qcat.training.open_set import choose_policy
+from qcat.training.open_set import choose_policy, with_unknown_label
 from qcat.training.progress import counting
 
 log = structlog.get_logger(__name__)
@@ -92,13 +93,23 @@ SPEED_METRICS = ("train_seconds_per_epoch", "train_tokens_per_s", "first_epoch_s
 
 
 def calibrate_and_report(
-    engine: Engine, held_out: list[Example], directory: Path, *, title: str, goal: RoutingGoal
+    engine: Engine,
+    held_out: list[Example],
+    directory: Path,
+    *,
+    title: str,
+    goal: RoutingGoal,
+    distances: np.ndarray | None = None,
 ) -> tuple[Engine, dict[str, Any], RoutingPolicy]:
-    """Fit the softmax temperature on `held_out`, choose the review threshold for `goal` there, then write the
-    calibrated engine's report; returns that engine, the report's metrics and the routing policy."""
+    """Fit the softmax temperature on `held_out`, choose the routing policy for `goal` there (with each question's
+    open-set distance, when the adapter has statistics), then write the calibrated engine's report; returns that
+    engine, the report's metrics and the routing policy."""
     labels = torch.tensor([engine.taxonomy.index(e.label) for e in held_out])
     logits, truncated = scoring_logits(engine, held_out)
-    engine = engine.with_temperature(fit_temperature(torch.from_numpy(logits), labels))
+    label_logits = torch.from_numpy(logits[:, : len(engine.taxonomy.labels)])
+    engine = engine.with_temperature(fit_temperature(label_logits, labels))
+    if distances is not None:
+        logits = np.concatenate([logits, distances[:, None].astype(np.float32)], axis=1)
     scored = as_scored(held_out, engine.predictions(logits, truncated))
     policy = choose_policy(scored, engine.taxonomy, goal)
     return engine, write_report(scored, engine.taxonomy, directory, title=title, routing=policy), policy
@@ -122,7 +133,9 @@ def scoring_logits(engine: Engine, examples: list[Example]) -> tuple[np.ndarray,
 
 
 def as_scored(examples: list[Example], predictions: list[Prediction]) -> list[Scored]:
-    return [Scored(e.text, e.label, p.label, p.confidence) for e, p in zip(examples, predictions, strict=True)]
+    return [
+        Scored(e.text, e.label, p.label, p.confidence, p.distance) for e, p in zip(examples, predictions, strict=True)
+    ]
 
 
 def score(engine: Engine, examples: list[Example]) -> list[Scored]:
@@ -169,7 +182,7 @@ def training_set(
     for warning in data_report.warnings:
         log.warning("data", warning=warning)
     data_report.raise_on_errors()
-    problems = check_goal(recipe.routing, taxonomy, held_out)
+    problems = check_goal(with_unknown_label(recipe.routing, taxonomy), taxonomy, held_out)
     if problems:
         raise UsageError("; ".join(problems))
     return TrainingSet(taxonomy, train_rows, held_out, dropped, name)
@@ -206,7 +219,7 @@ def train(
     base = base if base is not None else load_configured_base(with_adapter_base(settings, request.init_adapter))
     log.info("base model ready", model=base.name, seconds=elapsed(started))
     parent = None
-    goal = recipe.routing
+    goal = with_unknown_label(recipe.routing, taxonomy)
     if request.init_adapter is not None:
         model, parent = continue_lora(base, request.init_adapter, taxonomy)
         if goal.unknown_label is None:  # a warm start keeps its 'none of these' label
@@ -220,8 +233,11 @@ def train(
     speed = fit(model, engine, train_rows, held_out, work, recipe.config)
     log.info("trained", epochs=speed["epochs_run"], seconds=elapsed(started))
     model.eval()
+    stats, distances = open_set_statistics(base.lm, engine, train_rows, held_out) if recipe.open_set else (None, None)
     title = f"adapter on {data.name}"
-    engine, metrics, routing = calibrate_and_report(engine, held_out, work / "report", title=title, goal=goal)
+    engine, metrics, routing = calibrate_and_report(
+        engine, held_out, work / "report", title=title, goal=goal, distances=distances
+    )
     log.info("calibrated and evaluated on the held-out rows", seconds=elapsed(started))
     manifest = AdapterManifest(
         version=new_version(),
@@ -238,7 +254,7 @@ def train(
     )
     if data.dropped:
         write_examples(data.dropped, work / "report" / "dropped-rows.jsonl", sources=True)
-    directory = save_adapter(model, manifest, request.out)
+    directory = save_adapter(model, manifest, request.out, stats)
     (work / "report").rename(directory / "report")
     (work / "metrics.csv").rename(directory / "report" / "training.csv")
     if (work / "runs").exists():

@@ -27,10 +27,12 @@ from safetensors.torch import load_file, save_file
 
 from qcat.errors import AdapterError
 from qcat.manifest import CONFIG, WEIGHTS, new_version, read_manifest
-from qcat.pytorch.adapter import ensure_new, staged_adapter
+from qcat.pytorch.adapter import ensure_new, file_sha256, staged_adapter
 from qcat.pytorch.engine import load_engine
 from qcat.pytorch.model import LoadedModel, load_configured_base, private_copy
+from qcat.pytorch.open_set import STATS
 from qcat.settings import EngineSettings
+from qcat.training.boundary import open_set_statistics
 from qcat.training.data import Example, report, write_examples
 from qcat.training.open_set import goal_of
 from qcat.training.run import (
@@ -97,13 +99,16 @@ def make_soup(
     base: LoadedModel | None = None,
     *,
     name: str = "held-out rows",
+    train: list[Example] | None = None,
 ) -> dict[str, Any]:
     """Average `directories` into a new adapter at `out`, calibrated and evaluated on `held_out` (rows none of them
-    trained on, called `name` in the report) like `qcat train`.
+    trained on, called `name` in the report) like `qcat train`; with the rows they trained on (`train`), it gets
+    open-set statistics of its own (a soup's features are not its ingredients').
 
     Returns the evaluation's metrics. The adapter is staged beside `out` and renamed into place when complete.
     `base`, if given, is the settings' base model already loaded; the soup is merged into it.
     """
+    base = base if base is not None else load_configured_base(settings)
     weights, config = soup_weights(directories)
     manifests = [read_manifest(d) for d in directories]
     examples = held_out
@@ -116,6 +121,7 @@ def make_soup(
             "parent_version": None,
             "ingredients": [m.version for m in manifests],
             "created_at": datetime.now(UTC),
+            "open_set": None,
         }
     )
     with staged_adapter(out) as staged:
@@ -125,13 +131,19 @@ def make_soup(
         engine = load_engine(settings.model_copy(update={"adapter": staged}), base=base)
         title = f"soup of {len(manifests)} adapters on {name}"
         goal = goal_of(manifests[0].routing)  # the ingredients share their recipe, their routing goal with it
-        engine, metrics, routing = calibrate_and_report(engine, examples, staged / "report", title=title, goal=goal)
+        stats, distances = open_set_statistics(base.lm, engine, train, examples) if train else (None, None)
+        engine, metrics, routing = calibrate_and_report(
+            engine, examples, staged / "report", title=title, goal=goal, distances=distances
+        )
+        if stats is not None:
+            stats.save(staged)
         manifest.model_copy(
             update={
                 "temperature": engine.temperature,
                 "routing": routing,
                 "metrics": {key: metrics[key] for key in MANIFEST_METRICS},
                 "eval_fingerprint": fingerprint_examples(examples),
+                "open_set": file_sha256(staged / STATS) if stats is not None else None,
             }
         ).write(staged)
     return metrics
@@ -170,7 +182,8 @@ def train_soup(
             ingredients.append(directory)
             accuracy[f"seed{seed}"] = metrics["accuracy"]
             speed.append(metrics)
-        metrics = make_soup(ingredients, data.held_out, out, settings, private_copy(base), name=data.name)
+        rows = data.train if recipe.open_set else None
+        metrics = make_soup(ingredients, data.held_out, out, settings, private_copy(base), name=data.name, train=rows)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # nothing half-made left behind to block the next run
         raise

@@ -100,10 +100,10 @@ def process_batch(
         labelled = Labelled(
             event.event_id, event.text, prediction.label, max(0.0, (now - event.created_at).total_seconds() * 1000)
         )
-        value = categorized_json(event, prediction, labelled.latency_ms, now, classifier)
+        reason = routing.review_reason(prediction.label, prediction.confidence, prediction.distance, threshold)
+        value = categorized_json(event, prediction, labelled.latency_ms, now, classifier, reason)
         key = event.event_id.encode()
-        routed = routing.routes(prediction.label, prediction.confidence, threshold)
-        route = topics.routes[prediction.label] if routed else topics.review
+        route = topics.routes[prediction.label] if reason is None else topics.review
         result.outputs += [
             Output(topics.categorized, key, value, record.headers, record),
             Output(route, key, value, record.headers, record),
@@ -113,7 +113,12 @@ def process_batch(
 
 
 def categorized_json(
-    event: QuestionEvent, prediction: Prediction, latency_ms: float, now: datetime, classifier: Classifier
+    event: QuestionEvent,
+    prediction: Prediction,
+    latency_ms: float,
+    now: datetime,
+    classifier: Classifier,
+    review_reason: str | None = None,
 ) -> bytes:
     """A CategorizedEvent's wire form, written directly: building pydantic models costs more than the rest of this
     hot path. Every field comes from a validated event or the engine; a unit test checks that the result parses
@@ -132,6 +137,9 @@ def categorized_json(
             "latency_ms": latency_ms,
             "categorized_at": now.isoformat(),
             "metadata": event.metadata,
+            "routed": review_reason is None,
+            "review_reason": review_reason,
+            "distance": prediction.distance,
         },
         ensure_ascii=False,
         separators=(",", ":"),

@@ -7,6 +7,7 @@ records all three and `load_adapter` refuses any mismatch with a message that sa
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from qcat.errors import AdapterError, OutputExistsError
 from qcat.lora import DEFAULT_LORA, LoraSpec
 from qcat.manifest import WEIGHTS, AdapterManifest, read_manifest
 from qcat.pytorch.model import HEAD, LoadedModel, attach_label_head
+from qcat.pytorch.open_set import STATS, OpenSetHead, OpenSetStats
 from qcat.schemas.taxonomy import Taxonomy
 
 
@@ -38,7 +40,8 @@ def check_compatible(manifest: AdapterManifest, base: LoadedModel, taxonomy: Tax
 
 
 def load_adapter(base: LoadedModel, directory: Path, taxonomy: Taxonomy | None = None) -> AdapterManifest:
-    """Apply the adapter in `directory` to `base.lm` in place, merged into the weights for serving."""
+    """Apply the adapter in `directory` to `base.lm` in place, merged into the weights for serving; with open-set
+    statistics, its head also gives each question's distance (`qcat.pytorch.open_set`)."""
     peft_model, manifest = _open_adapter(base, directory, taxonomy, trainable=False)
     try:
         base.lm = peft_model.merge_and_unload()
@@ -46,7 +49,15 @@ def load_adapter(base: LoadedModel, directory: Path, taxonomy: Taxonomy | None =
         raise AdapterError(f"Could not load adapter weights from {directory}: {error}") from error
     if not hasattr(base.lm, HEAD):
         raise AdapterError(f"Adapter {directory} did not restore the label head.")
+    if manifest.open_set is not None:
+        if file_sha256(directory / STATS) != manifest.open_set:
+            raise AdapterError(f"{directory / STATS} is missing or not the file its manifest names (SHA-256)")
+        setattr(base.lm, HEAD, OpenSetHead(getattr(base.lm, HEAD), OpenSetStats.load(directory)))
     return manifest
+
+
+def file_sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def _open_adapter(
@@ -125,9 +136,15 @@ def peft_saving_quietly() -> Iterator[None]:
         yield
 
 
-def save_adapter(model: PeftModel, manifest: AdapterManifest, directory: Path) -> Path:
-    """Write weights (safetensors) and manifest through `staged_adapter`."""
+def save_adapter(
+    model: PeftModel, manifest: AdapterManifest, directory: Path, open_set: OpenSetStats | None = None
+) -> Path:
+    """Write weights (safetensors), open-set statistics if any, and the manifest (naming the statistics' SHA-256)
+    through `staged_adapter`."""
     with staged_adapter(directory) as staged, peft_saving_quietly():
         model.save_pretrained(str(staged), safe_serialization=True)
+        if open_set is not None:
+            open_set.save(staged)
+            manifest = manifest.model_copy(update={"open_set": file_sha256(staged / STATS)})
         manifest.write(staged)
     return directory.resolve()

@@ -190,10 +190,10 @@ def right_pad(
     return torch.from_numpy(batch), torch.from_numpy(last)
 
 
-def label_logits(
+def label_features(
     lm: nn.Module, input_ids: torch.Tensor, last_index: torch.Tensor, attention_mask: object = None
 ) -> torch.Tensor:
-    """One forward pass of the decoder; the head reads each row's last real token. Returns float32 logits.
+    """One forward pass of the decoder: each row's last real token's final hidden state, what the head reads.
 
     Rows are right-padded and attention is causal, so a real token never sees the padding after it: no
     attention mask is needed, and a question scores the same alone or in any batch. `attention_mask` is passed on
@@ -202,12 +202,24 @@ def label_logits(
     decoder: nn.Module = lm.get_decoder()  # type: ignore[operator]
     output = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     hidden: torch.Tensor = output.last_hidden_state
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+
+
+def label_logits(
+    lm: nn.Module, input_ids: torch.Tensor, last_index: torch.Tensor, attention_mask: object = None
+) -> torch.Tensor:
+    """The label head over `label_features`: float32 logits (an `OpenSetHead` adds the open-set distance as one more
+    column)."""
+    return head_logits(lm, label_features(lm, input_ids, last_index, attention_mask))
+
+
+def head_logits(lm: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The label head over features. It computes in float32 always: serving runs no autocast, and `qcat train
+    --autocast` must not turn the head's product (and the logits that pick the best epoch) into bf16; the decoder's
+    matmuls may be bf16."""
     head: nn.Module = getattr(lm, HEAD)
-    # the head computes in float32 always: serving runs no autocast, and `qcat train --autocast` must not turn the
-    # head's product (and the logits that pick the best epoch) into bf16; the decoder's matmuls may be bf16
-    with torch.autocast(hidden.device.type, enabled=False):
-        logits: torch.Tensor = head(last.float()).float()
+    with torch.autocast(features.device.type, enabled=False):
+        logits: torch.Tensor = head(features.float()).float()
     return logits
 
 

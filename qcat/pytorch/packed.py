@@ -66,7 +66,8 @@ class Decoder:
     embed: torch.Tensor
     layers: list[Layer]
     norm: torch.Tensor
-    head: torch.Tensor
+    head: nn.Module
+    """The label head (float32; an `OpenSetHead` adds the open-set distance as one more column)."""
     rotary: nn.Module
     heads: int
     kv_heads: int
@@ -106,7 +107,7 @@ def read_decoder(lm: nn.Module) -> Decoder:
             embed=decoder.embed_tokens.weight.detach(),
             layers=layers,
             norm=decoder.norm.weight.detach(),
-            head=getattr(lm, HEAD).weight.detach(),
+            head=getattr(lm, HEAD),
             rotary=decoder.rotary_emb,
             heads=config.num_attention_heads,
             kv_heads=config.num_key_value_heads,
@@ -264,7 +265,8 @@ class PackedPass:
             if index == len(d.layers) - 1:  # only the tokens the head reads go on
                 h, attended = h[last], attended[last]
             h = self._after(h, attended, layer.out, layer.post_norm, layer.gate_up, layer.down, d.eps)
-        return functional.linear(rms_norm(h, d.norm, d.eps).float(), d.head)
+        logits: torch.Tensor = d.head(rms_norm(h, d.norm, d.eps).float())
+        return logits
 
 
 def packed_shape(tokens: int, rows: int, longest: int) -> tuple[int, int, int]:

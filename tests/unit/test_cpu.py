@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from qcat import model
+from qcat.pytorch import model
 from qcat.settings import EngineSettings
 
 # 48 MiB is above glibc's largest mmap threshold (32 MiB): by default every such allocation is a fresh mmap whose
