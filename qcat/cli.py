@@ -16,6 +16,8 @@ from qcat.registry_cli import adapters
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qcat: streaming question categorization.")
 for point in sorted(entry_points(group="qcat.commands"), key=lambda point: point.name):
     app.add_typer(point.load())
+for point in sorted(entry_points(group="qcat.adapters"), key=lambda point: point.name):
+    adapters.command(point.name)(point.load())  # registry commands that need a package (promote scores adapters)
 app.add_typer(adapters, name="adapters")
 
 

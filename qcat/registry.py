@@ -6,6 +6,7 @@ package, e.g. s3fs, gcsfs).
     <root>/current.json          {"version": ...}: written beside, then moved into place (a rename on a local disk,
                                  a single-object copy on a store: readers see the old or the new, never half)
     <root>/history.jsonl         every promotion and rollback, so a rollback knows what came before
+    <root>/gates/<set>/<v>.json  each version's answers on a gate set (right or wrong, row by row)
 
 A version is written under a hidden staging name and moved into place, so listings never show half an adapter.
 Adapters are loaded from local files: a store's versions are downloaded once into a local cache (versions are
@@ -13,8 +14,8 @@ immutable, so a cached copy never goes stale). A version is a name (`schemas.eve
 `path` returns stays inside the registry: a version folder that is, or holds, a symbolic link is refused, so nobody
 who can only name a version can make a worker load files from elsewhere.
 
-`promote` refuses a candidate that scores worse than the current adapter on the same eval set (beyond a tolerance),
-or that was evaluated on a different eval set, unless forced.
+`promote` refuses a candidate that a paired comparison on one gate set finds worse than the current adapter beyond a
+tolerance (`qcat.gate`; the answers of each version on each gate set are kept under `gates/`), unless forced.
 
 Writers take turns: `add`, `promote` and `rollback` hold the registry's lock (`.lock`: a file lock on a local disk;
 on a store, a lease object created only if absent, which is atomic where the store supports conditional writes and
@@ -44,6 +45,7 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from qcat.errors import AdapterError, OutputExistsError, RegistryError
+from qcat.gate import GateScores, Verdict
 from qcat.manifest import MANIFEST, AdapterManifest, parse_manifest, read_manifest
 from qcat.schemas.events import VERSION_PATTERN
 from qcat.settings import EngineSettings
@@ -180,23 +182,52 @@ class Registry:
         return self.path(version) if version else None
 
     def promote(
-        self, version: str, *, metric: str = DEFAULT_METRIC, tolerance: float = DEFAULT_TOLERANCE, force: bool = False
+        self,
+        version: str,
+        *,
+        verdict: Verdict | None = None,
+        metric: str = DEFAULT_METRIC,
+        tolerance: float = DEFAULT_TOLERANCE,
+        force: bool = False,
     ) -> Decision:
+        """Make `version` current if the gate says so: the paired `verdict` of it against the current version on one
+        gate set (`qcat.gate`), else its manifest's metrics against the current one's when both were measured on the
+        same eval set."""
         with self._locked():
-            return self._promote(version, metric=metric, tolerance=tolerance, force=force)
+            return self._promote(version, verdict=verdict, metric=metric, tolerance=tolerance, force=force)
 
-    def _promote(self, version: str, *, metric: str, tolerance: float, force: bool) -> Decision:
+    def _promote(
+        self, version: str, *, verdict: Verdict | None, metric: str, tolerance: float, force: bool
+    ) -> Decision:
         candidate = self.show(version)
         previous = self.current()
         if previous == version:
             return Decision(False, version, previous, f"{version} is already current")
         if previous is not None and not force:
-            refusal = _refusal(candidate, self.show(previous), metric, tolerance)
-            if refusal:
-                return Decision(False, version, previous, refusal)
+            if verdict is not None and (verdict.candidate, verdict.current) != (version, previous):
+                why = f"the verdict compares {verdict.candidate} with {verdict.current}, but {previous} is current now"
+                return Decision(False, version, previous, why)
+            refusal = _refusal(candidate, self.show(previous), metric, tolerance) if verdict is None else None
+            if refusal or (verdict is not None and not verdict.promote):
+                return Decision(False, version, previous, refusal or (verdict.reason if verdict else ""))
         self._point_to(version, action="promote", previous=previous, forced=force)
+        if verdict is not None and not force:
+            return Decision(True, version, previous, f"promoted: {verdict.reason}")
         score = candidate.metrics.get(metric)
-        return Decision(True, version, previous, f"promoted ({metric} {score})" + (" by force" if force else ""))
+        how = f"{metric} {score:.4f}" if isinstance(score, float) else "no metric"
+        return Decision(True, version, previous, f"promoted ({how})" + (" by force" if force else ""))
+
+    def record_gate(self, scores: GateScores) -> None:
+        """Keep a version's answers on a gate set, so a later promotion compares with them without scoring again."""
+        _check_name(scores.version)
+        self.fs.makedirs(f"{self.root}/gates/{scores.gate}", exist_ok=True)
+        self._replace(f"gates/{scores.gate}/{scores.version}.json", scores.to_json())
+
+    def gate_scores(self, version: str, gate: str) -> GateScores | None:
+        try:
+            return GateScores.from_json(self.fs.cat_file(f"{self.root}/gates/{gate}/{version}.json"))
+        except FileNotFoundError:
+            return None
 
     def rollback(self) -> Decision:
         """Point back to the version that was current before the current one."""
@@ -332,8 +363,9 @@ def _refusal(candidate: AdapterManifest, current: AdapterManifest, metric: str, 
     """Why the candidate may not replace the current adapter, or None if it may."""
     if candidate.eval_fingerprint is None or candidate.eval_fingerprint != current.eval_fingerprint:
         return (
-            f"not comparable: {candidate.version} was evaluated on eval set {candidate.eval_fingerprint}, the current "
-            f"{current.version} on {current.eval_fingerprint}; evaluate both on the same set or use --force"
+            f"{candidate.version}'s metrics come from another held-out set than the current {current.version}'s: "
+            f"score both on one gate set (`qcat adapters promote {candidate.version} --gate FILE`; `qcat retrain` "
+            "does it with --eval) or use --force"
         )
     if metric not in candidate.metrics or metric not in current.metrics:
         return f"{metric} is missing from the metrics of {candidate.version} or {current.version}"

@@ -1,4 +1,5 @@
-"""The adapter registry: qcat adapters add | list | show | promote | rollback."""
+"""The adapter registry: qcat adapters add | list | show | rollback (`promote`, which scores adapters on a gate set,
+is the training package's: qcat/training/cli.py, declared in the `qcat.adapters` entry-point group)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from qcat.command_line import AnnounceOption, RegistryOption, announce, console, fail
 from qcat.errors import QcatError, RegistryError
-from qcat.registry import DEFAULT_TOLERANCE, Registry
+from qcat.registry import Registry
 
 adapters = typer.Typer(no_args_is_help=True, help="The adapter registry: list, show, promote, roll back.")
 
@@ -85,26 +86,6 @@ def adapters_show(version: str, registry: RegistryOption) -> None:
         print(Registry(registry).show(version).model_dump_json(indent=2))
     except QcatError as error:
         raise fail(error) from error
-
-
-@adapters.command("promote")
-def adapters_promote(
-    version: str,
-    registry: RegistryOption,
-    force: Annotated[bool, typer.Option(help="Promote even if worse or not comparable.")] = False,
-    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop.")] = DEFAULT_TOLERANCE,
-    announce_it: AnnounceOption = False,
-) -> None:
-    """Make a version current if it is at least as good as the current one on the same eval set. Exit 3 if refused."""
-
-    try:
-        decision = Registry(registry).promote(version, force=force, tolerance=tolerance)
-        console.print(decision.reason)
-        if decision.promoted and announce_it:
-            announce("promote", version, Registry(registry).path(version))
-    except QcatError as error:
-        raise fail(error) from error
-    raise typer.Exit(code=0 if decision.promoted else 3)
 
 
 @adapters.command("rollback")

@@ -165,13 +165,17 @@ def retrain(
     corrections: Annotated[
         Path, typer.Option("--corrections", envvar="QCAT_CORRECTIONS_DIR", help="The corrections store.")
     ],
-    eval_data: Annotated[Path, typer.Option("--eval", help="The fixed eval set every version is judged on.")],
+    eval_data: Annotated[
+        Path,
+        typer.Option("--eval", help="The frozen gate set every version is scored on (never trained or selected on)."),
+    ],
     registry: RegistryOption,
     work: Annotated[Path, typer.Option(help="Scratch directory (replaced).")] = Path("qcat-data/retrain"),
-    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the fixed eval set.")] = DEFAULT_TOLERANCE,
+    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the gate set.")] = DEFAULT_TOLERANCE,
     from_current: Annotated[
         bool, typer.Option(help="Start from the current adapter's weights instead of from scratch.")
     ] = False,
+    force: Annotated[bool, typer.Option(help="Promote the candidate whatever the gate says.")] = False,
     announce_it: AnnounceOption = False,
     *,
     recipe: Recipe,
@@ -179,9 +183,11 @@ def retrain(
     device: str | None,
     dtype: str | None,
 ) -> None:
-    """Retrain on base data + corrections and promote through the gate (a CronJob's command).
+    """Retrain on base data + corrections and promote through the paired gate (a CronJob's command).
 
-    Exit 0: promoted; 3: not better, the current adapter stays; anything else: an error. Last line: JSON summary.
+    Selection uses a split of base data + corrections; --eval is the frozen gate set both adapters are scored on.
+    Exit 0: promoted; 3: worse beyond the tolerance, the current adapter stays; anything else: an error. Last line:
+    a JSON summary with the paired figures (docs/feedback-loop.md).
     """
     from qcat.pytorch.model import resolve_device
     from qcat.training.retrain import RetrainRequest
@@ -196,6 +202,7 @@ def retrain(
         work=work,
         tolerance=tolerance,
         from_current=from_current,
+        force=force,
         recipe=recipe,
     )
     try:
@@ -210,3 +217,39 @@ def retrain(
     console.print(summary["reason"])
     print(json.dumps(summary))
     raise typer.Exit(code=0 if summary["promoted"] else 3)
+
+
+def adapters_promote(
+    version: str,
+    registry: RegistryOption,
+    gate: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labeled gate set: the candidate and the current adapter are scored on it (answers kept in the "
+            "registry) and compared row by row. Default: a gate set both were scored on before, else their metrics."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Promote whatever the gate says.")] = False,
+    tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the gate set.")] = DEFAULT_TOLERANCE,
+    base_model: BaseModelOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    announce_it: AnnounceOption = False,
+) -> None:
+    """Make a version current if it is not worse than the current one beyond the tolerance, paired on one gate set
+    (docs/feedback-loop.md). Exit 3 if refused; the reason gives both accuracies and the flips each way."""
+    from qcat.registry import Registry
+    from qcat.training.data import load_examples
+    from qcat.training.gate import gated_promotion
+
+    settings = settings_from(EngineSettings, base_model=base_model, device=device, dtype=dtype)
+    try:
+        store = Registry(registry)
+        rows = load_examples(gate) if gate is not None else None
+        decision, _ = gated_promotion(store, version, rows, settings, tolerance=tolerance, force=force)
+        console.print(decision.reason)
+        if decision.promoted and announce_it:
+            announce("promote", version, store.path(version))
+    except QcatError as error:
+        raise fail(error) from error
+    raise typer.Exit(code=0 if decision.promoted else 3)
