@@ -62,10 +62,13 @@ AnnounceOption = Annotated[
 ]
 
 
-def announce(action: Literal["promote", "rollback"], version: str, path: Path) -> None:
-    """Publish the registry change on the control topic; workers swap to it between batches."""
+def announce(
+    action: Literal["promote", "rollback", "shadow", "unshadow"], version: str, path: Path, sample: float | None = None
+) -> None:
+    """Publish the registry change on the control topic; workers swap to it between batches (or start or stop
+    scoring a candidate in shadow)."""
     from qcat.control import announce as publish
     from qcat.kafka import KafkaSettings
 
-    topic = publish(action, version, path, settings_from(KafkaSettings))
+    topic = publish(action, version, path, settings_from(KafkaSettings), sample=sample)
     console.print(f"announced {action} of {version} on {topic}")

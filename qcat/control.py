@@ -45,9 +45,16 @@ async def publish(settings: KafkaSettings, announcement: AdapterAnnouncement) ->
         await producer.stop()
 
 
-def announce(action: Literal["promote", "rollback"], version: str, path: Path, settings: KafkaSettings) -> str:
-    """Tell running workers that the registry now points to `version`; returns the control topic's name."""
-    message = AdapterAnnouncement(action=action, version=version, path=str(path.resolve()))
+def announce(
+    action: Literal["promote", "rollback", "shadow", "unshadow"],
+    version: str,
+    path: Path,
+    settings: KafkaSettings,
+    sample: float | None = None,
+) -> str:
+    """Tell running workers that the registry now points to `version` (or puts it in shadow, or takes it out);
+    returns the control topic's name."""
+    message = AdapterAnnouncement(action=action, version=version, path=str(path.resolve()), sample=sample)
     consequence = (
         f". The registry now points to {version}; running workers keep their adapter until it is announced (re-run "
         "with --announce), their registry poll finds it, or they restart"

@@ -220,8 +220,7 @@ class Registry:
     def record_gate(self, scores: GateScores) -> None:
         """Keep a version's answers on a gate set, so a later promotion compares with them without scoring again."""
         _check_name(scores.version)
-        self.fs.makedirs(f"{self.root}/gates/{scores.gate}", exist_ok=True)
-        self._replace(f"gates/{scores.gate}/{scores.version}.json", scores.to_json())
+        self.replace_file(f"gates/{scores.gate}/{scores.version}.json", scores.to_json())
 
     def gate_scores(self, version: str, gate: str) -> GateScores | None:
         try:
@@ -260,14 +259,22 @@ class Registry:
             "forced": forced,
         }
         lines = [*self._history(), entry]  # rewritten whole: object stores cannot append
-        self._replace("history.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode())
-        self._replace("current.json", json.dumps({"version": version}).encode())
+        self.replace_file("history.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode())
+        self.replace_file("current.json", json.dumps({"version": version}).encode())
 
-    def _replace(self, name: str, content: bytes) -> None:
-        """Write beside, then move into place: readers see the old file or the new one, never half of one."""
-        staging = f"{self.root}/.{name}.{uuid.uuid4().hex}"
-        self.fs.pipe_file(staging, content)
-        self.fs.mv(staging, f"{self.root}/{name}")
+    def replace_file(self, name: str, content: bytes) -> None:
+        """Write beside, then move into place: readers see the old file or the new one, never half of one. `name`
+        is relative to the registry's root (`gates/<set>/<version>.json`)."""
+        folder, _, base = f"{self.root}/{name}".rpartition("/")
+        self.fs.makedirs(folder, exist_ok=True)
+        staging = f"{folder}/.{base}.{uuid.uuid4().hex}"
+        try:
+            self.fs.pipe_file(staging, content)
+            self.fs.mv(staging, f"{folder}/{base}")
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                self.fs.rm(staging)
+            raise RegistryError(f"cannot write {self.url}/{name}: {error}; nothing was changed") from error
 
     def _history(self) -> list[dict[str, object]]:
         try:

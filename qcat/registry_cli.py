@@ -1,5 +1,6 @@
-"""The adapter registry: qcat adapters add | list | show | rollback (`promote`, which scores adapters on a gate set,
-is the training package's: qcat/training/cli.py, declared in the `qcat.adapters` entry-point group)."""
+"""The adapter registry: qcat adapters add | list | show | rollback | shadow | compare. `promote`, which scores
+adapters on a gate set, is the training package's (qcat/training/cli.py, declared in the `qcat.adapters` entry-point
+group)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qcat.command_line import AnnounceOption, RegistryOption, announce, console, fail
-from qcat.errors import QcatError, RegistryError
+from qcat.command_line import AnnounceOption, RegistryOption, announce, console, fail, settings_from
+from qcat.errors import QcatError, RegistryError, UsageError
 from qcat.registry import Registry
 
 adapters = typer.Typer(no_args_is_help=True, help="The adapter registry: list, show, promote, roll back.")
@@ -99,3 +100,71 @@ def adapters_rollback(registry: RegistryOption, announce_it: AnnounceOption = Fa
             announce("rollback", decision.version, Registry(registry).path(decision.version))
     except QcatError as error:
         raise fail(error) from error
+
+
+@adapters.command("shadow")
+def adapters_shadow(
+    registry: RegistryOption,
+    version: Annotated[str | None, typer.Argument(help="A registered version (omit with --stop).")] = None,
+    sample: Annotated[
+        float, typer.Option(min=0.0001, max=1.0, help="The share of events it scores beside the serving adapter.")
+    ] = 1.0,
+    stop: Annotated[bool, typer.Option("--stop", help="Take the candidate out of shadow.")] = False,
+    announce_it: AnnounceOption = False,
+) -> None:
+    """Score a registered candidate on live events beside the serving adapter, without changing any route: workers
+    publish its disagreements and its answers to corrections on <prefix>.shadow (`adapters compare` reads them)."""
+    from qcat.shadow import set_shadow
+
+    if (version is None) != stop:
+        raise fail(UsageError("give a VERSION to put in shadow, or --stop to take the shadow away"))
+    try:
+        store = Registry(registry)
+        if stop:
+            set_shadow(store, None)
+            console.print("no candidate in shadow")
+        else:
+            assert version is not None
+            set_shadow(store, version, sample)
+            console.print(f"{version} in shadow on {sample:.0%} of events")
+        if announce_it:
+            name = version or "none"
+            path = store.path(version) if version else Path(registry)
+            announce("unshadow" if stop else "shadow", name, path, sample=None if stop else sample)
+    except QcatError as error:
+        raise fail(error) from error
+
+
+@adapters.command("compare")
+def adapters_compare(
+    version: Annotated[str, typer.Argument(help="The candidate that ran in shadow.")],
+    registry: RegistryOption,
+    report: Annotated[Path | None, typer.Option(help="Also write compare.json and compare.png there.")] = None,
+) -> None:
+    """What shadow scoring showed (from <prefix>.shadow, QCAT_BROKERS): agreement with the serving adapter, the
+    label flips, each adapter's accuracy on the corrections that arrived; kept in the registry as the evidence
+    `adapters promote --require-shadow-events/--require-shadow-corrections` checks."""
+    from qcat.kafka import KafkaSettings
+    from qcat.shadow import keep_evidence, plot, read_records, summarize
+
+    try:
+        store = Registry(registry)
+        store.show(version)
+        evidence = summarize(read_records(settings_from(KafkaSettings)), version)
+        keep_evidence(store, evidence)
+    except QcatError as error:
+        raise fail(error) from error
+    total = max(evidence["corrections"], 1)
+    agreement = "-" if evidence["agreement"] is None else f"{evidence['agreement']:.1%}"
+    console.print(
+        f"{version} in shadow: {evidence['events']} events scored, agreement {agreement}; "
+        f"{evidence['corrections']} corrections: candidate {evidence['candidate_correct'] / total:.1%} right, "
+        f"serving {evidence['serving_correct'] / total:.1%}"
+    )
+    for flip in evidence["flips"][:5]:
+        console.print(f"  {flip['serving']} -> {flip['candidate']}: {flip['events']} events")
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "compare.json").write_text(json.dumps(evidence, indent=2) + "\n", encoding="utf-8")
+        plot(evidence, report / "compare.png")
+    print(json.dumps(evidence))

@@ -13,6 +13,8 @@ from qcat.schemas.events import (
     DeadLetterReason,
     LabelScore,
     QuestionEvent,
+    ShadowAnswer,
+    ShadowRecord,
     json_schemas,
 )
 from qcat.schemas.prompt import PROMPT_FORMAT_VERSION, PromptFormat, PromptStyle, prompt_format
@@ -36,6 +38,8 @@ __all__ = [
     "PromptFormat",
     "PromptStyle",
     "QuestionEvent",
+    "ShadowAnswer",
+    "ShadowRecord",
     "Taxonomy",
     "Topics",
     "json_schemas",

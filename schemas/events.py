@@ -94,15 +94,47 @@ class CorrectionEvent(_Event):
 
 
 class AdapterAnnouncement(_Event):
-    """On the control topic: the registry's current adapter changed; every worker loads it between batches."""
+    """On the control topic: the registry's current adapter changed (`promote`, `rollback`: every worker loads it
+    between batches), or a candidate is put in shadow or taken out (`shadow`, `unshadow`: workers score a share of
+    events with it beside the serving adapter, without changing any route)."""
 
-    action: Literal["promote", "rollback"]
+    action: Literal["promote", "rollback", "shadow", "unshadow"]
     version: str = Field(pattern=VERSION_PATTERN)
     path: str = Field(
         description="The adapter directory as the announcer sees it; workers load it from their own registry, and "
         "from this path only if configured to (QCAT_ANNOUNCED_PATHS)."
     )
     announced_at: AwareDatetime = Field(default_factory=utcnow)
+    sample: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="With `shadow`: the share of events the candidate scores."
+    )
+
+
+class ShadowAnswer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    version: str | None
+    label: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    routed: bool
+
+
+class ShadowRecord(_Event):
+    """On `<prefix>.shadow`, while a candidate is in shadow: each event the two adapters label differently, each
+    correction scored by both (`corrected_label` is the truth), and per batch a tally of events scored and agreed on.
+    Nothing here changes a route; `qcat adapters compare` reads it."""
+
+    kind: Literal["disagreement", "correction", "tally"]
+    candidate_version: str
+    serving_version: str | None
+    event_id: str | None = None
+    text: str | None = None
+    serving: ShadowAnswer | None = None
+    candidate: ShadowAnswer | None = None
+    corrected_label: str | None = None
+    scored: int = Field(default=0, ge=0)
+    agreed: int = Field(default=0, ge=0)
+    at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class DeadLetterReason(StrEnum):
@@ -148,6 +180,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "CorrectionEvent": CorrectionEvent,
     "DeadLetter": DeadLetter,
     "AdapterAnnouncement": AdapterAnnouncement,
+    "ShadowRecord": ShadowRecord,
 }
 
 

@@ -29,6 +29,7 @@ class Topics:
     dlq: str
     corrections: str
     adapters: str
+    shadow: str
     routes: dict[str, str]
 
     @classmethod
@@ -51,9 +52,10 @@ class Topics:
             dlq=f"{prefix}.dlq",
             corrections=f"{prefix}.corrections",
             adapters=f"{prefix}.adapters",
+            shadow=f"{prefix}.shadow",
             routes=routes,
         )
 
     def all_outputs(self) -> list[str]:
         """Topics the worker writes to (the control topic `adapters` has one partition and is declared apart)."""
-        return [self.categorized, self.review, self.dlq, *self.routes.values()]
+        return [self.categorized, self.review, self.dlq, self.shadow, *self.routes.values()]

@@ -231,6 +231,13 @@ def adapters_promote(
     ] = None,
     force: Annotated[bool, typer.Option(help="Promote whatever the gate says.")] = False,
     tolerance: Annotated[float, typer.Option(help="Allowed accuracy drop on the gate set.")] = DEFAULT_TOLERANCE,
+    require_shadow_events: Annotated[
+        int, typer.Option(min=0, help="Also require shadow evidence (`adapters compare`) of this many events.")
+    ] = 0,
+    require_shadow_corrections: Annotated[
+        int,
+        typer.Option(min=0, help="...and of this many corrections, on which the candidate is not less accurate."),
+    ] = 0,
     base_model: BaseModelOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
@@ -245,6 +252,14 @@ def adapters_promote(
     settings = settings_from(EngineSettings, base_model=base_model, device=device, dtype=dtype)
     try:
         store = Registry(registry)
+        if (require_shadow_events or require_shadow_corrections) and not force:
+            from qcat.shadow import evidence_of, lacking
+
+            events, corrections = require_shadow_events, require_shadow_corrections
+            refusal = lacking(evidence_of(store, version), events=events, corrections=corrections)
+            if refusal is not None:
+                console.print(refusal)
+                raise typer.Exit(code=3)
         rows = load_examples(gate) if gate is not None else None
         decision, _ = gated_promotion(store, version, rows, settings, tolerance=tolerance, force=force)
         console.print(decision.reason)

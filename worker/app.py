@@ -10,6 +10,7 @@ and are acked in the order they were taken (`worker.acks`). A redelivered event 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,17 +28,20 @@ from qcat.corrections import CorrectionStore
 from qcat.errors import PublishAbortedError
 from qcat.schemas.topics import Topics
 from qcat.worker.acks import BackgroundPublishing
-from qcat.worker.corrections import sort_corrections, store_batch
+from qcat.worker.corrections import CorrectionBatch, sort_corrections, store_batch
 from qcat.worker.hot_swap import AdapterWatcher, Serving
 from qcat.worker.metrics import WorkerMetrics
-from qcat.worker.process import BatchResult, Record, process_batch
+from qcat.worker.process import BatchResult, Output, Record, process_batch
 from qcat.worker.publisher import BatchPublisher
 from qcat.worker.refused import RefusedRecords
 from qcat.worker.settings import WorkerSettings
+from qcat.worker.shadow import correction_records
 from qcat.worker.transport import use_fast_transport
 from qcat.worker.unparseable import unparseable_reason
 
 log = structlog.get_logger(__name__)
+CORRECTIONS_BACKOFF, CORRECTIONS_BACKOFF_MAX = 0.5, 30.0
+"""Seconds before the first retry of a corrections batch that could not be stored, doubling up to the maximum."""
 
 
 def credentials(settings: WorkerSettings) -> Any:
@@ -126,21 +130,27 @@ def create_app(
                 metrics.events_in.labels(topics.incoming).inc(len(records))
                 metrics.batch_size.observe(len(records))
                 # the classifier is chosen per batch: an adapter swap takes effect between batches
-                result: BatchResult = await loop.run_in_executor(executor, handle, records, serving.classifier)
+                result: BatchResult = await loop.run_in_executor(
+                    executor, partial(handle, shadow=serving.shadow), records, serving.classifier
+                )
                 await background.start(list(events), result)  # overlaps the next batch's inference
         finally:
             await background.finish()
 
-    _store_corrections(app, settings, topics, serving, metrics, publisher)
-    _add_pages(app, metrics, lambda: _readiness(ready, watcher, publisher))
+    storing = asyncio.Event()
+    _store_corrections(app, settings, topics, serving, metrics, publisher, executor, storing)
+    _add_pages(app, metrics, lambda: _readiness(ready, watcher, publisher, storing))
     return app
 
 
-def _readiness(ready: asyncio.Event, watcher: AdapterWatcher | None, publisher: BatchPublisher) -> dict[str, bool]:
+def _readiness(
+    ready: asyncio.Event, watcher: AdapterWatcher | None, publisher: BatchPublisher, storing: asyncio.Event
+) -> dict[str, bool]:
     return {
         "in_group": ready.is_set(),
         "following_adapters": watcher is None or watcher.watching.is_set(),
         "publishing": not publisher.stalled(),
+        "storing_corrections": storing.is_set(),
     }
 
 
@@ -177,27 +187,54 @@ def _store_corrections(
     serving: Serving,
     metrics: WorkerMetrics,
     publisher: BatchPublisher,
+    executor: ThreadPoolExecutor,
+    storing: asyncio.Event,
 ) -> None:
     corrections = app.topic(topics.corrections, key_type=bytes, value_type=bytes, partitions=settings.partitions)
     store = CorrectionStore(settings.corrections_dir)
+    storing.set()
+
+    async def stored(records: list[Record]) -> CorrectionBatch:
+        """Sorted and stored, retried with backoff while the store cannot be written (a full disk, a lost volume):
+        readiness says so meanwhile, and nothing is acked, so nothing is lost."""
+        for attempt in itertools.count():
+            batch = sort_corrections(
+                records, taxonomy=serving.classifier.taxonomy, max_text_chars=settings.max_text_chars, dlq=topics.dlq
+            )
+            try:
+                store_batch(batch, store, writer_prefix=topics.corrections, dlq=topics.dlq)
+            except OSError as error:
+                storing.clear()
+                metrics.corrections_failed.inc()
+                wait = min(CORRECTIONS_BACKOFF_MAX, CORRECTIONS_BACKOFF * 2**attempt)
+                log.error("cannot store corrections; retrying", error=str(error)[:300], retry_in_s=wait)
+                await asyncio.sleep(wait)
+                continue
+            storing.set()
+            return batch
+        raise AssertionError("unreachable")
 
     @app.agent(corrections)
     async def store_corrections(stream: Any) -> None:
-        """Valid corrections to the store (fsynced), bad ones to the DLQ; offsets commit after both."""
+        """Valid corrections to the store (fsynced), bad ones to the DLQ; offsets commit after both. While a candidate
+        is in shadow, each valid correction is also scored by both adapters (`worker.shadow`)."""
+        loop = asyncio.get_running_loop()
         async for events in stream.take_events(settings.micro_batch, within=settings.max_wait):
             for event in events:  # as in categorize: take_events acks even when publishing is aborted
                 event.message.incref()
             metrics.events_in.labels(topics.corrections).inc(len(events))
-            batch = sort_corrections(
-                [_record(event) for event in events],
-                taxonomy=serving.classifier.taxonomy,
-                max_text_chars=settings.max_text_chars,
-                dlq=topics.dlq,
-            )
-            store_batch(batch, store, writer_prefix=topics.corrections, dlq=topics.dlq)
-            for partition, stored in batch.stored.items():
-                metrics.corrections.inc(stored)
-                log.info("corrections stored", new=stored, received=len(batch.valid[partition]), partition=partition)
+            batch = await stored([_record(event) for event in events])
+            for partition, count in batch.stored.items():
+                metrics.corrections.inc(count)
+                log.info("corrections stored", new=count, received=len(batch.valid[partition]), partition=partition)
+            if (shadow := serving.shadow) is not None:
+                valid = [event for items in batch.valid.values() for _, event in items]
+                texts, labels = [e.text for e in valid], [e.label for e in valid]
+                scored = partial(
+                    correction_records, texts, labels, serving.classifier, shadow, settings.confidence_threshold
+                )
+                for record in await loop.run_in_executor(executor, scored):
+                    batch.outputs.append(Output(topics.shadow, None, record.model_dump_json().encode(), []))
             if batch.outputs:
                 try:
                     await publisher.publish(batch.outputs)
@@ -248,6 +285,9 @@ def _observe(result: BatchResult, *, metrics: WorkerMetrics, log_text: bool) -> 
             partition=letter.partition,
             offset=letter.offset,
         )
+    if result.shadow_scored:
+        metrics.shadow_scored.inc(result.shadow_scored)
+        metrics.shadow_agreed.inc(result.shadow_agreed)
     for label, count in Counter(event.label for event in result.categorized).items():
         metrics.labels.labels(label).inc(count)
     for event in result.categorized:

@@ -29,18 +29,21 @@ from qcat.control import ensure_control_topic
 from qcat.errors import RegistryError
 from qcat.registry import Registry
 from qcat.schemas.events import AdapterAnnouncement
+from qcat.shadow import shadow_of
 from qcat.worker.metrics import WorkerMetrics
 from qcat.worker.settings import WorkerSettings
+from qcat.worker.shadow import Shadow
 from qcat.worker.unparseable import unparseable_reason
 
 log = structlog.get_logger(__name__)
 
 
 class Serving:
-    """The classifier the next batch will use."""
+    """The classifier the next batch will use, and the candidate in shadow beside it, if any."""
 
-    def __init__(self, classifier: Classifier) -> None:
+    def __init__(self, classifier: Classifier, shadow: Shadow | None = None) -> None:
         self.classifier = classifier
+        self.shadow = shadow
 
 
 class AdapterWatcher:
@@ -58,6 +61,8 @@ class AdapterWatcher:
 
     async def run(self) -> None:
         registry = self.settings.registry
+        if registry is not None:
+            await self._sync_shadow(Registry(registry))
         follow = asyncio.create_task(self._follow_registry(Registry(registry))) if registry is not None else None
         try:
             await self._follow_announcements()
@@ -81,6 +86,26 @@ class AdapterWatcher:
             if current is not None and current != seen:
                 seen = current
                 await self.serve(AdapterAnnouncement(action="promote", version=current, path=registry.url))
+            await self._sync_shadow(registry)
+
+    async def _sync_shadow(self, registry: Registry) -> None:
+        """The registry's shadow pointer, served as if announced when it differs from this worker's shadow."""
+        try:
+            pointer = await asyncio.get_running_loop().run_in_executor(None, shadow_of, registry)
+        except Exception as error:  # noqa: BLE001 - as for the current version: the follower goes on
+            log.error("cannot read the registry's shadow pointer", error=str(error)[:300])
+            return
+        shadow = self.serving.shadow
+        serving_now = (shadow.classifier.adapter_version, shadow.sample) if shadow is not None else None
+        if pointer == serving_now:
+            return
+        if pointer is None:
+            announcement = AdapterAnnouncement(action="unshadow", version="none", path=registry.url)
+        else:
+            announcement = AdapterAnnouncement(
+                action="shadow", version=pointer[0], path=registry.url, sample=pointer[1]
+            )
+        await self.serve(announcement)
 
     async def _follow_announcements(self) -> None:
         await ensure_control_topic(self.settings)
@@ -118,9 +143,38 @@ class AdapterWatcher:
         await self.serve(announcement)
 
     async def serve(self, announcement: AdapterAnnouncement) -> None:
-        """Load the announced version, if this worker may serve it, and switch to it between batches."""
+        """Load the announced version, if this worker may serve it, and switch to it between batches (or, for
+        `shadow`, score a share of events with it beside the serving adapter; `unshadow` stops that)."""
         async with self._one_at_a_time:
-            await self._serve(announcement)
+            if announcement.action in ("shadow", "unshadow"):
+                await self._shadow(announcement)
+            else:
+                await self._serve(announcement)
+
+    async def _shadow(self, announcement: AdapterAnnouncement) -> None:
+        shadow, version = self.serving.shadow, announcement.version
+        if announcement.action == "unshadow":
+            self.serving.shadow = None
+            self.metrics.shadow.set(0)
+            log.info("shadow scoring stopped", candidate=shadow.classifier.adapter_version if shadow else None)
+            return
+        sample = announcement.sample or 1.0
+        if shadow is not None and (shadow.classifier.adapter_version, shadow.sample) == (version, sample):
+            return
+        try:
+            if self.settings.registry is None:
+                raise RegistryError("no registry to look the candidate up in (set QCAT_REGISTRY)")
+            path = Registry(self.settings.registry).path(version)  # registered versions only, never a path
+            loaded = await self._load_in_passing_thread(lambda: self.load(path))
+        except Exception as error:  # noqa: BLE001 - a candidate that cannot load is not scored; serving goes on
+            self._refuse("failed", announcement, f"shadow: {type(error).__name__}: {error}")
+            return
+        if loaded.taxonomy.names != self.serving.classifier.taxonomy.names:
+            self._refuse("refused", announcement, "shadow: its labels differ from the serving taxonomy")
+            return
+        self.serving.shadow = Shadow(loaded, sample)
+        self.metrics.shadow.set(1)
+        log.info("shadow scoring started", candidate=version, sample=sample)
 
     async def _serve(self, announcement: AdapterAnnouncement) -> None:
         current = self.serving.classifier

@@ -51,6 +51,11 @@ class WorkerMetrics:
         self.corrections = Counter(
             "qcat_corrections_stored", "Corrections stored (redeliveries not counted).", registry=r
         )
+        self.corrections_failed = Counter(
+            "qcat_corrections_store_failures",
+            "Attempts to store a batch of corrections that failed (a full disk, a lost volume); each is retried.",
+            registry=r,
+        )
         self.adapter_swaps = Counter(
             "qcat_adapter_swaps",
             "Adapter announcements by outcome: swapped, failed, refused, invalid.",
@@ -67,6 +72,13 @@ class WorkerMetrics:
             registry=r,
         )
         self.ready = Gauge("qcat_ready", "1 once the model is loaded and the worker consumes.", registry=r)
+        self.shadow = Gauge("qcat_shadow", "1 while a candidate adapter scores events in shadow.", registry=r)
+        self.shadow_scored = Counter("qcat_shadow_scored", "Events the candidate in shadow scored.", registry=r)
+        self.shadow_agreed = Counter(
+            "qcat_shadow_agreed",
+            "Events the candidate in shadow labelled and routed as the serving adapter did.",
+            registry=r,
+        )
 
     def serving(self, classifier: Classifier, threshold: float | None) -> None:
         """What serves now: the model and adapter, and the review threshold in force (`threshold` overrides)."""

@@ -16,6 +16,7 @@ from qcat.errors import InferenceError
 from qcat.schemas.events import SCHEMA_VERSION, DeadLetter, DeadLetterReason, QuestionEvent
 from qcat.schemas.topics import Topics
 from qcat.worker.decode import Rejected, dead_letter, decode_question
+from qcat.worker.shadow import Shadow, shadow_records
 
 Headers = list[tuple[str, bytes]]
 TOP_SCORES = 3
@@ -67,6 +68,8 @@ class BatchResult:
     categorized: list[Labelled] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     inference_seconds: float = 0.0
+    shadow_scored: int = 0
+    shadow_agreed: int = 0
 
 
 def process_batch(
@@ -76,8 +79,10 @@ def process_batch(
     *,
     threshold: float | None,
     max_text_chars: int,
+    shadow: Shadow | None = None,
 ) -> BatchResult:
-    """Decode, classify and route `records`; `threshold`, if set, replaces the classifier's own review threshold."""
+    """Decode, classify and route `records`; `threshold`, if set, replaces the classifier's own review threshold. A
+    candidate in `shadow` also labels its share of the events, for the shadow topic only (`worker.shadow`)."""
     result = BatchResult()
     valid: list[tuple[Record, QuestionEvent]] = []
     for record in records:
@@ -92,6 +97,7 @@ def process_batch(
     predictions = _classify(classifier, [event.text for _, event in valid])
     result.inference_seconds = time.perf_counter() - started
     routing = classifier.routing
+    answered: list[tuple[QuestionEvent, Prediction]] = []
     for (record, event), prediction in zip(valid, predictions, strict=True):
         if isinstance(prediction, Rejected):
             add_dead_letter(result, topics.dlq, record, prediction)
@@ -109,7 +115,31 @@ def process_batch(
             Output(route, key, value, record.headers, record),
         ]
         result.categorized.append(labelled)
+        answered.append((event, prediction))
+    if shadow is not None and answered:
+        add_shadow(result, topics, answered, classifier, shadow, threshold)
     return result
+
+
+def add_shadow(
+    result: BatchResult,
+    topics: Topics,
+    answered: list[tuple[QuestionEvent, Prediction]],
+    classifier: Classifier,
+    shadow: Shadow,
+    threshold: float | None,
+) -> None:
+    """The shadow candidate's records for this batch. A failing candidate costs its records, never the batch."""
+    try:
+        records = shadow_records([e for e, _ in answered], [p for _, p in answered], classifier, shadow, threshold)
+    except Exception as error:  # noqa: BLE001 - the candidate is on trial; the serving answers stand
+        log.warning("shadow scoring failed; the batch's routes stand", error=f"{type(error).__name__}: {error}")
+        return
+    for record in records:
+        if record.kind == "tally":
+            result.shadow_scored, result.shadow_agreed = record.scored, record.agreed
+        key = (record.event_id or record.candidate_version).encode()
+        result.outputs.append(Output(topics.shadow, key, record.model_dump_json().encode(), []))
 
 
 def categorized_json(
