@@ -59,7 +59,9 @@ def registry_of(base_model: str, folder: Path) -> Registry:
     return registry
 
 
-def run(address: str, tmp: Path, registry: Registry, mode: str, events: int, settings: dict[str, str]) -> dict:
+def run(
+    address: str, tmp: Path, registry: Registry, mode: str, events: int, settings: dict[str, str]
+) -> dict[str, Any]:
     """A fresh worker with the mode's shadow, then `events` produced at once; events/s and each event's route."""
     sample = MODES[mode]
     set_shadow(registry, "candidate" if sample else None, sample or 1.0)

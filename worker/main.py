@@ -21,7 +21,7 @@ from qcat.logs import configure_logging
 from qcat.registry import adapter_to_serve
 from qcat.worker.app import create_app
 from qcat.worker.metrics import WorkerMetrics
-from qcat.worker.settings import WorkerSettings
+from qcat.worker.settings import GPU_FRONTENDS, WorkerSettings
 
 
 def warmed_up(settings: WorkerSettings) -> Classifier:
@@ -72,6 +72,15 @@ def use_event_loop(name: str) -> None:
         )
 
 
+def on_gpu(settings: WorkerSettings) -> bool:
+    """Whether the PyTorch backend would run on a GPU (`QCAT_DEVICE`); other backends run where they run."""
+    if settings.classifier != "torch":
+        return False
+    from qcat.pytorch.model import resolve_device
+
+    return resolve_device(settings.device).type == "cuda"
+
+
 def run_worker(settings: WorkerSettings) -> None:
     configure_logging(json=settings.log_json, level=settings.log_level)
     try:
@@ -83,6 +92,11 @@ def run_worker(settings: WorkerSettings) -> None:
     if settings.adapter is None:
         settings = settings.model_copy(update={"adapter": adapter_to_serve(settings)})
         structlog.get_logger(__name__).info("serving", adapter=settings.adapter.name if settings.adapter else None)
+    frontends = settings.frontends or (GPU_FRONTENDS if on_gpu(settings) else 1)
+    if frontends > 1:
+        from qcat.worker.supervisor import run_pod
+
+        raise SystemExit(run_pod(settings, frontends))
     inference, classifier = start_inference(settings)
 
     def load(adapter: Path) -> Classifier:

@@ -12,6 +12,10 @@ from pydantic_settings import SettingsConfigDict
 from qcat.kafka import KafkaSettings
 from qcat.settings import CPU_MAX_BATCH, GPU_MAX_BATCH, EngineSettings
 
+GPU_FRONTENDS = 4
+"""Front-end processes per GPU when QCAT_FRONTENDS is unset: what it took for the host work to keep up with the
+engine (docs/worker.md, "One pod per GPU")."""
+
 
 class WorkerSettings(EngineSettings, KafkaSettings):
     """Batching, routing, adapters and operations, on top of the engine's model settings and the Kafka connection
@@ -30,6 +34,16 @@ class WorkerSettings(EngineSettings, KafkaSettings):
         f"{CPU_MAX_BATCH} on a CPU); also the largest forward pass unless QCAT_BATCH_SIZE is set.",
     )
     max_wait: float = Field(default=0.05, gt=0, le=60, description="Seconds to wait to fill a micro-batch.")
+    frontends: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description=f"Worker processes feeding one engine process that owns the GPU (unset: {GPU_FRONTENDS} on a GPU, "
+        "1 on a CPU, where one process runs everything).",
+    )
+    engine_socket: str | None = Field(
+        default=None, description="Where a front-end reaches its pod's engine core (set by qcat worker for them)."
+    )
     fetch_max_wait: float = Field(
         default=0.05,
         gt=0,
