@@ -47,7 +47,7 @@ async def preload(address: str, topic: str, count: int) -> None:
         await producer.stop()
 
 
-async def paced(address: str, topic: str, count: int, rate: float) -> None:
+async def paced(address: str, topic: str, count: int, rate: float, first: int = 0) -> None:
     from datetime import UTC, datetime
 
     producer = AIOKafkaProducer(bootstrap_servers=address, linger_ms=0)
@@ -58,7 +58,8 @@ async def paced(address: str, topic: str, count: int, rate: float) -> None:
             delay = started + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await producer.send(topic, event(i, datetime.now(UTC).isoformat()), key=f"b{i}".encode())
+            index = first + i
+            await producer.send(topic, event(index, datetime.now(UTC).isoformat()), key=f"b{index}".encode())
         await producer.flush()
     finally:
         await producer.stop()
