@@ -163,8 +163,9 @@ def outside_registry(tmp: Path, served: tuple[Registry, str] | None = None) -> d
 
 def control_topic_recreated(tmp: Path, served: tuple[Registry, str] | None = None) -> dict[str, Any]:
     """The broker restarts empty (memory storage) after the worker has read an announcement: the recreated control
-    topic starts again at offset 0, behind the worker's position, and the next announcement is never delivered. The
-    next promotion must still reach the worker: through its registry check (every 2 s here)."""
+    topic starts again at offset 0, behind the worker's position. The next promotion must still reach the worker,
+    through the announcement itself: the worker's registry poll is off here (an hour), and the watcher must notice
+    that its position is past the topic's end and read the topic again."""
     tmp.mkdir(parents=True, exist_ok=True)
     registry, v1 = served or registry_serving_v1(tmp)
     for version in ("v2", "v3"):
@@ -173,7 +174,7 @@ def control_topic_recreated(tmp: Path, served: tuple[Registry, str] | None = Non
     broker = EmbeddedBroker()
     broker.start()
     process = WorkerProcess(
-        broker.address, prefix, tmp, registry=registry.root, confidence_threshold=0, registry_poll_interval=2
+        broker.address, prefix, tmp, registry=registry.root, confidence_threshold=0, registry_poll_interval=3600
     ).start()
     try:
         registry.promote("v2", force=True)

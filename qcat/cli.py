@@ -5,14 +5,28 @@ qcat/registry_cli.py) and whatever the packages built on the runtime declare in 
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperOption
 
 from qcat import __version__
 from qcat.logs import configure_logging
 from qcat.registry_cli import adapters
 
+
+def _flags_without_types() -> None:
+    """Typer's help gives every option's type, a flag's too (`<bool>` after `--help` and every switch); a flag takes
+    no value, so its type column stays empty."""
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_types()
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qcat: streaming question categorization.")
 for point in sorted(entry_points(group="qcat.commands"), key=lambda point: point.name):
     app.add_typer(point.load())

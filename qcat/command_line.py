@@ -57,18 +57,24 @@ AnnounceOption = Annotated[
     bool,
     typer.Option(
         "--announce",
-        help="Tell running workers on <prefix>.adapters (broker and security from QCAT_BROKERS, QCAT_SASL_*, ...).",
+        help="Tell running workers on <prefix>.adapters (brokers from --brokers or QCAT_BROKERS; security from "
+        "QCAT_SASL_*, ...).",
     ),
 ]
+BrokersOption = Annotated[str | None, typer.Option(help="Kafka bootstrap servers. \\[env: QCAT_BROKERS]")]
 
 
 def announce(
-    action: Literal["promote", "rollback", "shadow", "unshadow"], version: str, path: Path, sample: float | None = None
+    action: Literal["promote", "rollback", "shadow", "unshadow"],
+    version: str,
+    path: Path,
+    sample: float | None = None,
+    brokers: str | None = None,
 ) -> None:
     """Publish the registry change on the control topic; workers swap to it between batches (or start or stop
     scoring a candidate in shadow)."""
     from qcat.control import announce as publish
     from qcat.kafka import KafkaSettings
 
-    topic = publish(action, version, path, settings_from(KafkaSettings), sample=sample)
+    topic = publish(action, version, path, settings_from(KafkaSettings, brokers=brokers), sample=sample)
     console.print(f"announced {action} of {version} on {topic}")

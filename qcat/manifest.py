@@ -4,6 +4,7 @@ well it did. Torch-free: the registry, the CLI and the worker read manifests wit
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from datetime import UTC, datetime
@@ -99,7 +100,14 @@ def model_card(manifest: AdapterManifest) -> str:
         lineage.append(f"- Continued from adapter `{manifest.parent_version}`.")
     if manifest.ingredients:
         lineage.append(f"- A soup (weight average) of {', '.join(f'`{v}`' for v in manifest.ingredients)}.")
-    return f"""# qcat adapter `{manifest.version}`
+    return f"""---
+library_name: peft
+base_model: {json.dumps(manifest.base_model)}
+pipeline_tag: text-classification
+tags: [qcat, lora, question-categorization]
+---
+
+# qcat adapter `{manifest.version}`
 
 A LoRA adapter and label head for qcat, the streaming question categorizer: it
 labels each question with one of {len(names)} labels and routes it to that label's Kafka topic.

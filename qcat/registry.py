@@ -48,12 +48,14 @@ from qcat.errors import AdapterError, OutputExistsError, RegistryError
 from qcat.gate import GateScores, Verdict
 from qcat.manifest import MANIFEST, AdapterManifest, parse_manifest, read_manifest
 from qcat.schemas.events import VERSION_PATTERN
-from qcat.settings import EngineSettings
 
 DEFAULT_METRIC = "accuracy"
 DEFAULT_TOLERANCE = 0.005
 LOCK_TIMEOUT = 30.0
 """Seconds a writer waits for another one's promote, rollback or add to finish."""
+STALE_STAGING = 600.0
+"""A staged write older than this was left by a writer that died; the next writer removes it."""
+STAGED = re.compile(r"\.[^/]+\.[0-9a-f]{32}")
 STALE_LEASE = 120.0
 """A store's lease older than this was left by a writer that died; the next writer takes it over."""
 
@@ -84,13 +86,19 @@ class Registry:
     def add(self, adapter: Path) -> AdapterManifest:
         """Copy a trained adapter directory into the registry under its manifest's version."""
         manifest = read_manifest(adapter)
+        self.clean_staging()
         target = f"{self.versions}/{manifest.version}"
         taken = OutputExistsError(f"version {manifest.version} is already registered; versions are immutable", target)
         if self.fs.exists(target):
             raise taken
         staging = f"{self.versions}/.{manifest.version}.{uuid.uuid4().hex}"
         self.fs.makedirs(self.versions, exist_ok=True)
-        self.fs.put(str(adapter), staging, recursive=True)
+        try:
+            self.fs.put(str(adapter), staging, recursive=True)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                self.fs.rm(staging, recursive=True)
+            raise RegistryError(f"cannot copy {adapter} into {self.url}: {error}; nothing was registered") from error
         try:
             with self._locked():
                 if self.fs.exists(target):  # registered while this copy was uploading
@@ -248,9 +256,26 @@ class Registry:
         self._point_to(target, action="rollback", previous=current, forced=True)
         return Decision(True, target, current, f"rolled back from {current}")
 
+    def clean_staging(self) -> None:
+        """Remove what writers that died (a full disk, SIGKILL) left staged: hidden `.<name>.<hex>` entries older
+        than `STALE_STAGING`, so that a writer still at work keeps its own."""
+        for folder in (self.root, self.versions):
+            try:
+                entries = self.fs.ls(folder, detail=False) if self.fs.isdir(folder) else []
+            except OSError:
+                continue
+            for entry in entries:
+                name = entry.rstrip("/").rsplit("/", 1)[-1]
+                if not STAGED.fullmatch(name):
+                    continue
+                with contextlib.suppress(OSError, NotImplementedError, FileNotFoundError):
+                    if time.time() - self.fs.modified(entry).timestamp() > STALE_STAGING:
+                        self.fs.rm(entry, recursive=True)
+
     def _point_to(self, version: str, *, action: str, previous: str | None, forced: bool) -> None:
         """History first, then the pointer (see the module): a crash in between changes nothing that serves."""
         self.fs.makedirs(self.root, exist_ok=True)
+        self.clean_staging()
         entry = {
             "at": datetime.now(UTC).isoformat(),
             "action": action,
@@ -331,24 +356,6 @@ class Registry:
             with contextlib.suppress(FileNotFoundError):
                 if self.fs.cat_file(lease) == mine:
                     self.fs.rm(lease)
-
-
-def adapter_to_serve(settings: EngineSettings) -> Path | None:
-    """What a worker or `qcat classify` serves: QCAT_ADAPTER if set; else, with QCAT_REGISTRY, its current version. A
-    registry that is not there, or has nothing promoted, is an error unless QCAT_ZERO_SHOT asks for the base model: a
-    misspelt path or an unmounted volume must not quietly serve zero-shot answers."""
-    if settings.adapter is not None or settings.registry is None:
-        return settings.adapter
-    registry = Registry(settings.registry)
-    current = registry.current_path() if registry.exists() else None
-    if current is None and not settings.zero_shot:
-        why = "has no promoted version yet" if registry.exists() else "does not exist (misspelt, or not mounted?)"
-        raise RegistryError(
-            f"the registry {settings.registry} {why}: promote an adapter there (`qcat adapters promote VERSION "
-            "--registry ...`), point QCAT_REGISTRY at the right place, or set QCAT_ZERO_SHOT=true to serve the base "
-            "model zero-shot"
-        )
-    return current
 
 
 def _check_name(version: str) -> None:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qcat.command_line import AnnounceOption, RegistryOption, announce, console, fail, settings_from
+from qcat.command_line import AnnounceOption, BrokersOption, RegistryOption, announce, console, fail, settings_from
 from qcat.errors import QcatError, RegistryError, UsageError
 from qcat.registry import Registry
 
@@ -90,14 +90,16 @@ def adapters_show(version: str, registry: RegistryOption) -> None:
 
 
 @adapters.command("rollback")
-def adapters_rollback(registry: RegistryOption, announce_it: AnnounceOption = False) -> None:
+def adapters_rollback(
+    registry: RegistryOption, announce_it: AnnounceOption = False, brokers: BrokersOption = None
+) -> None:
     """Point back to the version that was current before the current one."""
 
     try:
         decision = Registry(registry).rollback()
         console.print(decision.reason + f"; current is now {decision.version}")
         if announce_it:
-            announce("rollback", decision.version, Registry(registry).path(decision.version))
+            announce("rollback", decision.version, Registry(registry).path(decision.version), brokers=brokers)
     except QcatError as error:
         raise fail(error) from error
 
@@ -111,6 +113,7 @@ def adapters_shadow(
     ] = 1.0,
     stop: Annotated[bool, typer.Option("--stop", help="Take the candidate out of shadow.")] = False,
     announce_it: AnnounceOption = False,
+    brokers: BrokersOption = None,
 ) -> None:
     """Score a registered candidate on live events beside the serving adapter, without changing any route: workers
     publish its disagreements and its answers to corrections on <prefix>.shadow (`adapters compare` reads them)."""
@@ -130,7 +133,7 @@ def adapters_shadow(
         if announce_it:
             name = version or "none"
             path = store.path(version) if version else Path(registry)
-            announce("unshadow" if stop else "shadow", name, path, sample=None if stop else sample)
+            announce("unshadow" if stop else "shadow", name, path, sample=None if stop else sample, brokers=brokers)
     except QcatError as error:
         raise fail(error) from error
 
@@ -140,6 +143,7 @@ def adapters_compare(
     version: Annotated[str, typer.Argument(help="The candidate that ran in shadow.")],
     registry: RegistryOption,
     report: Annotated[Path | None, typer.Option(help="Also write compare.json and compare.png there.")] = None,
+    brokers: BrokersOption = None,
 ) -> None:
     """What shadow scoring showed (from <prefix>.shadow, QCAT_BROKERS): agreement with the serving adapter, the
     label flips, each adapter's accuracy on the corrections that arrived; kept in the registry as the evidence
@@ -150,7 +154,7 @@ def adapters_compare(
     try:
         store = Registry(registry)
         store.show(version)
-        evidence = summarize(read_records(settings_from(KafkaSettings)), version)
+        evidence = summarize(read_records(settings_from(KafkaSettings, brokers=brokers)), version)
         keep_evidence(store, evidence)
     except QcatError as error:
         raise fail(error) from error

@@ -12,6 +12,7 @@ from qcat.command_line import (
     AdapterOption,
     AnnounceOption,
     BaseModelOption,
+    BrokersOption,
     DeviceOption,
     QuantizeOption,
     RegistryOption,
@@ -177,6 +178,7 @@ def retrain(
     ] = False,
     force: Annotated[bool, typer.Option(help="Promote the candidate whatever the gate says.")] = False,
     announce_it: AnnounceOption = False,
+    brokers: BrokersOption = None,
     *,
     recipe: Recipe,
     base_model: str | None,
@@ -211,7 +213,7 @@ def retrain(
         if summary["promoted"] and announce_it:
             from qcat.registry import Registry
 
-            announce("promote", summary["version"], Registry(registry).path(summary["version"]))
+            announce("promote", summary["version"], Registry(registry).path(summary["version"]), brokers=brokers)
     except QcatError as error:
         raise fail(error) from error
     console.print(summary["reason"])
@@ -242,6 +244,7 @@ def adapters_promote(
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     announce_it: AnnounceOption = False,
+    brokers: BrokersOption = None,
 ) -> None:
     """Make a version current if it is not worse than the current one beyond the tolerance, paired on one gate set
     (docs/feedback-loop.md). Exit 3 if refused; the reason gives both accuracies and the flips each way."""
@@ -264,7 +267,7 @@ def adapters_promote(
         decision, _ = gated_promotion(store, version, rows, settings, tolerance=tolerance, force=force)
         console.print(decision.reason)
         if decision.promoted and announce_it:
-            announce("promote", version, store.path(version))
+            announce("promote", version, store.path(version), brokers=brokers)
     except QcatError as error:
         raise fail(error) from error
     raise typer.Exit(code=0 if decision.promoted else 3)

@@ -1,5 +1,6 @@
 """Rich progress bars on stderr (stdout stays machine-readable): training's steps, epoch, last loss and eval accuracy
-instead of tqdm's lines, and a plain bar for scoring a data set."""
+instead of tqdm's lines, and a plain bar for scoring a data set. Where stderr is not a terminal (CI, a CronJob, a
+redirect) a bar shows nothing, so each epoch and each scored chunk is also an INFO log line there."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import structlog
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
+
+
+log = structlog.get_logger(__name__)
 
 
 def _columns() -> tuple[Any, ...]:
@@ -19,9 +24,18 @@ def _columns() -> tuple[Any, ...]:
 @contextmanager
 def counting(description: str, total: int) -> Iterator[Any]:
     """A bar for `total` items; call the yielded function with how many more are done."""
-    with Progress(*_columns(), TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
+    console = Console(stderr=True)
+    with Progress(*_columns(), TimeRemainingColumn(), console=console, transient=True) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda done: progress.advance(task, done)
+        counted = [0]
+
+        def advance(done: int) -> None:
+            progress.advance(task, done)
+            counted[0] += done
+            if not console.is_terminal:
+                log.info(description, done=counted[0], total=total)
+
+        yield advance
 
 
 class RichProgress(TrainerCallback):
@@ -62,6 +76,15 @@ class RichProgress(TrainerCallback):
         for key in ("eval_loss", "eval_accuracy"):
             if metrics and key in metrics:
                 self.status[key] = f"{key.removeprefix('eval_')} {metrics[key]:.4f}"
+        if not self.progress.console.is_terminal:
+            log.info(
+                "epoch done",
+                epoch=round(state.epoch or 0, 2),
+                of=args.num_train_epochs,
+                step=state.global_step,
+                **{key.removeprefix("eval_"): round(value, 4) for key, value in (metrics or {}).items()
+                   if key in ("eval_loss", "eval_accuracy")},
+            )  # fmt: skip
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **_: Any) -> None:
         if logs and "loss" in logs:

@@ -264,14 +264,28 @@ def train(
     return directory, metrics | {key: speed[key] for key in SPEED_METRICS}
 
 
+def check_report_folder(report_dir: Path, *, overwrite: bool) -> None:
+    """Before anything is classified: --report must be a folder that can be written, and empty unless --overwrite."""
+    if report_dir.exists() and not report_dir.is_dir():
+        raise OutputExistsError(f"--report {report_dir} is a file; give a folder for the report")
+    if report_dir.is_dir() and any(report_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{report_dir} already holds files; pick a new --report folder or pass --overwrite")
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        probe = report_dir / ".qcat-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise DataError(f"cannot write the report to {report_dir}: {error.strerror or error}") from error
+
+
 def evaluate_model(
     data: Path, report_dir: Path, settings: EngineSettings, *, overwrite: bool = False
 ) -> dict[str, Any]:
     """Evaluate an adapter (settings.adapter) or, without one, the base model zero-shot, on labeled data. Zero-shot
     without a taxonomy ranks the default labels if the data's are among them, else the data's own labels. Questions
     whose label is not one of the engine's are unknown questions: the report measures where they end (open set)."""
-    if report_dir.is_dir() and any(report_dir.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{report_dir} already holds files; pick a new --report folder or pass --overwrite")
+    check_report_folder(report_dir, overwrite=overwrite)
     examples = load_examples(data)
     taxonomy = None
     if settings.adapter is None and settings.taxonomy is None:

@@ -160,7 +160,7 @@ def _signal_ready(app: faust.App, metrics: WorkerMetrics, ready: asyncio.Event) 
         metrics.rebalances.inc()
         metrics.ready.set(1)
         ready.set()  # ready once in the group, even with no partitions (more replicas than partitions)
-        assigned = kwargs.get("assigned") or set()
+        assigned = kwargs.get("assigned") or (args[0] if args else set())  # Faust passes it positionally
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
 

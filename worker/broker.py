@@ -6,18 +6,31 @@ Storage is in memory: a restarted broker starts empty.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
-from qcat.errors import KafkaError
+from qcat.errors import KafkaError, UnavailableError
 from qcat.worker.processes import terminate
 
 # The embedded broker holds a new consumer group's first join for half the session timeout: workers started against
 # it (the demo, the benchmarks) use this one, so they join in seconds.
 FAST_JOIN_SESSION_TIMEOUT = 6
+
+
+def ensure_free(host: str, port: int, what: str) -> None:
+    """A `UnavailableError` (exit 5) now, rather than a listener that fails later, or a probe that reaches another
+    process on the same port and calls it ours."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            why = f"{what} {host}:{port} is taken ({error.strerror}): free it or pick another"
+            raise UnavailableError(why) from None
 
 
 def free_port() -> int:
@@ -62,6 +75,7 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
+        ensure_free(self.host, self.port, "the embedded broker's port (--port)")
         url = f"tcp://{self.address}"
         command = [
             str(broker_binary()),
@@ -84,6 +98,14 @@ class EmbeddedBroker:
         except BaseException:  # Ctrl-C or SIGTERM while it starts: `with` would not stop what it never entered
             self.stop()
             raise
+
+    def wait(self) -> None:
+        """Until the broker exits; one that exits by itself (not stopped) is a `KafkaError` with its stderr."""
+        assert self.process is not None
+        code = self.process.wait()
+        if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+            stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+            raise KafkaError(f"the embedded broker exited with {code}: {stderr[-2000:]}")
 
     def _wait_listening(self, timeout: float) -> None:
         assert self.process is not None

@@ -13,17 +13,17 @@ from rich.table import Table
 from qcat.command_line import (
     AdapterOption,
     BaseModelOption,
+    BrokersOption,
     DeviceOption,
     QuantizeOption,
     console,
     fail,
     settings_from,
 )
-from qcat.errors import QcatError
+from qcat.errors import QcatError, UsageError
 from qcat.settings import EngineSettings
 
 commands = typer.Typer()
-BrokersOption = Annotated[str | None, typer.Option(help="Kafka bootstrap servers. \\[env: QCAT_BROKERS]")]
 
 
 @commands.command()
@@ -45,7 +45,7 @@ def classify(
 ) -> None:
     """Categorize questions ad hoc with an adapter (--adapter, else the registry's promoted one) or zero-shot."""
     from qcat.pytorch.engine import load_engine
-    from qcat.registry import adapter_to_serve
+    from qcat.serving import adapter_to_serve
 
     settings = settings_from(
         EngineSettings,
@@ -166,8 +166,7 @@ def broker(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9092)
     try:
         with stop_on_sigterm(), EmbeddedBroker(port) as running:
             console.print(f"broker listening on {running.address} (in-memory; Ctrl-C stops it)")
-            assert running.process is not None
-            running.process.wait()
+            running.wait()
     except KeyboardInterrupt:
         pass
     except QcatError as error:
@@ -205,12 +204,19 @@ def demo(
 
 @commands.command()
 def send(
-    questions: Annotated[Path, typer.Argument(help="Questions: .jsonl with a text field, or one per line.")],
-    count: Annotated[int, typer.Option(help="How many events (the file is cycled).")] = 100,
+    questions: Annotated[
+        Path | None,
+        typer.Argument(help="Questions: .jsonl with a text field, .csv with a text column, or one per line."),
+    ] = None,
+    question: Annotated[
+        list[str] | None, typer.Option("--question", "-q", help="A question to send (repeatable), instead of a file.")
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="How many events (cycled; default: each question once).")] = None,
     rate: Annotated[float, typer.Option(help="Events per second.")] = 10.0,
     brokers: BrokersOption = None,
 ) -> None:
-    """Produce sample QuestionEvents to <prefix>.incoming (security from QCAT_SECURITY_PROTOCOL and friends)."""
+    """Produce sample QuestionEvents to <prefix>.incoming (security from QCAT_SECURITY_PROTOCOL and friends), e.g.
+    `qcat send data/trec/test.jsonl --count 100` or `qcat send -q "Who was Galileo ?"`."""
     import asyncio
 
     from qcat.kafka import KafkaSettings
@@ -218,8 +224,11 @@ def send(
     from qcat.worker.send import send as produce
 
     settings = settings_from(KafkaSettings, brokers=brokers)
+    if (questions is None) == (not question):
+        raise fail(UsageError("give a file of questions or --question TEXT (not both)"))
     try:
-        sent = asyncio.run(produce(settings, read_questions(questions), rate=rate, count=count))
+        texts = list(question) if question else read_questions(questions or Path())
+        sent = asyncio.run(produce(settings, texts, rate=rate, count=count or len(texts)))
     except QcatError as error:
         raise fail(error) from error
     console.print(f"sent {sent} questions to {settings.topic_prefix}.incoming at {settings.brokers}")

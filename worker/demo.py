@@ -31,7 +31,8 @@ from qcat.worker.send import read_questions
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "trec" / "test.jsonl"
 TRAINING = SAMPLES.with_name("train.jsonl")
 PREFIX = "demo"
-FIT = ("--epochs", "3", "--batch-size", "64", "--learning-rate", "3e-3", "--dtype", "float32")
+FIT = ("--epochs", "4", "--batch-size", "64", "--learning-rate", "3e-3", "--dtype", "float32")
+FIT_ROWS = 2000
 """A quick fit of the built-in model on TREC's training questions: far from a real model, but its labels beat
 chance several times over (docs/worker.md), so the demo shows routing that means something."""
 
@@ -83,9 +84,15 @@ def fit_small_adapter(choice: Choice, tmp: Path, console: Console) -> Choice:
     `qcat train`, as a user would), so that the routed labels mean something, and say so."""
     if not choice.fallback or not TRAINING.is_file():  # asked for the built-in model as it is: served as it is
         return choice
-    out = tmp / "demo-adapter"
-    command = [sys.executable, "-m", "qcat", "train", str(TRAINING), "--out", str(out), "--base-model", TINY_NAME, *FIT]
-    with console.status("fitting a small adapter on TREC's training questions first (a minute at most on a CPU)"):
+    out, rows = tmp / "demo-adapter", tmp / "fit.jsonl"
+    lines = TRAINING.read_text(encoding="utf-8").splitlines()
+    rows.write_text("\n".join(lines[:: max(1, len(lines) // FIT_ROWS)]) + "\n", encoding="utf-8")
+    command = [sys.executable, "-m", "qcat", "train", str(rows), "--out", str(out), "--base-model", TINY_NAME, *FIT]
+    message = (
+        f"fitting a small adapter on {FIT_ROWS:,} of TREC's training questions first (about half a minute on a CPU)"
+    )
+    console.print(message)
+    with console.status("fitting"):
         done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         console.print(f"[yellow]could not fit the demo adapter; serving the untrained model[/]: {done.stderr[-300:]}")
@@ -129,8 +136,8 @@ def start_worker(address: str, choice: Choice, tmp: Path) -> tuple[subprocess.Po
         "QCAT_DATA_DIR": str(tmp / "faust"),
         "QCAT_MAX_WAIT": "0.05",
         "QCAT_SESSION_TIMEOUT": str(FAST_JOIN_SESSION_TIMEOUT),
-        # The built-in model's confidences are noise, so it routes everything; real models send doubt to review.
-        "QCAT_CONFIDENCE_THRESHOLD": "0.0" if choice.base_model == TINY_NAME else "0.5",
+        # the adapter's own routing policy: what it sends to review, and why, is part of the show
+        "QCAT_ZERO_SHOT": "true",  # no adapter given or promoted: the base model zero-shot, on purpose
     }
     if choice.adapter is not None:
         env["QCAT_ADAPTER"] = str(choice.adapter)
@@ -171,6 +178,8 @@ async def stream(address: str, questions: list[str], rate: float, console: Conso
                     for record in records:
                         value = json.loads(record.value)
                         rows.append({**value, "route": record.topic})
+                        if not console.is_terminal:  # no live table there: one line per routed question
+                            console.print(line(rows[-1]))
                 live.update(render(rows))
         await sender
     finally:
@@ -193,10 +202,18 @@ def render(rows: list[dict[str, Any]], last: int = 15) -> Table:
         if "reason" in row:
             table.add_row(row.get("payload", "")[:60], "-", "-", f"[red]{row['route']}[/] ({row['reason']})", "-")
         else:
+            route = row["route"] + (f" ({row['review_reason']})" if row.get("review_reason") else "")
             table.add_row(
-                row["text"][:60], row["label"], f"{row['confidence']:.2f}", row["route"], f"{row['latency_ms']:.0f} ms"
+                row["text"][:60], row["label"], f"{row['confidence']:.2f}", route, f"{row['latency_ms']:.0f} ms"
             )
     return table
+
+
+def line(row: dict[str, Any]) -> str:
+    if "reason" in row:
+        return f"{row['route']} ({row['reason']}): {row.get('payload', '')[:60]}"
+    why = f" ({row['review_reason']})" if row.get("review_reason") else ""
+    return f"{row['route']}{why}: {row['label']} {row['confidence']:.2f} {row['text'][:60]}"
 
 
 def summarize(rows: list[dict[str, Any]], sent: int, console: Console) -> None:

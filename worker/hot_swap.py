@@ -16,6 +16,7 @@ allows loading the announced path when no registry holds the version.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +37,8 @@ from qcat.worker.shadow import Shadow
 from qcat.worker.unparseable import unparseable_reason
 
 log = structlog.get_logger(__name__)
+RECREATED_CHECK_S = 2.0
+"""How often the watcher checks that the control topic was not recreated behind its position."""
 
 
 class Serving:
@@ -124,14 +127,31 @@ class AdapterWatcher:
             await consumer.seek_to_end(partition)
             await consumer.position(partition)
             self.watching.set()
-            async for message in consumer:
-                if (why := unparseable_reason(message.headers)) is not None:
-                    self.metrics.adapter_swaps.labels("invalid").inc()
-                    log.error("unparseable adapter announcement skipped", offset=message.offset, why=why[:300])
-                    continue
-                await self.handle(message.value)
+            checked = time.monotonic()
+            while True:
+                for message in (await consumer.getmany(partition, timeout_ms=1000)).get(partition, []):
+                    if (why := unparseable_reason(message.headers)) is not None:
+                        self.metrics.adapter_swaps.labels("invalid").inc()
+                        log.error("unparseable adapter announcement skipped", offset=message.offset, why=why[:300])
+                        continue
+                    await self.handle(message.value)
+                if time.monotonic() - checked >= RECREATED_CHECK_S:
+                    checked = time.monotonic()
+                    await self._reread_if_recreated(consumer, partition)
         finally:
             await consumer.stop()
+
+    async def _reread_if_recreated(self, consumer: AIOKafkaConsumer, partition: TopicPartition) -> None:
+        """A position past the topic's end means it was recreated (a broker that lost its storage): everything in it
+        is unread. Not following meanwhile, readiness says so until the topic is read from its start again."""
+        end = (await consumer.end_offsets([partition]))[partition]
+        if await consumer.position(partition) <= end:
+            return
+        self.watching.clear()
+        log.warning("the control topic was recreated behind this worker's position; reading it from its start")
+        await consumer.seek_to_beginning(partition)
+        await consumer.position(partition)
+        self.watching.set()
 
     async def handle(self, raw: bytes | None) -> None:
         try:

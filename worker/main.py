@@ -18,8 +18,9 @@ from qcat.classifier import Classifier, load_classifier
 from qcat.errors import UnavailableError
 from qcat.kafka import check_kafka
 from qcat.logs import configure_logging
-from qcat.registry import adapter_to_serve
+from qcat.serving import adapter_to_serve
 from qcat.worker.app import create_app
+from qcat.worker.broker import ensure_free
 from qcat.worker.metrics import WorkerMetrics
 from qcat.worker.settings import GPU_FRONTENDS, WorkerSettings
 
@@ -88,6 +89,7 @@ def run_worker(settings: WorkerSettings) -> None:
     except OSError as error:
         raise UnavailableError(f"cannot create QCAT_DATA_DIR {settings.data_dir}: {error}") from error
     use_event_loop(settings.event_loop)
+    ensure_free(settings.web_host, settings.web_port, "the web port (QCAT_WEB_PORT)")  # before minutes of loading
     asyncio.run(check_kafka(settings))
     if settings.adapter is None:
         settings = settings.model_copy(update={"adapter": adapter_to_serve(settings)})

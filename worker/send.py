@@ -4,6 +4,8 @@ with the worker's connection settings (QCAT_BROKERS, QCAT_SECURITY_PROTOCOL, QCA
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import time
 import uuid
@@ -18,14 +20,32 @@ from qcat.schemas.topics import Topics
 
 
 def read_questions(path: Path) -> list[str]:
-    """`.jsonl` rows with a `text` field, or one question per line."""
+    """`.jsonl` rows with a `text` field, a `.csv` file with a `text` column, or one question per line."""
     if not path.is_file():
         raise DataError(f"{path} does not exist")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    texts = [json.loads(line)["text"] for line in lines] if path.suffix == ".jsonl" else lines
+    content = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".csv":
+        rows = list(csv.DictReader(io.StringIO(content)))
+        if rows and "text" not in rows[0]:
+            raise DataError(f"{path} has no text column (its columns: {', '.join(rows[0])})")
+        texts = [row["text"] for row in rows if (row.get("text") or "").strip()]
+    elif path.suffix == ".jsonl":
+        texts = [_text(line, path, number) for number, line in enumerate(content.splitlines(), 1) if line.strip()]
+    else:
+        texts = [line for line in content.splitlines() if line.strip()]
     if not texts:
         raise DataError(f"{path} holds no questions")
     return texts
+
+
+def _text(line: str, path: Path, number: int) -> str:
+    try:
+        row = json.loads(line)
+    except ValueError as error:
+        raise DataError(f"{path}:{number} is not JSON ({error}); each line must be an object with a text") from None
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
+        raise DataError(f"{path}:{number} has no text (each line must be an object with a non-empty text)")
+    return str(row["text"])
 
 
 async def send(settings: KafkaSettings, texts: list[str], *, rate: float, count: int) -> int:

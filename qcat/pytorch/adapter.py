@@ -8,6 +8,7 @@ records all three and `load_adapter` refuses any mismatch with a message that sa
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from torch import nn
 
 from qcat.errors import AdapterError, OutputExistsError
 from qcat.lora import DEFAULT_LORA, LoraSpec
-from qcat.manifest import WEIGHTS, AdapterManifest, read_manifest
+from qcat.manifest import CONFIG, WEIGHTS, AdapterManifest, read_manifest
 from qcat.pytorch.model import HEAD, LoadedModel, attach_label_head
 from qcat.pytorch.open_set import STATS, OpenSetHead, OpenSetStats
 from qcat.schemas.taxonomy import Taxonomy
@@ -143,6 +144,10 @@ def save_adapter(
     through `staged_adapter`."""
     with staged_adapter(directory) as staged, peft_saving_quietly():
         model.save_pretrained(str(staged), safe_serialization=True)
+        config = json.loads((staged / CONFIG).read_text(encoding="utf-8"))
+        if not config.get("base_model_name_or_path"):  # so that Hub tools can tell the base (the built-in one too)
+            config["base_model_name_or_path"] = manifest.base_model
+            (staged / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
         if open_set is not None:
             open_set.save(staged)
             manifest = manifest.model_copy(update={"open_set": file_sha256(staged / STATS)})

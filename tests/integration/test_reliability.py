@@ -51,7 +51,7 @@ def test_broken_adapters_and_adapters_from_outside_the_registry_are_refused(tmp_
 
 def test_a_promotion_reaches_a_worker_whose_control_topic_was_recreated(tmp_path: Path) -> None:
     """After the broker restarts empty, the recreated control topic is behind the worker's position; the next
-    promotion is served anyway (the worker's registry check)."""
+    promotion is served anyway, by its announcement (the registry poll is off): the watcher reads the topic again."""
     result = control_topic_recreated(tmp_path)
     assert result["served_after_restart"], result
 

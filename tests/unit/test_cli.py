@@ -126,6 +126,7 @@ def test_the_command_line_says_what_it_is_and_what_it_reads(tmp_path: Path) -> N
     assert version.exit_code == 0
     assert version.stdout.strip() == f"qcat {__version__}"
     assert "[env: QCAT_BROKERS]" in runner.invoke(app, ["worker", "--help"], terminal_width=200).output
+    assert "<bool>" not in runner.invoke(app, ["train", "--help"], terminal_width=200).output
     listed = runner.invoke(app, ["worker", "--settings"], terminal_width=200, env={"QCAT_SASL_PASSWORD": "hunter2"})
     assert listed.exit_code == 0
     assert "QCAT_SASL_PASSWORD" in listed.output
@@ -154,3 +155,18 @@ print(len(names), sorted(m for m in ("torch", "transformers", "peft") if m in sy
     count, loaded = done.stdout.strip().split(" ", 1)
     assert int(count) > 10
     assert loaded == "[]"
+
+
+def test_every_doc_that_names_an_exit_code_agrees_with_the_table() -> None:
+    """An exit code a doc mentions ("exits with code N", "status N") is one of docs/cli.md's, with its meaning."""
+    import re
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    table = {int(code) for code in re.findall(r"^\| (\d+) \|", (docs / "cli.md").read_text(), re.MULTILINE)}
+    assert {0, 1, 2, 3, 4, 5, 70, 71} <= table
+    mentioned = re.compile(r"(?:exits? with code|exits? with status|status) (\d+)")
+    for path in docs.glob("*.md"):
+        for code in mentioned.findall(" ".join(path.read_text().split())):
+            assert int(code) in table, f"{path.name} names exit code {code}, which docs/cli.md does not list"
+    worker = " ".join((docs / "worker.md").read_text().split())
+    assert "exits with code 5" in worker  # a failed connection to Kafka: environment, as the table says
