@@ -175,9 +175,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_at_dashes(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base_model")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
@@ -210,6 +208,13 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(runs, args.out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2))
+
+
+def split_at_dashes(argv: list[str]) -> tuple[list[str], list[str]]:
+    """This script's arguments, and what follows `--` (options for every `qcat train`)."""
+    if "--" not in argv:
+        return argv, []
+    return argv[: argv.index("--")], argv[argv.index("--") + 1 :]
 
 
 def device_name() -> str:

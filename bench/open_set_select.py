@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.open_set import COVERAGES, DATA, SELECTABLE, device_name, known_intents, rows  # noqa: E402
+from bench.open_set import COVERAGES, DATA, SELECTABLE, device_name, known_intents, rows, split_at_dashes  # noqa: E402
 from bench.train_defaults import qcat  # noqa: E402
 from qcat.routing import RoutingPolicy  # noqa: E402
 from qcat.schemas.taxonomy import Taxonomy  # noqa: E402
@@ -124,9 +124,7 @@ def choose(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_at_dashes(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base_model")
     parser.add_argument("--ratio", type=float, default=0.5)

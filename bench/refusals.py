@@ -19,6 +19,7 @@ from tests.integration.kafka import WorkerProcess, consume, produce, question, u
 
 # Tansu checks each record produced to <topic> against <topic>.json, {"key": ..., "value": ...} as JSON
 REFUSE_INVALID_JSON_LETTERS = {"properties": {"value": {"properties": {"reason": {"not": {"const": "invalid_json"}}}}}}
+TREC6 = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
 REFUSE_FORBIDDEN_TEXT = {"properties": {"value": {"properties": {"text": {"not": {"pattern": "forbidden"}}}}}}
 
 
@@ -92,6 +93,11 @@ def refused_records(tmp: Path, *, events: int) -> dict[str, Any]:
                 ]
                 time.sleep(0.2)
             modes = {oct(path.stat().st_mode & 0o777) for path in (tmp / "refused").glob("*.jsonl")}
+            routed = consume(  # every route and the review topic, read to their end
+                broker.address, [f"{prefix}.review", *(f"{prefix}.route.{label}" for label in TREC6)], lambda c: False,
+                timeout=5,
+            )  # fmt: skip
+            routed_keys = {r.key.decode() for records in routed.by_topic.values() for r in records}
             status, checks = readiness(process)
             result = {
                 "events": events,
@@ -115,6 +121,8 @@ def refused_records(tmp: Path, *, events: int) -> dict[str, Any]:
                 ),
                 "ready_status": status,
                 "ready_checks": checks,
+                "refused_outputs_routed": len(routed_keys & set(forbidden)),
+                "good_routed": len(routed_keys & set(good)),
             }
             result["stop_s"] = stop_seconds(process)
         finally:

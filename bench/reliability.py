@@ -7,7 +7,8 @@ Scenarios (each starts its own embedded broker and `qcat worker` processes on th
 crashes (SIGKILL at random points while a stream flows, restart each time), rebalances (3 workers in one group,
 members join and leave under load), burst (peak RSS while a backlog drains), broker outage (stop, wait, restart),
 bad adapters and adapters from outside the registry announced to a running worker, records the broker refuses,
-a broker frozen mid-publish, records that cannot be parsed (a header key that is not UTF-8), hostile input
+a broker frozen mid-publish, records that cannot be parsed (a header key that is not UTF-8), a full disk under the
+corrections store, hostile input
 (hypothesis, via tests/unit/test_fuzz.py), and a scan of logs and HTTP endpoints for the secret and the question text.
 """
 
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.announcements import bad_adapters, control_topic_recreated, outside_registry  # noqa: E402
+from bench.disk import full_disk  # noqa: E402
 from bench.poison import poison_header  # noqa: E402
 from bench.refusals import refused_records, stalled_publish  # noqa: E402
 from qcat.worker.broker import EmbeddedBroker  # noqa: E402
@@ -225,7 +227,7 @@ def write_docs(report: dict[str, Any]) -> None:
     """Replace the figures table of docs/reliability.md (between its markers) with this run's."""
     c, g, o, a, f = (report[k] for k in ("crashes", "rebalances", "outage", "adapters", "fuzz"))
     x, r, s = (report[k] for k in ("outside_registry", "refused_records", "stalled_publish"))
-    t, p = report["control_topic_recreated"], report["poison_header"]
+    t, p, d = report["control_topic_recreated"], report["poison_header"], report["full_disk"]
     rows = [
         (
             f"SIGKILL x{c['kills']} while {c['events']:,} events flow",
@@ -287,6 +289,13 @@ def write_docs(report: dict[str, Any]) -> None:
             f"workers alive: {p['workers_alive']}; /readyz {p['ready_status']}",
         ),
         (
+            f"the corrections store's disk full (ENOSPC) while {d['corrections']:,} corrections arrive, then freed",
+            f"worker alive: {d['worker_alive_while_full']}; /readyz {d['ready_status_while_full']} "
+            f"(check: {', '.join(d['failed_check_while_full'])}); {d['store_failures']:.0f} failed attempts counted",
+            f"all {d['stored']:,} stored {d['stored_after_room_s']} s after room came back, in {d['stored_lines']:,} "
+            f"lines (none twice, none torn); /readyz {d['ready_status_after']} again",
+        ),
+        (
             "hostile input (hypothesis)",
             f"{f['batches']:,} batches: {'passed' if f['passed'] else 'FAILED'}",
             f["summary"],
@@ -331,6 +340,7 @@ def main() -> None:
         "refused_records": lambda: refused_records(tmp, events=300 if quick else 3000),
         "stalled_publish": lambda: stalled_publish(tmp, events=5000),
         "poison_header": lambda: poison_header(tmp, events=200 if quick else 2000),
+        "full_disk": lambda: full_disk(tmp, corrections=100 if quick else 1000),
         "fuzz": lambda: fuzz(1000 if quick else 10_000),
     }
     for name, step in steps.items():

@@ -50,6 +50,8 @@ class Output:
     headers: Headers
     origin: Record | None = None
     """The input it answers: if the broker refuses this output, the input is dead-lettered in its place."""
+    follows: bool = False
+    """Published only once its input's categorized record is in (a route or review record)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def process_batch(
         route = topics.routes[prediction.label] if reason is None else topics.review
         result.outputs += [
             Output(topics.categorized, key, value, record.headers, record),
-            Output(route, key, value, record.headers, record),
+            Output(route, key, value, record.headers, record, follows=True),
         ]
         result.categorized.append(labelled)
         answered.append((event, prediction))

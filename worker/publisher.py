@@ -122,7 +122,14 @@ class BatchPublisher:
         self._started_at[ticket] = time.monotonic()
         alarm = asyncio.get_running_loop().call_later(self._stall_timeout, self._log_stall, len(outputs))
         try:
-            await self._publish(list(outputs))
+            # the categorized records, dead letters and shadow records first; each event's route (or review) record
+            # only once its categorized record is in: a route consumer never acts on an event whose categorized
+            # record the broker refused (then the input is dead-lettered and it has no route record at all)
+            replaced: set[int] = set()
+            await self._publish([o for o in outputs if not o.follows], replaced)
+            follow = [o for o in outputs if o.follows and (o.origin is None or id(o.origin) not in replaced)]
+            if follow:
+                await self._publish(follow, replaced)
         finally:
             alarm.cancel()
             del self._started_at[ticket]
@@ -130,10 +137,10 @@ class BatchPublisher:
     def _log_stall(self, outputs: int) -> None:
         log.error("publishing stalled; readiness fails until it recovers", seconds=self._stall_timeout, outputs=outputs)
 
-    async def _publish(self, pending: list[Output]) -> None:
+    async def _publish(self, pending: list[Output], replaced: set[int]) -> None:
+        """`replaced`: the inputs already dead-lettered in this publish (an event has two outputs); added to."""
         producer = await self._started()
         alone: list[Output] = []  # refused in a record batch: resent one per batch to find the refused record
-        replaced: set[int] = set()  # inputs already dead-lettered in this publish (an event has two outputs)
         backoff = 0.2
         while pending or alone:
             if self._closing:

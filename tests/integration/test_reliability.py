@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.announcements import bad_adapters, control_topic_recreated, outside_registry, registry_serving_v1
+from bench.disk import full_disk
 from bench.poison import poison_header
 from bench.refusals import refused_records, stalled_publish
 from bench.reliability import burst, crashes, outage, rebalances
@@ -57,11 +58,14 @@ def test_a_promotion_reaches_a_worker_whose_control_topic_was_recreated(tmp_path
 
 
 def test_records_the_broker_refuses_are_set_aside_and_the_stream_goes_on(tmp_path: Path) -> None:
-    """A refused output becomes its input's dead letter, a refused dead letter goes to disk (0600), every good event
-    sharing their record batches is categorized, readiness stays green, and SIGTERM ends the worker promptly."""
+    """A refused output becomes its input's dead letter, with no route record published for it; a refused dead
+    letter goes to disk (0600); every good event sharing their record batches is categorized and routed, readiness
+    stays green, and SIGTERM ends the worker promptly."""
     result = refused_records(tmp_path, events=300)
     assert result["lost"] == 0, result
     assert result["refused_outputs_dead_lettered"] == result["refused_outputs"] > 0, result
+    assert result["refused_outputs_routed"] == 0, result  # a route record only after its categorized one is in
+    assert result["good_routed"] == result["events"], result
     assert result["accepted_dead_letters"] == result["refused_dead_letters"], result
     assert result["refused_dead_letters_on_disk"] == result["refused_dead_letters"] > 0, result
     assert result["disk_file_modes"] == ["0o600"], result
@@ -97,3 +101,16 @@ def test_a_record_whose_header_key_is_not_utf8_is_dead_lettered_and_the_group_go
     assert result["announcements_skipped"] == 2, result
     assert result["workers_alive"] == [True, True], result
     assert result["ready_status"] == [200, 200], result
+
+
+def test_a_full_disk_under_the_corrections_store_fails_readiness_and_loses_nothing(tmp_path: Path) -> None:
+    """Every write fails with ENOSPC: the worker lives on, retries, counts the failures and is not ready
+    (`storing_corrections`); once there is room every correction is stored once, with no torn line."""
+    result = full_disk(tmp_path, corrections=100)
+    assert result["worker_alive_while_full"], result
+    assert result["store_failures"] >= 1, result
+    assert result["ready_status_while_full"] == 503, result
+    assert result["failed_check_while_full"] == ["storing_corrections"], result
+    assert result["stored"] == result["stored_lines"] == 100, result
+    assert result["ready_status_after"] == 200, result
+    assert result["file_modes"] == ["0o600"], result

@@ -170,3 +170,50 @@ def test_every_doc_that_names_an_exit_code_agrees_with_the_table() -> None:
             assert int(code) in table, f"{path.name} names exit code {code}, which docs/cli.md does not list"
     worker = " ".join((docs / "worker.md").read_text().split())
     assert "exits with code 5" in worker  # a failed connection to Kafka: environment, as the table says
+
+
+def test_a_registry_that_is_not_there_is_an_error_not_a_zero_shot_model(tmp_path: Path) -> None:
+    """A misspelt or unmounted QCAT_REGISTRY, or one with nothing promoted, stops with exit 5 and one line saying
+    what to do; `--zero-shot` (QCAT_ZERO_SHOT) asks for the base model on purpose."""
+    from qcat.errors import RegistryError
+    from qcat.serving import adapter_to_serve
+    from qcat.settings import EngineSettings
+
+    missing = EngineSettings(registry=str(tmp_path / "nowhere"))
+    with pytest.raises(RegistryError, match="does not exist"):
+        adapter_to_serve(missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RegistryError, match="no promoted version"):
+        adapter_to_serve(EngineSettings(registry=str(tmp_path / "empty")))
+    assert adapter_to_serve(missing.model_copy(update={"zero_shot": True})) is None
+    one_error(runner.invoke(app, ["classify", "--registry", str(tmp_path / "nowhere"), "Why ?"]), 5, "QCAT_ZERO_SHOT")
+
+
+def test_a_port_that_is_taken_is_one_error_before_anything_starts(tmp_path: Path) -> None:
+    """`qcat broker` on a port already in use exits 5 at once instead of reporting another process as its own."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        one_error(runner.invoke(app, ["broker", "--port", str(port)]), 5, "is taken")
+
+
+def test_send_and_eval_check_their_inputs_first(tmp_path: Path) -> None:
+    """Rows without text, a line that is not JSON, a CSV without a text column: one error line naming the row; a
+    --report that is a file: one error line before any question is classified."""
+    for name, content, expected in (
+        ("rows.jsonl", '{"label": "HUM"}\n', "rows.jsonl:1 has no text"),
+        ("bad.jsonl", "not json\n", "bad.jsonl:1 is not JSON"),
+        ("rows.csv", "question,label\nWho ?,HUM\n", "no text column"),
+    ):
+        path = tmp_path / name
+        path.write_text(content)
+        one_error(runner.invoke(app, ["send", str(path)]), 4, expected)
+    report = tmp_path / "report.md"
+    report.write_text("a file")
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "Who ?", "label": "HUM"}\n')
+    tiny = ("--base-model", "tiny-qwen3")
+    one_error(runner.invoke(app, ["eval", str(data), "--report", str(report), *tiny]), 4, "is a file")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from qcat.classifier import ConstantClassifier
 from qcat.errors import AdapterError, OutputExistsError, RegistryError
+from qcat.gate import GateScores, paired_verdict
 from qcat.manifest import MANIFEST, read_manifest
 from qcat.pytorch.model import LoadedModel
 from qcat.registry import Registry
@@ -80,7 +83,57 @@ def test_within_tolerance_is_accepted_and_other_eval_sets_are_refused(
     assert registry.promote("v2").promoted
     refused = registry.promote("v3")
     assert not refused.promoted
-    assert "not comparable" in refused.reason
+    assert "score both on one gate set" in refused.reason
+
+
+def test_the_paired_gate_promotes_through_noise_and_refuses_a_clear_loss(
+    make: Callable[..., Path], tmp_path: Path
+) -> None:
+    """On one gate set, row by row: a candidate a few flips worse (noise) is promoted, one clearly worse is refused
+    with both accuracies and the flips each way; the answers are kept per version and gate set."""
+    registry = Registry(tmp_path / "registry")
+    for version in ("v1", "v2", "v3"):
+        registry.add(make(version, 0.9, eval_fingerprint=f"own-{version}"))  # each its own held-out split
+    registry.promote("v1")
+    current = GateScores("v1", "gate-1", (True,) * 180 + (False,) * 20)
+    noisy = GateScores("v2", "gate-1", (True,) * 177 + (False,) * 23)
+    worse = GateScores("v3", "gate-1", (True,) * 150 + (False,) * 50)
+    for scores in (current, noisy, worse):
+        registry.record_gate(scores)
+    assert registry.gate_scores("v2", "gate-1") == noisy
+    promoted = registry.promote("v2", verdict=paired_verdict(noisy, current, tolerance=0.005))
+    assert promoted.promoted, promoted.reason
+    refused = registry.promote("v3", verdict=paired_verdict(worse, noisy, tolerance=0.005))
+    assert not refused.promoted
+    assert "0.7500 against 0.8850" in refused.reason
+    assert registry.promote("v3", verdict=paired_verdict(worse, current, tolerance=0.005)).reason.startswith("the")
+
+
+def test_staging_left_by_a_dead_writer_is_cleaned_and_a_full_disk_is_one_error(
+    make: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hidden staging older than ten minutes goes at the next write, a fresh one (a writer at work) stays; a write
+    that fails (ENOSPC) is a RegistryError and leaves no staging behind."""
+    root = tmp_path / "registry"
+    registry = Registry(root)
+    registry.add(make("v1", 0.9))
+    stale, fresh = root / "versions" / f".v9.{'a' * 32}", root / f".current.json.{'b' * 32}"
+    stale.mkdir()
+    fresh.write_text("{}")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    registry.add(make("v2", 0.9))
+    assert not stale.exists()
+    assert fresh.exists()
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry.fs, "pipe_file", full)
+    with pytest.raises(RegistryError, match="No space left"):
+        registry.promote("v1", force=True)
+    assert registry.current() is None
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".current")) == [fresh.name]
 
 
 def test_versions_are_immutable_and_unknown_ones_named(make: Callable[..., Path], tmp_path: Path) -> None:
