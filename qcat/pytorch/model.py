@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -105,8 +106,21 @@ def model_source(source: str) -> tuple[str, dict[str, str]]:
     return str(path.parent), {"gguf_file": path.name}
 
 
+def through_qcat_logging() -> None:
+    """transformers and huggingface_hub write their records with handlers of their own (the hub's retry warnings
+    came out as plain text in the worker's JSON log): hand them to the root logger, which qcat's renderer serves."""
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    logging.getLogger("huggingface_hub").handlers.clear()
+    hub_logging.enable_propagation()
+
+
 def load_base_model(source: str, *, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load from a hub id, a local directory, a `.gguf` file (transformers' gguf_file), or the built-in tiny model."""
+    through_qcat_logging()
     if source == TINY_NAME:
         log.warning("using the built-in offline model: random weights, for tests and demos only", model=TINY_NAME)
         tiny, tiny_tokenizer = build_tiny_qwen3()

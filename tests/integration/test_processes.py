@@ -99,9 +99,26 @@ def test_the_worker_creates_its_data_folder_or_says_why_not(broker: str, tmp_pat
     """A QCAT_DATA_DIR whose parents are missing is created; one that cannot be created is one error line."""
     worker = WorkerProcess(broker, unique("t-datadir"), tmp_path, data_dir=tmp_path / "a" / "b" / "faust").start()
     worker.stop()
+    assigned = [line for line in worker.log().splitlines() if "partitions assigned" in line]
+    assert assigned, worker.log()
+    assert all('"partitions": []' not in line for line in assigned), assigned  # Faust passes them positionally
     (tmp_path / "file").write_text("")
     env = {**os.environ, "QCAT_DATA_DIR": str(tmp_path / "file" / "faust"), "QCAT_BROKERS": broker}
     done = run_qcat(env, "worker", timeout=60)
     assert done.returncode == 5
     assert "cannot create QCAT_DATA_DIR" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_worker_whose_web_port_is_taken_says_so_before_loading_anything(broker: str, tmp_path: Path) -> None:
+    """One error line and exit 5, at once, instead of a Faust log line and exit 1 after the model loaded."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**os.environ, "QCAT_BROKERS": broker, "QCAT_WEB_PORT": str(taken.getsockname()[1])}
+        done = run_qcat(env, "worker", timeout=60)
+    assert done.returncode == 5, done.stderr[-2000:]
+    assert "is taken" in done.stderr
     assert "Traceback" not in done.stderr

@@ -70,3 +70,14 @@ def test_training_on_a_gguf_base_prints_no_library_warnings(tiny: LoadedModel, t
     result = CliRunner().invoke(app, ["train", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "a"), *options])
     assert result.exit_code == 0, result.output
     assert "Could not find a config file" not in result.output
+
+
+def test_library_logs_go_through_qcat_s_renderer(tiny: LoadedModel) -> None:
+    """Once a model loads, transformers' and the hub's records propagate to the root logger (qcat's JSON renderer in
+    the worker) instead of their own plain-text handlers."""
+    import logging
+
+    for name in ("transformers", "huggingface_hub"):
+        library = logging.getLogger(name)
+        assert library.propagate, name
+        assert not library.handlers, name

@@ -78,6 +78,10 @@ def test_train_then_eval(tmp_path: Path) -> None:
     assert len(epochs) >= 3
     assert summary["train_seconds_per_epoch"] > 0
     assert not (tmp_path / ".adapter.work").exists()
+    assert "epoch done" in result.output  # not a terminal here: each epoch is a log line, not only a bar
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-qwen3"  # Hub tools can tell the base
+    assert (tmp_path / "adapter" / "README.md").read_text().startswith("---\nlibrary_name: peft\nbase_model:")
     evaluated = qcat("eval", data, "--report", tmp_path / "report", "--adapter", tmp_path / "adapter", *TINY)
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["examples"] == 120
