@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qcat.control import announce
+from qcat.kafka import KafkaSettings
 from qcat.manifest import MANIFEST
 from qcat.registry import Registry
 from qcat.schemas.events import AdapterAnnouncement
@@ -178,12 +180,15 @@ def control_topic_recreated(tmp: Path, served: tuple[Registry, str] | None = Non
     ).start()
     try:
         registry.promote("v2", force=True)
-        produce(broker.address, f"{prefix}.adapters", [(None, promotion("v2"), [])])
+        settings = KafkaSettings(brokers=broker.address, topic_prefix=prefix)
+        announce("promote", "v2", registry.path("v2"), settings)  # as `adapters promote --announce` does
         process.wait_for_metric('qcat_adapter_swaps_total{result="swapped"}', 1)
         broker.stop()
         broker.start()
         registry.promote("v3", force=True)
-        produce(broker.address, f"{prefix}.adapters", [(None, promotion("v3"), [])])
+        # announced as qcat announces: the control topic is created with its one partition if missing (a raw producer's
+        # auto-created topic may have several, and the announcement land where no worker reads)
+        announce("promote", "v3", registry.path("v3"), settings)
         deadline, versions = time.monotonic() + 120, []
         while time.monotonic() < deadline and versions[-1:] != ["v3"]:
             produce(broker.address, f"{prefix}.incoming", [(b"probe", question("probe", "Where is x?"), [])])

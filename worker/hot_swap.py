@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
 from qcat.classifier import Classifier
@@ -112,8 +112,28 @@ class AdapterWatcher:
 
     async def _follow_announcements(self) -> None:
         await ensure_control_topic(self.settings)
-        # A position the topic no longer has means it was recreated (a broker that lost its storage) or retention
-        # passed it: in both cases everything from the earliest offset on is unread, so resume there.
+        await self._read_announcements(from_start=False)
+        while True:  # recreated: read from its start by a fresh consumer, so that no fetch state carries over
+            log.warning("the control topic was recreated behind this worker; reading it from its start")
+            await self._recreate_control_topic()
+            await self._read_announcements(from_start=True)
+
+    async def _recreate_control_topic(self) -> None:
+        """Create the topic again if no one did yet: a consumer assigned to a missing topic would not learn of it
+        until its metadata refresh, minutes later, and announcements meanwhile would wait."""
+        while True:
+            try:
+                await ensure_control_topic(self.settings)
+                return
+            except Exception as error:  # noqa: BLE001 - a broker still restarting: try again, not ready meanwhile
+                log.error("cannot create the control topic; retrying", error=str(error)[:300])
+                await asyncio.sleep(RECREATED_CHECK_S)
+
+    async def _read_announcements(self, from_start: bool) -> None:
+        """Serve the control topic's announcements, from its end (the registry's current version was loaded at
+        start) or its start, until the topic turns out recreated. Readiness says `following_adapters: false` from
+        then until the next reader is in place."""
+        # A position the topic no longer has (retention passed it) resumes at the earliest offset: all of it unread
         consumer = AIOKafkaConsumer(
             **self.settings.kafka_client_options(),
             group_id=None,
@@ -124,12 +144,16 @@ class AdapterWatcher:
         try:
             partition = TopicPartition(self.topic, 0)
             consumer.assign([partition])
-            await consumer.seek_to_end(partition)
-            await consumer.position(partition)
+            if from_start:
+                await consumer.seek_to_beginning(partition)
+            else:
+                await consumer.seek_to_end(partition)
+            last = await _record_before(consumer, partition)  # what a recreated topic holds something else than
             self.watching.set()
             checked = time.monotonic()
             while True:
                 for message in (await consumer.getmany(partition, timeout_ms=1000)).get(partition, []):
+                    last = message
                     if (why := unparseable_reason(message.headers)) is not None:
                         self.metrics.adapter_swaps.labels("invalid").inc()
                         log.error("unparseable adapter announcement skipped", offset=message.offset, why=why[:300])
@@ -137,21 +161,11 @@ class AdapterWatcher:
                     await self.handle(message.value)
                 if time.monotonic() - checked >= RECREATED_CHECK_S:
                     checked = time.monotonic()
-                    await self._reread_if_recreated(consumer, partition)
+                    if await _recreated(consumer, partition, last):
+                        self.watching.clear()
+                        return
         finally:
             await consumer.stop()
-
-    async def _reread_if_recreated(self, consumer: AIOKafkaConsumer, partition: TopicPartition) -> None:
-        """A position past the topic's end means it was recreated (a broker that lost its storage): everything in it
-        is unread. Not following meanwhile, readiness says so until the topic is read from its start again."""
-        end = (await consumer.end_offsets([partition]))[partition]
-        if await consumer.position(partition) <= end:
-            return
-        self.watching.clear()
-        log.warning("the control topic was recreated behind this worker's position; reading it from its start")
-        await consumer.seek_to_beginning(partition)
-        await consumer.position(partition)
-        self.watching.set()
 
     async def handle(self, raw: bytes | None) -> None:
         try:
@@ -266,3 +280,34 @@ class AdapterWatcher:
             serving=self.serving.classifier.adapter_version,
             why=why[:500],
         )
+
+
+async def _recreated(consumer: AIOKafkaConsumer, partition: TopicPartition, last: ConsumerRecord | None) -> bool:
+    """Whether the control topic was recreated (a broker that lost its storage) since `last` was read: everything
+    in it is then unread. A position past the topic's end says so; a recreated topic that already holds as many
+    announcements as before does not, so the record before the position is read again and compared with `last`."""
+    end = (await consumer.end_offsets([partition]))[partition]
+    position = await consumer.position(partition)
+    if position > end:
+        return True
+    if last is None or position != last.offset + 1:
+        return False
+    before = await _record_before(consumer, partition)
+    return before is not None and (before.offset, before.timestamp, before.value) != (
+        last.offset,
+        last.timestamp,
+        last.value,
+    )
+
+
+async def _record_before(consumer: AIOKafkaConsumer, partition: TopicPartition) -> ConsumerRecord | None:
+    """The record just before the consumer's position, read again; the position is where it was after."""
+    position = await consumer.position(partition)
+    if position == 0:
+        return None
+    consumer.seek(partition, position - 1)
+    records = (await consumer.getmany(partition, timeout_ms=1000, max_records=1)).get(partition, [])
+    if not records:  # not answered in time: no verdict this round
+        consumer.seek(partition, position)
+        return None
+    return records[0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,23 +126,15 @@ def staged_adapter(directory: Path) -> Iterator[Path]:
         staged.rename(directory)
 
 
-@contextmanager
-def peft_saving_quietly() -> Iterator[None]:
-    """peft warns at every save that a base model loaded from a GGUF file has no config.json ("Could not find a config
-    file ... will assume that the vocabulary was not modified"): qcat never resizes the vocabulary, so the warning
-    says nothing, six times a run."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
-        yield
-
-
 def save_adapter(
     model: PeftModel, manifest: AdapterManifest, directory: Path, open_set: OpenSetStats | None = None
 ) -> Path:
     """Write weights (safetensors), open-set statistics if any, and the manifest (naming the statistics' SHA-256)
     through `staged_adapter`."""
-    with staged_adapter(directory) as staged, peft_saving_quietly():
-        model.save_pretrained(str(staged), safe_serialization=True)
+    with staged_adapter(directory) as staged:
+        # qcat never resizes the vocabulary: without this, peft looks the base model's config.json up on the Hub at
+        # every save (a network call, and a warning for GGUF files and the built-in model)
+        model.save_pretrained(str(staged), safe_serialization=True, save_embedding_layers=False)
         config = json.loads((staged / CONFIG).read_text(encoding="utf-8"))
         if not config.get("base_model_name_or_path"):  # so that Hub tools can tell the base (the built-in one too)
             config["base_model_name_or_path"] = manifest.base_model

@@ -80,4 +80,6 @@ def test_library_logs_go_through_qcat_s_renderer(tiny: LoadedModel) -> None:
     for name in ("transformers", "huggingface_hub"):
         library = logging.getLogger(name)
         assert library.propagate, name
-        assert not library.handlers, name
+        # pytest attaches its capture handlers to loggers that did not propagate when the test began
+        own = [handler for handler in library.handlers if not type(handler).__module__.startswith("_pytest")]
+        assert not own, name

@@ -354,17 +354,17 @@ def test_a_crash_between_history_and_pointer_leaves_the_registry_usable(
         registry.add(make(name, 0.9))
     registry.promote("v1")
     registry.promote("v2")
-    replace = Registry._replace
+    replace = Registry.replace_file
 
     def dies_at_the_pointer(self: Registry, name: str, content: bytes) -> None:
         if name == "current.json":
             raise OSError("killed")
         replace(self, name, content)
 
-    monkeypatch.setattr(Registry, "_replace", dies_at_the_pointer)
+    monkeypatch.setattr(Registry, "replace_file", dies_at_the_pointer)
     with pytest.raises(OSError, match="killed"):
         registry.promote("v3")
-    monkeypatch.setattr(Registry, "_replace", replace)
+    monkeypatch.setattr(Registry, "replace_file", replace)
     assert registry.current() == "v2"
     assert registry.rollback().version == "v1"
     assert registry.promote("v3", force=True).promoted
