@@ -152,7 +152,8 @@ def test_retrain_loads_the_base_model_once(tmp_path: Path, monkeypatch: pytest.M
     assert Registry(tmp_path / "registry").current_path() is not None, first
     second = run("second")
     check = second["held_out_corrections"]  # candidate and current adapter both scored on the held-out corrections
-    assert check["rows"] >= 1 and check["current"] == first["version"], second
+    assert check["rows"] >= 1, second
+    assert check["current"] == first["version"], second
     assert loads == ["tiny-qwen3"]
     soup = run("soup", seeds=2)  # the candidate is the soup of two seeds, still from the one loaded base model
     assert loads == ["tiny-qwen3"]
