@@ -102,22 +102,26 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=512)
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the benchmark itself, not a figure")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline-gpu.json")
+    parser.add_argument("--shadow-only", action="store_true", help="only the shadow costs (no engine alone)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="qcat-pod-"))
     model, registry = prepare(work)
-    alone = engine_alone(model, registry, args.max_batch, min(args.events, 16384), args.device)
-    print(f"engine alone: {alone['questions_per_s']:.0f} q/s, mfu {alone['mfu']:.1%}", flush=True)
     report: dict[str, Any] = {
         "command": "python bench/pod.py " + " ".join(sys.argv[1:]),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "pods": 1,
         "frontends": args.frontends,
-        "engine_questions_per_s": alone["questions_per_s"],
-        "mfu_whole_call": alone["mfu"],
-        "mfu_core_call": alone["forward_only_mfu"],
-        "budget_ms": 1000 * (MAX_WAIT + 2 * alone["p50_batch_ms"] / 1000),
-        "engine_alone": alone,
     }
+    if not args.shadow_only:
+        alone = engine_alone(model, registry, args.max_batch, min(args.events, 16384), args.device)
+        print(f"engine alone: {alone['questions_per_s']:.0f} q/s, mfu {alone['mfu']:.1%}", flush=True)
+        report |= {
+            "engine_questions_per_s": alone["questions_per_s"],
+            "mfu_whole_call": alone["mfu"],
+            "mfu_core_call": alone["forward_only_mfu"],
+            "budget_ms": 1000 * (MAX_WAIT + 2 * alone["p50_batch_ms"] / 1000),
+            "engine_alone": alone,
+        }
     with EmbeddedBroker() as broker:
         prefix, port = "bench-pod", free_port()
         settings = {
@@ -139,6 +143,11 @@ def main() -> None:
             wait_ready(pod, port, work / "pod.log", timeout=600)
             report["cold_start_s"] = time.monotonic() - started
             time.sleep(5)  # the front-ends settle in the group
+            if args.shadow_only:
+                report["shadow"] = shadow_costs(broker.address, prefix, registry, env, args.events, 0)
+                args.out.write_text(json.dumps(report, indent=2) + "\n")
+                print(json.dumps(report, indent=2))
+                return
             asyncio.run(preload(broker.address, f"{prefix}.incoming", args.events))
             stamps, _ = asyncio.run(drain(broker.address, f"{prefix}.categorized", args.events, 600))
             rate = steady_rate(stamps)

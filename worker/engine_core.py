@@ -19,6 +19,7 @@ import queue
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,9 @@ def served(engine: Engine) -> Served:
 
 
 class Core:
-    def __init__(self, settings: WorkerSettings, address: str) -> None:
+    def __init__(self, settings: WorkerSettings, address: str, key: bytes) -> None:
         self.engines = Engines(settings)
-        self.address = address
+        self.address, self.key = address, key
         self.requests: queue.Queue[tuple[Connection, Any]] = queue.Queue()
         self.senders: dict[int, threading.Lock] = {}
         self.most_rows = 4 * (settings.max_batch or 512)
@@ -94,7 +95,9 @@ class Core:
 
     def serve(self) -> None:
         """Accept front-ends for ever; each gets a reader thread; this thread batches and runs the passes."""
-        listener = Listener(self.address, family="AF_UNIX")
+        # the socket's folder is its user's alone; the key keeps out any other process of that user too, since the
+        # channel carries pickles
+        listener = Listener(self.address, family="AF_UNIX", authkey=self.key)
         threading.Thread(target=self._accept, args=(listener,), daemon=True, name="core-accept").start()
         log.info("engine core listening", address=self.address)
         while True:
@@ -102,7 +105,11 @@ class Core:
 
     def _accept(self, listener: Listener) -> None:
         while True:
-            connection = listener.accept()
+            try:
+                connection = listener.accept()
+            except (AuthenticationError, EOFError, OSError) as error:
+                log.warning("engine core refused a connection", error=f"{type(error).__name__}: {error}")
+                continue
             threading.Thread(target=self._read, args=(connection,), daemon=True, name="core-read").start()
 
     def _read(self, connection: Connection) -> None:
@@ -154,7 +161,7 @@ class Core:
             start += count
 
 
-def run_core(settings: WorkerSettings, address: str) -> None:
+def run_core(settings: WorkerSettings, address: str, key: bytes) -> None:
     """The core process's entry point (`qcat worker` starts it when it runs front-ends: worker/supervisor.py)."""
     configure_logging(json=settings.log_json, level=settings.log_level)
-    Core(settings, address).serve()
+    Core(settings, address, key).serve()

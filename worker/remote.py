@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 from typing import Any
 
@@ -38,10 +39,10 @@ UNBOUNDED = 1 << 30
 class CoreClient:
     """This process's connection to the engine core."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, key: bytes) -> None:
         try:
-            self.connection = Client(address, family="AF_UNIX")
-        except OSError as error:
+            self.connection = Client(address, family="AF_UNIX", authkey=key)
+        except (OSError, AuthenticationError) as error:
             raise UnavailableError(f"cannot reach the engine core at {address}: {error}") from error
         self.sending = threading.Lock()
         self.waiting: dict[Any, Future[Any]] = {}
@@ -84,11 +85,11 @@ _client: CoreClient | None = None
 _client_lock = threading.Lock()
 
 
-def client(address: str) -> CoreClient:
+def client(address: str, key: bytes) -> CoreClient:
     global _client  # noqa: PLW0603 - one connection per process, made on first use
     with _client_lock:
         if _client is None:
-            _client = CoreClient(address)
+            _client = CoreClient(address, key)
         return _client
 
 
@@ -135,9 +136,12 @@ class RemoteEngine(Engine):
 
 def remote_classifier(settings: EngineSettings) -> RemoteEngine:
     """`QCAT_CLASSIFIER=remote`: the engine of `settings.adapter` in the core at `QCAT_ENGINE_SOCKET`."""
-    address = getattr(settings, "engine_socket", None)
-    if not address:
-        raise UsageError("QCAT_CLASSIFIER=remote needs QCAT_ENGINE_SOCKET (qcat worker sets both for its front-ends)")
+    address, key = getattr(settings, "engine_socket", None), getattr(settings, "engine_key", None)
+    if not address or key is None:
+        raise UsageError(
+            "QCAT_CLASSIFIER=remote needs QCAT_ENGINE_SOCKET and QCAT_ENGINE_KEY (qcat worker sets them for its "
+            "front-ends)"
+        )
     adapter = str(settings.adapter) if settings.adapter is not None else None
-    core = client(address)
+    core = client(address, bytes.fromhex(key.get_secret_value()))
     return RemoteEngine(core.load(adapter), RemoteScorer(core, adapter))

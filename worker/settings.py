@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from qcat.kafka import KafkaSettings
@@ -43,6 +43,9 @@ class WorkerSettings(EngineSettings, KafkaSettings):
     )
     engine_socket: str | None = Field(
         default=None, description="Where a front-end reaches its pod's engine core (set by qcat worker for them)."
+    )
+    engine_key: SecretStr | None = Field(
+        default=None, description="The key a front-end proves to its engine core (set by qcat worker for them)."
     )
     fetch_max_wait: float = Field(
         default=0.05,

@@ -15,6 +15,7 @@ import asyncio
 import multiprocessing
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -58,13 +59,14 @@ class Pod:
         self.settings, self.count = settings, frontends
         self.folder = Path(tempfile.mkdtemp(prefix="qcat-core-"))
         self.address = str(self.folder / "core.sock")
+        self.key = secrets.token_bytes(32)  # front-ends prove they hold it before the core reads their pickles
         self.core: Any = None
         self.frontends: list[tuple[subprocess.Popen[bytes], int]] = []
         self.stopping = False
 
     def start(self) -> None:
         self.core = multiprocessing.get_context("spawn").Process(
-            target=run_core, args=(self.settings, self.address), name="qcat-engine-core", daemon=False
+            target=run_core, args=(self.settings, self.address, self.key), name="qcat-engine-core", daemon=False
         )
         self.core.start()
         while not Path(self.address).exists():  # the core listens before it loads any model
@@ -74,8 +76,8 @@ class Pod:
         for index in range(self.count):
             port = free_port()
             env = environment(
-                self.settings, frontends=1, classifier=REMOTE, engine_socket=self.address, web_port=port,
-                web_host="127.0.0.1", app_id=self.settings.app_id,
+                self.settings, frontends=1, classifier=REMOTE, engine_socket=self.address, engine_key=self.key.hex(),
+                web_port=port, web_host="127.0.0.1", app_id=self.settings.app_id,
             )  # fmt: skip
             process = subprocess.Popen([sys.executable, "-m", "qcat", "worker"], env=env)
             self.frontends.append((process, port))
