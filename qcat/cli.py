@@ -18,7 +18,9 @@ from qcat.registry_cli import adapters
 def _flags_without_types() -> None:
     """Typer's help gives every option's type, a flag's too (`<bool>` after `--help` and every switch); a flag takes
     no value, so its type column stays empty."""
-    shown = TyperOption.display_type_rich
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:  # a Typer before the typed help column: nothing to hide
+        return
 
     def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
         return None if self.is_flag else shown(self, ctx)

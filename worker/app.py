@@ -98,7 +98,6 @@ def create_app(
     metrics.serving(classifier, settings.confidence_threshold)
     handle = partial(
         process_batch,
-        micro_batch=settings.micro_batch,
         topics=topics,
         threshold=settings.confidence_threshold,
         max_text_chars=settings.max_text_chars,

@@ -82,11 +82,9 @@ def process_batch(
     threshold: float | None,
     max_text_chars: int,
     shadow: Shadow | None = None,
-    micro_batch: int = 0,
 ) -> BatchResult:
     """Decode, classify and route `records`; `threshold`, if set, replaces the classifier's own review threshold. A
-    candidate in `shadow` also labels its share of the events, for the shadow topic only (`worker.shadow`; a batch of
-    `micro_batch` records or more counts as full)."""
+    candidate in `shadow` also labels its share of the events, for the shadow topic only (`worker.shadow`)."""
     result = BatchResult()
     valid: list[tuple[Record, QuestionEvent]] = []
     for record in records:
@@ -121,8 +119,7 @@ def process_batch(
         result.categorized.append(labelled)
         answered.append((event, prediction))
     if shadow is not None and answered:
-        batch_full = 0 < micro_batch <= len(records)
-        add_shadow(result, topics, answered, classifier, shadow, threshold, batch_full=batch_full)
+        add_shadow(result, topics, answered, classifier, shadow, threshold)
     return result
 
 
@@ -133,13 +130,10 @@ def add_shadow(
     classifier: Classifier,
     shadow: Shadow,
     threshold: float | None,
-    *,
-    batch_full: bool,
 ) -> None:
-    """The shadow candidate's records due with this batch. A failing candidate costs its records, never the batch."""
-    events, served = [e for e, _ in answered], [p for _, p in answered]
+    """The shadow candidate's records for this batch. A failing candidate costs its records, never the batch."""
     try:
-        records = shadow_records(events, served, classifier, shadow, threshold, batch_full=batch_full)
+        records = shadow_records([e for e, _ in answered], [p for _, p in answered], classifier, shadow, threshold)
     except Exception as error:  # noqa: BLE001 - the candidate is on trial; the serving answers stand
         log.warning("shadow scoring failed; the batch's routes stand", error=f"{type(error).__name__}: {error}")
         return

@@ -2,46 +2,24 @@
 adapter (`qcat.shadow` keeps the record). Routes never change: the candidate's answers only become records on
 `<prefix>.shadow` (each disagreement with both answers, one tally per batch) and metrics. Events are sampled by a hash
 of their `event_id`, so every worker, and a redelivery, picks the same ones.
-
-A sampled share of a full micro-batch is a small request, and on a GPU each request of another adapter costs about a
-pass (bench/results/shadow.json): while batches come full, picked events wait until they make up half the
-candidate's preferred batch, and go with the first batch that is not full. What waits is lost if the worker stops
-(only shadow records: routes are never deferred) or when the serving adapter changes (its answers are stale).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from qcat.classifier import Classifier, Prediction
 from qcat.schemas.events import QuestionEvent, ShadowAnswer, ShadowRecord
 
 
-@dataclass
+@dataclass(frozen=True)
 class Shadow:
-    """The candidate in shadow, the share of events it scores, and the picked events waiting to be scored (only the
-    inference thread touches them)."""
+    """The candidate in shadow and the share of events it scores."""
 
     classifier: Classifier
     sample: float
-    waiting: list[tuple[QuestionEvent, Prediction]] = field(default_factory=list)
-    waiting_for: Classifier | None = None
-    """The serving classifier that answered the waiting events."""
-
-    def due(
-        self, picked: list[tuple[QuestionEvent, Prediction]], serving: Classifier, *, batch_full: bool
-    ) -> list[tuple[QuestionEvent, Prediction]]:
-        """The picked events to score now, with those that waited (see the module)."""
-        if self.waiting_for is not serving:
-            self.waiting = []
-        self.waiting_for = serving
-        self.waiting += picked
-        if batch_full and 2 * len(self.waiting) < self.classifier.preferred_batch:
-            return []
-        due, self.waiting = self.waiting, []
-        return due
 
     def picks(self, event_id: str) -> bool:
         if self.sample >= 1.0:
@@ -66,24 +44,21 @@ def shadow_records(
     serving: Classifier,
     shadow: Shadow,
     threshold: float | None,
-    *,
-    batch_full: bool = False,
 ) -> list[ShadowRecord]:
-    """The candidate's view of the picked events due now (`Shadow.due`): a record per disagreement (label or route),
-    and their tally."""
-    picked = [(event, ours) for event, ours in zip(events, served, strict=True) if shadow.picks(event.event_id)]
-    due = shadow.due(picked, serving, batch_full=batch_full)
-    if not due:
+    """The candidate's view of a batch: a record per disagreement (label or route), and the batch's tally."""
+    picked = [i for i, event in enumerate(events) if shadow.picks(event.event_id)]
+    if not picked:
         return []
     candidate = shadow.classifier
-    predictions = candidate.classify([event.text for event, _ in due])
+    predictions = candidate.classify([events[i].text for i in picked])
     name, serving_name = candidate.adapter_version or "zero-shot", serving.adapter_version
     records, agreed = [], 0
-    for (event, served_answer), theirs in zip(due, predictions, strict=True):
-        ours, candidates = answer(serving, served_answer, threshold), answer(candidate, theirs, threshold)
+    for index, theirs in zip(picked, predictions, strict=True):
+        ours, candidates = answer(serving, served[index], threshold), answer(candidate, theirs, threshold)
         if (ours.label, ours.routed) == (candidates.label, candidates.routed):
             agreed += 1
             continue
+        event = events[index]
         records.append(
             ShadowRecord(
                 kind="disagreement",
@@ -96,7 +71,7 @@ def shadow_records(
             )
         )
     tally = ShadowRecord(
-        kind="tally", candidate_version=name, serving_version=serving_name, scored=len(due), agreed=agreed
+        kind="tally", candidate_version=name, serving_version=serving_name, scored=len(picked), agreed=agreed
     )
     return [*records, tally]
 
