@@ -265,7 +265,8 @@ def write_docs(report: dict[str, Any]) -> None:
         (
             "broker restarted empty after an announcement, then a promotion",
             f"served: {t['served_after_restart']}",
-            "the recreated control topic is behind the worker's position; its registry check finds the promotion",
+            "the recreated control topic starts again at offset 0; the watcher reads it from its start (registry poll "
+            "off)",
         ),
         (
             f"broker refuses records for good ({r['refused_dead_letters']} dead letters, {r['refused_outputs']} "
@@ -289,7 +290,8 @@ def write_docs(report: dict[str, Any]) -> None:
             f"workers alive: {p['workers_alive']}; /readyz {p['ready_status']}",
         ),
         (
-            f"the corrections store's disk full (ENOSPC) while {d['corrections']:,} corrections arrive, then freed",
+            f"the corrections store's disk full (file-size limit 0) while {d['corrections']:,} corrections arrive, "
+            "then freed",
             f"worker alive: {d['worker_alive_while_full']}; /readyz {d['ready_status_while_full']} "
             f"(check: {', '.join(d['failed_check_while_full'])}); {d['store_failures']:.0f} failed attempts counted",
             f"all {d['stored']:,} stored {d['stored_after_room_s']} s after room came back, in {d['stored_lines']:,} "

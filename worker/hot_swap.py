@@ -293,21 +293,16 @@ async def _recreated(consumer: AIOKafkaConsumer, partition: TopicPartition, last
     if last is None or position != last.offset + 1:
         return False
     before = await _record_before(consumer, partition)
-    return before is not None and (before.offset, before.timestamp, before.value) != (
-        last.offset,
-        last.timestamp,
-        last.value,
-    )
+    return before is not None and (before.timestamp, before.value) != (last.timestamp, last.value)
 
 
 async def _record_before(consumer: AIOKafkaConsumer, partition: TopicPartition) -> ConsumerRecord | None:
-    """The record just before the consumer's position, read again; the position is where it was after."""
+    """The record just before the consumer's position, read again (None when the topic no longer has it: retention
+    passed it); the position stays where it was."""
     position = await consumer.position(partition)
     if position == 0:
         return None
     consumer.seek(partition, position - 1)
     records = (await consumer.getmany(partition, timeout_ms=1000, max_records=1)).get(partition, [])
-    if not records:  # not answered in time: no verdict this round
-        consumer.seek(partition, position)
-        return None
-    return records[0]
+    consumer.seek(partition, position)
+    return records[0] if records and records[0].offset == position - 1 else None
